@@ -1,0 +1,104 @@
+"""The ``crossenc`` command: score, validate, schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import yaml
+
+from crossenc.config import ConfigError, JobConfig, config_schema, load_config
+from crossenc.inspect_input import InputError, JobPlan, plan_job
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_INPUT = 3
+EXIT_FAILED = 4
+
+log = logging.getLogger("crossenc")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crossenc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("score", "run the scoring job"),
+        ("validate", "check config, input schema and model; score nothing"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", required=True, help="YAML config file")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY.PATH=VALUE",
+            help="override a config value (YAML-parsed)",
+        )
+    sub.add_parser("schema", help="print the config's JSON Schema")
+    return parser
+
+
+def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
+    """What a run with this config would do, in a few lines."""
+    info = plan.info
+    outputs = ["score"] if info.num_labels == 1 else [f"score_{x}" for x in info.labels]
+    if cfg.task == "classify":
+        outputs.append("label")
+    if cfg.task == "rerank":
+        outputs.append("rank")
+    lines = [
+        f"input: {len(plan.files)} Parquet file(s), {plan.rows} rows, "
+        f"pairs ({cfg.input.text_a}, {cfg.input.text_b})",
+        f"model: {cfg.model.name} ({info.model_type}, {info.num_labels} output(s): "
+        f"{', '.join(info.labels)}), activation {info.activation}, max_length {info.max_length}",
+        f"task: {cfg.task}"
+        + (f" by {cfg.rerank.group_by}, top_k {cfg.rerank.top_k}" if cfg.task == "rerank" else ""),
+        f"output: {cfg.output.path} columns {cfg.carried_columns() + outputs + ['truncated']}",
+        f"runtime: {cfg.runtime.replicas} replica(s), {cfg.runtime.gpus_per_replica} GPU each",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``crossenc`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "schema":
+        print(json.dumps(config_schema(), indent=2))
+        return EXIT_OK
+    try:
+        cfg = load_config(args.config, args.overrides)
+        log.info("config:\n%s", yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
+        plan = plan_job(cfg)
+    except ConfigError as err:
+        print(f"crossenc: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except InputError as err:
+        print(f"crossenc: input error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    if args.command == "validate":
+        print(describe_plan(cfg, plan))
+        print("config OK")
+        return EXIT_OK
+    from crossenc.pipeline import run_job, summary_lines
+
+    try:
+        result = run_job(cfg, plan)
+    except ConfigError as err:
+        print(f"crossenc: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as err:  # a failure during scoring: report it plainly, not a traceback
+        log.exception("run failed")
+        print(f"crossenc: run failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(summary_lines(result)))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The job's configuration: one validated pydantic model, loaded from YAML with dotted overrides.
+
+This is the only module that reads configuration files; everything else receives a
+:class:`JobConfig` (or one of its parts) as an argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: unknown key, wrong type, bad combination of options."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Strict):
+    """Object-store options, passed to ``s3fs.S3FileSystem``."""
+
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint, e.g. http://127.0.0.1:5555 (None: AWS)."
+    )
+    region: str | None = Field(None, description="Bucket region (None: from the environment).")
+    key: SecretStr | None = Field(
+        None, description="Access key id (None: the usual AWS environment / profile chain)."
+    )
+    secret: SecretStr | None = Field(None, description="Secret access key (never printed).")
+    token: SecretStr | None = Field(None, description="Session token (never printed).")
+    anon: bool = Field(False, description="Anonymous access to public buckets.")
+    max_attempts: int = Field(
+        8, ge=1, description="Retries of throttled, 5xx and timed-out requests (botocore)."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Further keyword arguments for s3fs.S3FileSystem."
+    )
+
+    def s3fs_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``s3fs.S3FileSystem`` (secrets revealed; never log this)."""
+        kwargs: dict[str, Any] = {"anon": self.anon}
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        for name in ("key", "secret", "token"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = value.get_secret_value()
+        config_kwargs: dict[str, Any] = {
+            "retries": {"max_attempts": self.max_attempts, "mode": "adaptive"}
+        }
+        if self.region:
+            kwargs["client_kwargs"] = {"region_name": self.region}
+        kwargs["config_kwargs"] = config_kwargs
+        return {**kwargs, **self.options}
+
+
+class InputConfig(_Strict):
+    """Where the pairs come from."""
+
+    path: str = Field(
+        ...,
+        description="A Parquet file, a folder, or an object-store prefix (s3://bucket/prefix/).",
+    )
+    text_a: str = Field("query", description="Column with the first text (query, premise, q1).")
+    text_b: str = Field("passage", description="Column with the second text (passage, hypothesis).")
+    keep: list[str] = Field(
+        default_factory=list, description="Columns copied unchanged to every output row."
+    )
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, description="Object-store options for the input."
+    )
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> InputConfig:
+        if self.text_a == self.text_b:
+            raise ValueError(f"text_a and text_b name the same column {self.text_a!r}")
+        if len(set(self.keep)) != len(self.keep):
+            raise ValueError(f"keep lists a column twice: {self.keep}")
+        return self
+
+
+Activation = Literal["auto", "identity", "sigmoid", "softmax"]
+
+
+class ModelConfig(_Strict):
+    """Which cross-encoder scores the pairs, and how its logits become scores."""
+
+    name: str = Field(
+        "cross-encoder/ms-marco-MiniLM-L6-v2",
+        description="Hugging Face Hub id, local folder, or object-store folder (s3://...).",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    activation: Activation = Field(
+        "auto",
+        description="auto: as sentence-transformers (the model's stored choice, else sigmoid for "
+        "one output, identity for several); identity; sigmoid; softmax across outputs.",
+    )
+    max_length: int | None = Field(
+        None, ge=8, description="Token limit of a pair (None: the tokenizer's and model's limit)."
+    )
+    labels: list[str] | None = Field(
+        None, description="Label names overriding the model's id2label, in output order."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run code shipped with the model repository (off: only built-ins)."
+    )
+    allow_pickle_weights: bool = Field(
+        False, description="Allow pickle-format weights (*.bin); off: safetensors only."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU, bfloat16/float16 on GPUs that support it."
+    )
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, description="Object-store options when name is s3://..."
+    )
+
+
+class RerankConfig(_Strict):
+    """Ranking within groups (task: rerank)."""
+
+    group_by: str = Field("qid", description="Column whose equal values form one group.")
+    top_k: int | None = Field(None, ge=1, description="Write only the best k rows of each group.")
+
+
+class ClassifyConfig(_Strict):
+    """Labelling (task: classify)."""
+
+    threshold: float | None = Field(
+        None, description="Single-output models only: label = score >= threshold."
+    )
+
+
+class OutputConfig(_Strict):
+    """Where the scored rows go."""
+
+    path: str = Field(..., description="Output folder, local or s3://bucket/prefix/.")
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, description="Object-store options for the output."
+    )
+    mode: Literal["error", "overwrite"] = Field(
+        "error",
+        description="error: refuse when committed output exists; overwrite: replace it on commit.",
+    )
+    dead_letter: str | None = Field(
+        None,
+        description="Where unscorable rows go, with their reason (None: <path>/_dead_letter/, "
+        "which Parquet readers skip).",
+    )
+
+    def dead_letter_path(self) -> str:
+        """The dead-letter folder, on the output's store."""
+        return self.dead_letter or self.path.rstrip("/") + "/_dead_letter"
+
+
+class RuntimeConfig(_Strict):
+    """How the work is spread over Ray."""
+
+    replicas: int = Field(1, ge=1, description="Scorer actors, each holding one model replica.")
+    gpus_per_replica: float = Field(0, ge=0, description="GPUs per scorer (1 on GPU clusters).")
+    cpus_per_replica: float = Field(1, gt=0, description="CPUs reserved per scorer actor.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="Intra-op threads per CPU scorer (None: cpus_per_replica)."
+    )
+    batch_tokens: int = Field(
+        16384, ge=64, description="Token budget of one forward pass (rows x padded length)."
+    )
+    max_batch_rows: int = Field(256, ge=1, description="Upper bound on rows in one forward pass.")
+    block_rows: int = Field(
+        4096, ge=1, description="Rows handed to a tokenizer task or scorer call at a time."
+    )
+    cache_dir: str | None = Field(
+        None, description="Local cache for models copied from object stores (None: ~/.cache)."
+    )
+
+
+class JobConfig(_Strict):
+    """A whole crossenc job."""
+
+    input: InputConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: Literal["score", "classify", "rerank"] = Field(
+        "score", description="score: one score column; classify: labels; rerank: ranks in groups."
+    )
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    output: OutputConfig
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    def carried_columns(self) -> list[str]:
+        """Input columns copied to the output: the kept ones, and the group key of a rerank."""
+        cols = list(self.input.keep)
+        if self.task == "rerank" and self.rerank.group_by not in cols:
+            cols.append(self.rerank.group_by)
+        return cols
+
+    def needed_columns(self) -> list[str]:
+        """Input columns the job reads: the two texts and the carried columns."""
+        return list(dict.fromkeys([self.input.text_a, self.input.text_b, *self.carried_columns()]))
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain data with every secret masked, safe to print or log."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that change scores (model, activation, task, columns)."""
+        relevant = {
+            "model": self.model.model_dump(mode="json", exclude={"storage"}),
+            "task": self.task,
+            "rerank": self.rerank.model_dump(mode="json"),
+            "classify": self.classify.model_dump(mode="json"),
+            "text_a": self.input.text_a,
+            "text_b": self.input.text_b,
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not of the form key.path=value")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {assignment!r} names no key")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def build_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Validate plain data (plus overrides) into a :class:`JobConfig`, or raise ConfigError."""
+    data = json.loads(json.dumps(data))  # deep copy, plain types only
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Load a YAML config file, apply ``key.path=value`` overrides and validate it."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+        return build_config(data, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the job config."""
+    return JobConfig.model_json_schema()

@@ -1,0 +1,97 @@
+"""Checks made before any scoring: input files, their schemas and row counts, model and task."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from crossenc.config import ConfigError, JobConfig
+from crossenc.model import ModelInfo, check_task, describe_model
+from crossenc.storage import Location, list_parquet_files, resolve
+
+
+class InputError(ValueError):
+    """The input data cannot be scored as configured (missing file, column or type)."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input Parquet file and its row count from the footer."""
+
+    path: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What a run will do, established without scoring anything."""
+
+    files: tuple[InputFile, ...]
+    info: ModelInfo
+
+    @property
+    def rows(self) -> int:
+        """Rows in all input files."""
+        return sum(f.rows for f in self.files)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+
+
+def _inspect_file(loc: Location, path: str, cfg: JobConfig) -> InputFile:
+    where = f"{loc.uri.split('://')[0]}://{path}" if "://" in loc.uri else path
+    try:
+        meta = pq.read_metadata(path, filesystem=loc.arrow_fs)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"{where}: not a readable Parquet file ({err})") from None
+    schema = meta.schema.to_arrow_schema()
+    for col in cfg.needed_columns():
+        if col not in schema.names:
+            raise InputError(
+                f"{where}: column {col!r} not found (columns: {', '.join(schema.names)})"
+            )
+    for col in (cfg.input.text_a, cfg.input.text_b):
+        if not _is_text(schema.field(col).type):
+            raise InputError(
+                f"{where}: text column {col!r} has type {schema.field(col).type}, not string"
+            )
+    return InputFile(path=path, rows=meta.num_rows)
+
+
+def inspect_input(cfg: JobConfig) -> tuple[InputFile, ...]:
+    """List the input files and check every footer: needed columns present, texts are strings."""
+    loc = resolve(cfg.input.path, cfg.input.storage)
+    try:
+        paths = list_parquet_files(loc)
+    except FileNotFoundError as err:
+        raise InputError(str(err)) from None
+    if not paths:
+        raise InputError(f"no Parquet files under {cfg.input.path}")
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return tuple(pool.map(lambda p: _inspect_file(loc, p, cfg), paths))
+
+
+def check_paths(cfg: JobConfig) -> None:
+    """Refuse an output path equal to or inside the input path."""
+    src = resolve(cfg.input.path, cfg.input.storage)
+    dst = resolve(cfg.output.path, cfg.output.storage)
+    same_store = type(src.fs) is type(dst.fs)
+    src_path, dst_path = src.path.rstrip("/") + "/", dst.path.rstrip("/") + "/"
+    if same_store and dst_path.startswith(src_path):
+        raise ConfigError(
+            f"output.path {cfg.output.path} is inside input.path {cfg.input.path}; "
+            "the output would be read back as input"
+        )
+
+
+def plan_job(cfg: JobConfig) -> JobPlan:
+    """Every check that can be made before scoring; raises ConfigError or InputError."""
+    check_paths(cfg)
+    info = describe_model(cfg.model, cfg.runtime.cache_dir)
+    check_task(cfg, info)
+    files = inspect_input(cfg)
+    return JobPlan(files=files, info=info)

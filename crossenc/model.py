@@ -1,0 +1,239 @@
+"""Finding, fetching and describing a cross-encoder: Hub id, local folder or s3:// folder."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from crossenc.config import ConfigError, JobConfig, ModelConfig
+from crossenc.storage import is_remote, resolve
+
+# sentence-transformers stores its activation as a dotted class path in the model config.
+_ST_ACTIVATIONS = {
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+    "torch.nn.modules.linear.Identity": "identity",
+    "torch.nn.modules.activation.Softmax": "softmax",
+}
+
+
+def default_cache_dir() -> Path:
+    """Where models copied from object stores live on each node."""
+    return Path.home() / ".cache" / "crossenc" / "models"
+
+
+def fetch_remote_model(cfg: ModelConfig, cache_dir: str | None = None) -> str:
+    """Copy an s3:// model folder to the node's local cache once; return the local folder.
+
+    Concurrent callers on one node (tokenizer tasks, scorer actors) share one copy: a file
+    lock serialises them and the folder appears by an atomic rename only when complete.
+    """
+    loc = resolve(cfg.name, cfg.storage)
+    if not loc.fs.isdir(loc.path):
+        raise FileNotFoundError(f"model folder not found: {cfg.name}")
+    listing = sorted(
+        (info["name"], info.get("size"), str(info.get("ETag", info.get("mtime", ""))))
+        for info in loc.fs.find(loc.path, detail=True).values()
+    )
+    if not listing:
+        raise FileNotFoundError(f"model folder is empty: {cfg.name}")
+    key = hashlib.sha256(json.dumps([cfg.name, listing]).encode()).hexdigest()[:20]
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / key
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_dir():
+            tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
+            try:
+                for name, _, _ in listing:
+                    rel = os.path.relpath(name, loc.path)
+                    dest = tmp / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    loc.fs.get_file(name, str(dest))
+                os.rename(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def model_source(cfg: ModelConfig, cache_dir: str | None = None) -> str:
+    """A name or local folder that ``from_pretrained`` can load."""
+    if is_remote(cfg.name):
+        return fetch_remote_model(cfg, cache_dir)
+    local = Path(cfg.name).expanduser()
+    if local.exists():
+        return str(local.resolve())
+    return cfg.name
+
+
+def _pretrained_kwargs(cfg: ModelConfig, source: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.revision and not Path(source).exists():
+        kwargs["revision"] = cfg.revision
+    return kwargs
+
+
+@lru_cache(maxsize=4)
+def _load_tokenizer(source: str, cfg_json: str) -> Any:
+    from transformers import AutoTokenizer
+
+    cfg = ModelConfig.model_validate_json(cfg_json)
+    tok = AutoTokenizer.from_pretrained(source, **_pretrained_kwargs(cfg, source))
+    if not getattr(tok, "is_fast", False):
+        raise ConfigError(f"model {cfg.name}: crossenc needs a fast (Rust) tokenizer")
+    return tok
+
+
+def load_tokenizer(cfg: ModelConfig, source: str) -> Any:
+    """The model's fast tokenizer, loaded once per process."""
+    return _load_tokenizer(source, cfg.model_dump_json())
+
+
+def load_hf_config(cfg: ModelConfig, source: str) -> Any:
+    """The model's transformers config."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source, **_pretrained_kwargs(cfg, source))
+
+
+def load_model(cfg: ModelConfig, source: str, dtype: Any = None) -> Any:
+    """The sequence-classification model, in eval mode."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = _pretrained_kwargs(cfg, source)
+    if not cfg.allow_pickle_weights:
+        kwargs["use_safetensors"] = True
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, dtype=dtype or torch.float32, **kwargs
+        )
+    except OSError as err:
+        if not cfg.allow_pickle_weights and "safetensors" in str(err).lower():
+            raise ConfigError(
+                f"model {cfg.name}: no safetensors weights; pickle weights (*.bin) are refused "
+                "unless model.allow_pickle_weights is true"
+            ) from err
+        raise
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the pipeline needs to know about a model before scoring."""
+
+    source: str
+    num_labels: int
+    labels: tuple[str, ...]
+    activation: str
+    max_length: int
+    uses_token_type_ids: bool
+    pad_token_id: int
+    model_type: str
+
+
+def resolve_activation(requested: str, hf_config: Any, num_labels: int) -> str:
+    """The activation that ``auto`` means: as sentence-transformers' CrossEncoder does."""
+    if requested != "auto":
+        return requested
+    st = getattr(hf_config, "sentence_transformers", None)
+    stored = st.get("activation_fn") if isinstance(st, dict) else None
+    stored = stored or getattr(hf_config, "sbert_ce_default_activation_function", None)
+    if stored in _ST_ACTIVATIONS:
+        return _ST_ACTIVATIONS[stored]
+    return "sigmoid" if num_labels == 1 else "identity"
+
+
+def describe_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelInfo:
+    """Load config and tokenizer (not the weights) and work out labels, activation, limits."""
+    source = model_source(cfg, cache_dir)
+    hf_config = load_hf_config(cfg, source)
+    tok = load_tokenizer(cfg, source)
+    num_labels = int(hf_config.num_labels)
+    if cfg.labels is not None:
+        if len(cfg.labels) != num_labels:
+            raise ConfigError(
+                f"model.labels has {len(cfg.labels)} names but model {cfg.name} has "
+                f"{num_labels} output(s)"
+            )
+        labels = tuple(cfg.labels)
+    else:
+        id2label = getattr(hf_config, "id2label", None) or {}
+        labels = tuple(str(id2label.get(i, f"LABEL_{i}")) for i in range(num_labels))
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"model {cfg.name}: label names are not distinct: {labels}")
+    limit = int(tok.model_max_length) if tok.model_max_length < 1e9 else 512
+    max_pos = getattr(hf_config, "max_position_embeddings", -1) or -1
+    if max_pos > 0:
+        limit = min(limit, int(max_pos))
+    if cfg.max_length is not None:
+        limit = min(limit, cfg.max_length)
+    activation = resolve_activation(cfg.activation, hf_config, num_labels)
+    if activation == "softmax" and num_labels == 1:
+        raise ConfigError(
+            f"model.activation softmax on single-output model {cfg.name} would give 1.0 for "
+            "every pair; use sigmoid or identity"
+        )
+    return ModelInfo(
+        source=source,
+        num_labels=num_labels,
+        labels=labels,
+        activation=activation,
+        max_length=limit,
+        uses_token_type_ids="token_type_ids" in tok.model_input_names
+        and getattr(hf_config, "type_vocab_size", 2) > 1,
+        pad_token_id=int(tok.pad_token_id if tok.pad_token_id is not None else 0),
+        model_type=str(hf_config.model_type),
+    )
+
+
+def check_task(cfg: JobConfig, info: ModelInfo) -> None:
+    """Refuse task/model combinations that cannot give the promised output columns."""
+    if cfg.task in ("score", "rerank") and info.num_labels != 1:
+        raise ConfigError(
+            f"task {cfg.task} needs a single-output model, but {cfg.model.name} has "
+            f"{info.num_labels} outputs {list(info.labels)}; use task: classify"
+        )
+    if cfg.task == "classify" and info.num_labels == 1 and cfg.classify.threshold is None:
+        raise ConfigError(
+            f"task classify with single-output model {cfg.model.name} needs classify.threshold"
+        )
+    if cfg.task == "classify" and info.num_labels > 1 and cfg.classify.threshold is not None:
+        raise ConfigError("classify.threshold applies to single-output models only")
+
+
+def model_fingerprint(cfg: ModelConfig, info: ModelInfo) -> dict[str, Any]:
+    """Name, revision and a hash of the weight files: what identifies the scores' source."""
+    digest = hashlib.sha256()
+    folder = Path(info.source)
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    if not folder.is_dir():  # a Hub id: the loaded snapshot's files
+        from huggingface_hub import snapshot_download
+
+        folder = Path(
+            snapshot_download(
+                info.source, revision=cfg.revision, allow_patterns=["*.safetensors", "*.json"]
+            )
+        )
+        weights = sorted(folder.glob("*.safetensors"))
+    for path in weights:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):  # noqa: B023
+                digest.update(chunk)
+    return {
+        "name": cfg.name,
+        "revision": cfg.revision,
+        "weights_sha256": digest.hexdigest(),
+        "weight_files": [p.name for p in weights],
+        "activation": info.activation,
+        "labels": list(info.labels),
+        "max_length": info.max_length,
+    }

@@ -1,0 +1,51 @@
+"""Post-processing: scores to output columns (score, score_<label>, label, rank)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from crossenc.config import JobConfig
+from crossenc.model import ModelInfo
+from crossenc.tokenize import ERROR
+
+SCORE = "score"
+LABEL = "label"
+RANK = "rank"
+DROPPED = "_dropped"
+
+
+def score_columns(
+    scores: np.ndarray, valid: np.ndarray, cfg: JobConfig, info: ModelInfo
+) -> dict[str, pa.Array]:
+    """The task's output columns for a block; rows not ``valid`` get nulls."""
+    mask = ~valid
+    if info.num_labels == 1:
+        cols = {SCORE: pa.array(scores[:, 0], mask=mask)}
+        if cfg.task == "classify":
+            cols[LABEL] = pa.array(scores[:, 0] >= cfg.classify.threshold, mask=mask)
+        return cols
+    cols = {
+        f"{SCORE}_{name}": pa.array(scores[:, i], mask=mask) for i, name in enumerate(info.labels)
+    }
+    names = np.asarray(info.labels, dtype=object)[np.argmax(scores, axis=1)]
+    cols[LABEL] = pa.array(names, type=pa.string(), mask=mask)
+    return cols
+
+
+def rank_group(group: pa.Table, top_k: int | None) -> pa.Table:
+    """Rank one group's scored rows (1 = best score); rows beyond top_k are marked dropped.
+
+    Unscorable rows (with an error) keep a null rank and pass through to the dead letters.
+    """
+    n = group.num_rows
+    scores = group.column(SCORE).to_numpy(zero_copy_only=False)
+    ok = pc.is_null(group.column(ERROR)).to_numpy(zero_copy_only=False)
+    rank = np.zeros(n, dtype=np.int64)
+    ok_idx = np.flatnonzero(ok)
+    order = ok_idx[np.argsort(-scores[ok_idx], kind="stable")]
+    rank[order] = np.arange(1, len(order) + 1)
+    dropped = ok & (rank > top_k) if top_k is not None else np.zeros(n, dtype=bool)
+    group = group.append_column(RANK, pa.array(rank, mask=~ok))
+    return group.append_column(DROPPED, pa.array(dropped))

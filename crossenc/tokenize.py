@@ -1,0 +1,113 @@
+"""Tokenize stage: text pairs to token ids on CPU; unscorable rows get a reason code."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from crossenc.config import JobConfig
+from crossenc.model import ModelInfo, load_tokenizer
+
+IDS = "_input_ids"
+TYPE_IDS = "_token_type_ids"
+ERROR = "_error"
+TRUNCATED = "truncated"
+
+# Reason codes of dead-lettered rows.
+NULL_TEXT = "null_text"
+EMPTY_TEXT = "empty_text"
+NOT_A_STRING = "not_a_string"
+
+
+def _row_errors(col: pa.ChunkedArray | pa.Array, name: str) -> list[str | None]:
+    """Per row, why this text column cannot be scored (None where it can)."""
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        if pa.types.is_null(col.type):
+            return [f"{NULL_TEXT}:{name}"] * len(col)
+        return [
+            f"{NOT_A_STRING}:{name}" if v is not None else f"{NULL_TEXT}:{name}"
+            for v in col.to_pylist()
+        ]
+    is_null = pc.is_null(col).to_numpy(zero_copy_only=False)
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), False)
+    blank = blank.to_numpy(zero_copy_only=False)
+    out: list[str | None] = [None] * len(col)
+    for i in np.flatnonzero(is_null | blank):
+        out[i] = f"{NULL_TEXT}:{name}" if is_null[i] else f"{EMPTY_TEXT}:{name}"
+    return out
+
+
+def _list_array(seqs: list[list[int]], dtype: Any) -> pa.Array:
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int32, count=len(seqs))
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(seqs), dtype=dtype, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def encode_pairs(
+    tokenizer: Any, info: ModelInfo, texts_a: list[str], texts_b: list[str]
+) -> tuple[list[list[int]], list[list[int]] | None, np.ndarray]:
+    """Token ids (and type ids) of pairs as the tokenizer builds them, plus a truncated flag."""
+    enc = tokenizer(
+        texts_a,
+        texts_b,
+        truncation="longest_first",
+        max_length=info.max_length,
+        padding=False,
+        return_attention_mask=False,
+        return_token_type_ids=info.uses_token_type_ids,
+        return_overflowing_tokens=False,
+        return_length=False,
+    )
+    ids = enc["input_ids"]
+    type_ids = enc["token_type_ids"] if info.uses_token_type_ids else None
+    lengths = np.fromiter((len(s) for s in ids), dtype=np.int32, count=len(ids))
+    # A pair at the limit may have been cut; confirm with an untruncated count of those only.
+    truncated = np.zeros(len(ids), dtype=bool)
+    at_limit = np.flatnonzero(lengths >= info.max_length)
+    if len(at_limit):
+        full = tokenizer(
+            [texts_a[i] for i in at_limit],
+            [texts_b[i] for i in at_limit],
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        truncated[at_limit] = [len(s) > info.max_length for s in full]
+    return ids, type_ids, truncated
+
+
+def tokenize_batch(batch: pa.Table, cfg: JobConfig, info: ModelInfo) -> pa.Table:
+    """Add token ids, the truncated flag and a reason for unscorable rows; drop text columns."""
+    a_name, b_name = cfg.input.text_a, cfg.input.text_b
+    errors_a = _row_errors(batch.column(a_name), a_name)
+    errors_b = _row_errors(batch.column(b_name), b_name)
+    errors = [ea or eb for ea, eb in zip(errors_a, errors_b, strict=True)]
+    good = [i for i, e in enumerate(errors) if e is None]
+    texts_a = batch.column(a_name).to_pylist()
+    texts_b = batch.column(b_name).to_pylist()
+    tokenizer = load_tokenizer(cfg.model, info.source)
+    ids_good, types_good, trunc_good = encode_pairs(
+        tokenizer, info, [texts_a[i] for i in good], [texts_b[i] for i in good]
+    )
+    ids: list[list[int]] = [[] for _ in errors]
+    types: list[list[int]] = [[] for _ in errors]
+    truncated = np.zeros(len(errors), dtype=bool)
+    for j, i in enumerate(good):
+        ids[i] = ids_good[j]
+        if types_good is not None:
+            types[i] = types_good[j]
+    truncated[good] = trunc_good
+    out = batch.select(cfg.carried_columns())
+    out = out.append_column(IDS, _list_array(ids, np.int32))
+    if info.uses_token_type_ids:
+        out = out.append_column(TYPE_IDS, _list_array(types, np.int8))
+    out = out.append_column(TRUNCATED, pa.array(truncated))
+    out = out.append_column(ERROR, pa.array(errors, type=pa.string()))
+    assert out.num_rows == batch.num_rows, "tokenize stage must keep every row"
+    return out
