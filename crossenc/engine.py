@@ -138,3 +138,27 @@ class ScoringEngine:
         self.stats.rows += n
         self.stats.real_tokens += int(lengths.sum())
         return out
+
+
+class LocalScorer:
+    """In-process scoring of (text_a, text_b) pairs with the job's tokenizer and engine."""
+
+    def __init__(self, model_cfg: ModelConfig, runtime: RuntimeConfig | None = None) -> None:
+        from crossenc.model import describe_model, load_tokenizer
+
+        self.runtime = runtime or RuntimeConfig()
+        self.info = describe_model(model_cfg, self.runtime.cache_dir)
+        self.tokenizer = load_tokenizer(model_cfg, self.info.source)
+        self.engine = ScoringEngine(model_cfg, self.info, self.runtime, self.info.source)
+
+    def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Scores of shape (pairs,) for single-output models, (pairs, outputs) otherwise."""
+        from crossenc.tokenize import encode_pairs
+
+        ids, type_ids, _ = encode_pairs(
+            self.tokenizer, self.info, [a for a, _ in pairs], [b for _, b in pairs]
+        )
+        arrays = [np.asarray(s, dtype=np.int64) for s in ids]
+        types = [np.asarray(s, dtype=np.int64) for s in type_ids] if type_ids else None
+        scores = self.engine.score(arrays, types)
+        return scores[:, 0] if self.info.num_labels == 1 else scores

@@ -140,12 +140,36 @@ class ModelInfo:
     model_type: str
 
 
-def resolve_activation(requested: str, hf_config: Any, num_labels: int) -> str:
-    """The activation that ``auto`` means: as sentence-transformers' CrossEncoder does."""
+def _st_model_config(cfg: ModelConfig, source: str) -> dict[str, Any]:
+    """The model's config_sentence_transformers.json, where it has one."""
+    name = "config_sentence_transformers.json"
+    path: str | None = str(Path(source) / name)
+    if not Path(source).is_dir():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(source, name, revision=cfg.revision)
+        except Exception:  # the file is optional; any failure means "not stored"
+            path = None
+    if path is None or not Path(path).is_file():
+        return {}
+    return json.loads(Path(path).read_text())
+
+
+def resolve_activation(
+    requested: str, hf_config: Any, num_labels: int, st_config: dict[str, Any] | None = None
+) -> str:
+    """The activation that ``auto`` means: as sentence-transformers' CrossEncoder does.
+
+    The choice stored with the model wins (config_sentence_transformers.json since v5, the
+    ``sentence_transformers`` block of config.json in v4, an older top-level key before that);
+    else sigmoid for one output and identity for several.
+    """
     if requested != "auto":
         return requested
+    stored = (st_config or {}).get("activation_fn")
     st = getattr(hf_config, "sentence_transformers", None)
-    stored = st.get("activation_fn") if isinstance(st, dict) else None
+    stored = stored or (st.get("activation_fn") if isinstance(st, dict) else None)
     stored = stored or getattr(hf_config, "sbert_ce_default_activation_function", None)
     if stored in _ST_ACTIVATIONS:
         return _ST_ACTIVATIONS[stored]
@@ -176,7 +200,8 @@ def describe_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelInfo:
         limit = min(limit, int(max_pos))
     if cfg.max_length is not None:
         limit = min(limit, cfg.max_length)
-    activation = resolve_activation(cfg.activation, hf_config, num_labels)
+    st_config = _st_model_config(cfg, source) if cfg.activation == "auto" else {}
+    activation = resolve_activation(cfg.activation, hf_config, num_labels, st_config)
     if activation == "softmax" and num_labels == 1:
         raise ConfigError(
             f"model.activation softmax on single-output model {cfg.name} would give 1.0 for "

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny offline models of each architecture, sample data, Ray, an S3 server."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from crossenc.testing import ARCHITECTURES, NLI_LABELS, build_tiny_model, write_pairs
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], Path]:
+    """(architecture, outputs) -> folder of a seeded tiny model; 3-output models are NLI-labelled."""
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for i, arch in enumerate(ARCHITECTURES):
+        out[(arch, 1)] = build_tiny_model(root / f"{arch}-1", arch, 1, seed=i)
+        out[(arch, 3)] = build_tiny_model(root / f"{arch}-3", arch, 3, NLI_LABELS, seed=10 + i)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 (qid, doc_id, query, passage) rows in 3 Parquet files, 10 passages per query."""
+    root = tmp_path_factory.mktemp("pairs")
+    write_pairs(root, rows=300, files=3, seed=7)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """An in-process Ray for pipeline tests, shut down at the end of the session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (real HTTP); yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
