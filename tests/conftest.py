@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray binds to loopback
 
 from crossenc.testing import ARCHITECTURES, NLI_LABELS, build_tiny_model, write_pairs
 
@@ -19,7 +22,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], Path]:
-    """(architecture, outputs) -> folder of a seeded tiny model; 3-output models are NLI-labelled."""
+    """(architecture, outputs) -> seeded tiny model folder; 3-output ones carry NLI labels."""
     root = tmp_path_factory.mktemp("models")
     out = {}
     for i, arch in enumerate(ARCHITECTURES):

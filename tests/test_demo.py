@@ -1,0 +1,30 @@
+"""The README's first command: the demo job on the embedded default, offline model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import read_output
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_script_runs_the_msmarco_preset(tmp_path):
+    env = {**os.environ, "MODEL": "offline", "ROWS": "400", "OUT": str(tmp_path / "demo")}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        ["scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rows read 400, written 400" in proc.stdout
+    out = read_output(tmp_path / "demo" / "scored")
+    assert out.column_names == ["qid", "doc_id", "score", "rank", "truncated"]
+    manifest = json.loads((tmp_path / "demo" / "scored" / "_manifest.json").read_text())
+    assert manifest["config"]["model"]["name"].endswith("demo/model")
+    assert manifest["model"]["activation"] == "sigmoid"

@@ -1,0 +1,71 @@
+"""Input, model and output on S3, through moto's server on 127.0.0.1 and s3fs (real HTTP)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+
+from crossenc.config import ModelConfig
+from crossenc.engine import LocalScorer
+from crossenc.pipeline import run_job
+from crossenc.storage import resolve
+from tests.helpers import job_config
+
+SECRET = "s3cr3t-DO-NOT-PRINT-4242"
+
+
+@pytest.fixture()
+def s3(s3_server):
+    fs = s3fs.S3FileSystem(key="testing", secret=SECRET, endpoint_url=s3_server)
+    fs.mkdir("crossenc-test")
+    yield fs
+    fs.rm("crossenc-test", recursive=True)
+
+
+def test_job_reads_model_and_pairs_from_s3_and_writes_back(
+    ray_local, models, pairs_dir, s3, s3_server, tmp_path, capsys
+):
+    s3.put(str(pairs_dir) + "/", "crossenc-test/pairs/", recursive=True)
+    s3.put(str(models[("bert", 1)]) + "/", "crossenc-test/models/bert/", recursive=True)
+    storage = {"endpoint_url": s3_server, "key": "testing", "secret": SECRET}
+    cfg = job_config(
+        "s3://crossenc-test/pairs/",
+        "s3://crossenc-test/scored/",
+        "s3://crossenc-test/models/bert",
+        task="rerank",
+        input={"storage": storage},
+        output={"storage": storage},
+        model={"storage": storage},
+        runtime={"cache_dir": str(tmp_path / "cache")},
+    )
+    result = run_job(cfg)
+    assert result.rows_written == result.rows_read == 300
+
+    # The model was copied once to the node's cache, and loads from there.
+    cached = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert len(cached) == 1 and (cached[0] / "model.safetensors").exists()
+
+    assert s3.exists("crossenc-test/scored/_SUCCESS")
+    manifest = json.loads(s3.cat("crossenc-test/scored/_manifest.json"))
+    assert not s3.exists("crossenc-test/scored/_temporary")
+    out = pads.dataset(
+        "crossenc-test/scored/",
+        filesystem=resolve(cfg.output.path, cfg.output.storage).arrow_fs,
+        format="parquet",
+    ).to_table()
+    assert out.num_rows == 300 == sum(f["rows"] for f in manifest["files"])
+    inp = pq.read_table(str(pairs_dir))
+    want = LocalScorer(ModelConfig(name=str(models[("bert", 1)]))).predict(
+        list(zip(inp.column("query").to_pylist(), inp.column("passage").to_pylist(), strict=True))
+    )
+    got = dict(zip(out.column("doc_id").to_pylist(), out.column("score").to_pylist(), strict=True))
+    np.testing.assert_allclose([got[d] for d in inp.column("doc_id").to_pylist()], want, atol=1e-5)
+    # The secret key is in no manifest and nothing printed.
+    assert SECRET not in json.dumps(manifest)
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err
