@@ -76,6 +76,11 @@ class InputConfig(_Strict):
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Object-store options for the input."
     )
+    on_bad_file: Literal["fail", "skip"] = Field(
+        "fail",
+        description="A corrupt or empty file, or one missing a column or with a wrong type: "
+        "fail the run (naming the file), or skip it (listed in the manifest and summary).",
+    )
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> InputConfig:
@@ -114,6 +119,18 @@ class ModelConfig(_Strict):
     allow_pickle_weights: bool = Field(
         False, description="Allow pickle-format weights (*.bin); off: safetensors only."
     )
+    truncation: Literal["longest_first", "only_second", "only_first"] = Field(
+        "longest_first",
+        description="How pairs longer than max_length are cut (the tokenizer's strategies; "
+        "longest_first is what sentence-transformers does).",
+    )
+    backend: Literal["torch", "onnx"] = Field(
+        "torch", description="torch, or ONNX Runtime (CPU), exported from the same folder."
+    )
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="ONNX backend only: int8 dynamic quantization (changes scores)."
+    )
+    compile: bool = Field(False, description="torch.compile the model (GPU, where it helps).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: float32 on CPU, bfloat16/float16 on GPUs that support it."
     )
@@ -144,9 +161,11 @@ class OutputConfig(_Strict):
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Object-store options for the output."
     )
-    mode: Literal["error", "overwrite"] = Field(
+    mode: Literal["error", "overwrite", "resume"] = Field(
         "error",
-        description="error: refuse when committed output exists; overwrite: replace it on commit.",
+        description="error: refuse when committed output exists; overwrite: replace it on "
+        "commit; resume: keep what an interrupted run with the same model and settings "
+        "completed, score only the rest.",
     )
     dead_letter: str | None = Field(
         None,

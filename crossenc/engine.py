@@ -146,6 +146,7 @@ class LocalScorer:
     def __init__(self, model_cfg: ModelConfig, runtime: RuntimeConfig | None = None) -> None:
         from crossenc.model import describe_model, load_tokenizer
 
+        self.model_cfg = model_cfg
         self.runtime = runtime or RuntimeConfig()
         self.info = describe_model(model_cfg, self.runtime.cache_dir)
         self.tokenizer = load_tokenizer(model_cfg, self.info.source)
@@ -156,7 +157,11 @@ class LocalScorer:
         from crossenc.tokenize import encode_pairs
 
         ids, type_ids, _ = encode_pairs(
-            self.tokenizer, self.info, [a for a, _ in pairs], [b for _, b in pairs]
+            self.tokenizer,
+            self.info,
+            [a for a, _ in pairs],
+            [b for _, b in pairs],
+            self.model_cfg.truncation,
         )
         arrays = [np.asarray(s, dtype=np.int64) for s in ids]
         types = [np.asarray(s, dtype=np.int64) for s in type_ids] if type_ids else None

@@ -50,13 +50,17 @@ def _list_array(seqs: list[list[int]], dtype: Any) -> pa.Array:
 
 
 def encode_pairs(
-    tokenizer: Any, info: ModelInfo, texts_a: list[str], texts_b: list[str]
+    tokenizer: Any,
+    info: ModelInfo,
+    texts_a: list[str],
+    texts_b: list[str],
+    truncation: str = "longest_first",
 ) -> tuple[list[list[int]], list[list[int]] | None, np.ndarray]:
     """Token ids (and type ids) of pairs as the tokenizer builds them, plus a truncated flag."""
     enc = tokenizer(
         texts_a,
         texts_b,
-        truncation="longest_first",
+        truncation=truncation,
         max_length=info.max_length,
         padding=False,
         return_attention_mask=False,
@@ -93,7 +97,11 @@ def tokenize_batch(batch: pa.Table, cfg: JobConfig, info: ModelInfo) -> pa.Table
     texts_b = batch.column(b_name).to_pylist()
     tokenizer = load_tokenizer(cfg.model, info.source)
     ids_good, types_good, trunc_good = encode_pairs(
-        tokenizer, info, [texts_a[i] for i in good], [texts_b[i] for i in good]
+        tokenizer,
+        info,
+        [texts_a[i] for i in good],
+        [texts_b[i] for i in good],
+        cfg.model.truncation,
     )
     ids: list[list[int]] = [[] for _ in errors]
     types: list[list[int]] = [[] for _ in errors]
