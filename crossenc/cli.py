@@ -22,6 +22,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_INPUT = 3
 EXIT_FAILED = 4
+EXIT_SKIPPED = 5  # the run committed, but input.on_bad_file=skip left files out
 
 log = logging.getLogger("crossenc")
 
@@ -66,6 +67,7 @@ def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
         f"output: {cfg.output.path} columns {cfg.carried_columns() + outputs + ['truncated']}",
         f"runtime: {cfg.runtime.replicas} replica(s), {cfg.runtime.gpus_per_replica} GPU each",
     ]
+    lines += [f"skipping bad file: {bad.reason}" for bad in plan.skipped]
     return "\n".join(lines)
 
 
@@ -106,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crossenc: run failed: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILED
     print("\n".join(summary_lines(result)))
-    return EXIT_OK
+    for bad in plan.skipped:
+        print(f"crossenc: skipped bad file: {bad.reason}", file=sys.stderr)
+    return EXIT_SKIPPED if plan.skipped else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from crossenc.config import ConfigError, JobConfig
 from crossenc.model import ModelInfo, check_task, describe_model
 from crossenc.storage import Location, list_parquet_files, resolve
+from crossenc.tokenize import RAY_PATH
 
 
 class InputError(ValueError):
@@ -26,15 +27,24 @@ class InputFile:
 
 
 @dataclass(frozen=True)
+class BadFile:
+    """An input file that cannot be scored, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class JobPlan:
     """What a run will do, established without scoring anything."""
 
     files: tuple[InputFile, ...]
     info: ModelInfo
+    skipped: tuple[BadFile, ...] = ()
 
     @property
     def rows(self) -> int:
-        """Rows in all input files."""
+        """Rows in all input files that will be read."""
         return sum(f.rows for f in self.files)
 
 
@@ -42,7 +52,8 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
 
 
-def _inspect_file(loc: Location, path: str, cfg: JobConfig) -> InputFile:
+def _inspect_file(loc: Location, path: str, cfg: JobConfig) -> tuple[InputFile, pa.Schema]:
+    """Row count and schema from the footer; raises InputError naming the file."""
     where = f"{loc.uri.split('://')[0]}://{path}" if "://" in loc.uri else path
     try:
         meta = pq.read_metadata(path, filesystem=loc.arrow_fs)
@@ -59,11 +70,16 @@ def _inspect_file(loc: Location, path: str, cfg: JobConfig) -> InputFile:
             raise InputError(
                 f"{where}: text column {col!r} has type {schema.field(col).type}, not string"
             )
-    return InputFile(path=path, rows=meta.num_rows)
+    return InputFile(path=path, rows=meta.num_rows), schema
 
 
-def inspect_input(cfg: JobConfig) -> tuple[InputFile, ...]:
-    """List the input files and check every footer: needed columns present, texts are strings."""
+def inspect_input(cfg: JobConfig) -> tuple[tuple[InputFile, ...], tuple[BadFile, ...]]:
+    """List the input files and check every footer: readable, needed columns present, texts
+    are strings, carried columns of one type across files.
+
+    With ``input.on_bad_file: fail`` the first bad file raises InputError; with ``skip`` the
+    bad files come back with their reasons.
+    """
     loc = resolve(cfg.input.path, cfg.input.storage)
     try:
         paths = list_parquet_files(loc)
@@ -71,12 +87,43 @@ def inspect_input(cfg: JobConfig) -> tuple[InputFile, ...]:
         raise InputError(str(err)) from None
     if not paths:
         raise InputError(f"no Parquet files under {cfg.input.path}")
+
+    def check(path: str) -> tuple[InputFile, pa.Schema] | BadFile:
+        try:
+            return _inspect_file(loc, path, cfg)
+        except InputError as err:
+            return BadFile(path=path, reason=str(err))
+
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return tuple(pool.map(lambda p: _inspect_file(loc, p, cfg), paths))
+        results = list(pool.map(check, paths))
+    good: list[InputFile] = []
+    bad: list[BadFile] = []
+    reference: dict[str, pa.DataType] = {}
+    for result in results:
+        if isinstance(result, BadFile):
+            bad.append(result)
+            continue
+        info, schema = result
+        mismatch = None
+        for col in cfg.carried_columns():
+            kind = schema.field(col).type
+            if reference.setdefault(col, kind) != kind:
+                mismatch = f"column {col!r} has type {kind}, other files {reference[col]}"
+                break
+        if mismatch:
+            bad.append(BadFile(path=info.path, reason=f"{info.path}: {mismatch}"))
+        else:
+            good.append(info)
+    if bad and cfg.input.on_bad_file == "fail":
+        more = f" (and {len(bad) - 1} more bad file(s))" if len(bad) > 1 else ""
+        raise InputError(bad[0].reason + more + "; set input.on_bad_file=skip to skip them")
+    if not good:
+        raise InputError(f"no readable Parquet file under {cfg.input.path}")
+    return tuple(good), tuple(bad)
 
 
 def check_paths(cfg: JobConfig) -> None:
-    """Refuse an output path equal to or inside the input path."""
+    """Refuse an output path equal to or inside the input path, and reserved column names."""
     src = resolve(cfg.input.path, cfg.input.storage)
     dst = resolve(cfg.output.path, cfg.output.storage)
     same_store = type(src.fs) is type(dst.fs)
@@ -86,6 +133,8 @@ def check_paths(cfg: JobConfig) -> None:
             f"output.path {cfg.output.path} is inside input.path {cfg.input.path}; "
             "the output would be read back as input"
         )
+    if RAY_PATH in cfg.needed_columns():
+        raise ConfigError(f"column name {RAY_PATH!r} is reserved (the source file of each row)")
 
 
 def plan_job(cfg: JobConfig) -> JobPlan:
@@ -93,5 +142,10 @@ def plan_job(cfg: JobConfig) -> JobPlan:
     check_paths(cfg)
     info = describe_model(cfg.model, cfg.runtime.cache_dir)
     check_task(cfg, info)
-    files = inspect_input(cfg)
-    return JobPlan(files=files, info=info)
+    if cfg.output.mode == "resume" and cfg.task == "rerank":
+        raise ConfigError(
+            "output.mode resume is not available for task rerank: ranks span the whole "
+            "dataset, so an interrupted rerank must run again (output.mode=overwrite)"
+        )
+    files, skipped = inspect_input(cfg)
+    return JobPlan(files=files, info=info, skipped=skipped)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -12,10 +13,22 @@ import pyarrow.compute as pc
 import ray
 
 from crossenc import __version__
-from crossenc.commit import Manifest, PartStats, check_output_mode, commit, new_run_id, write_part
+from crossenc.commit import (
+    Manifest,
+    PartStats,
+    RunRecord,
+    check_output_mode,
+    check_same_run,
+    commit,
+    completed_inputs,
+    new_run_id,
+    read_manifest,
+    write_part,
+    write_run_record,
+)
 from crossenc.config import JobConfig
 from crossenc.engine import ScoringEngine
-from crossenc.inspect_input import JobPlan, plan_job
+from crossenc.inspect_input import InputFile, JobPlan, plan_job
 from crossenc.model import ModelInfo, model_fingerprint, model_source
 from crossenc.postprocess import rank_group, score_columns
 from crossenc.storage import resolve
@@ -56,27 +69,30 @@ class ScorerReplica:
         return out
 
 
-def build_dataset(cfg: JobConfig, plan: JobPlan, run_id: str) -> ray.data.Dataset:
+def build_dataset(
+    cfg: JobConfig, files: list[InputFile], info: ModelInfo, run_id: str
+) -> ray.data.Dataset:
     """The lazy Ray Data pipeline; executing it writes staged parts and yields their stats."""
     loc = resolve(cfg.input.path, cfg.input.storage)
     rt = cfg.runtime
     ds = ray.data.read_parquet(
-        [f.path for f in plan.files],
+        [f.path for f in files],
         filesystem=loc.arrow_fs,
         columns=cfg.needed_columns(),
+        include_paths=True,
         file_extensions=None,
         partitioning=None,
     )
     ds = ds.map_batches(
         tokenize_batch,
-        fn_kwargs={"cfg": cfg, "info": plan.info},
+        fn_kwargs={"cfg": cfg, "info": info},
         batch_size=rt.block_rows,
         batch_format="pyarrow",
         num_cpus=1,
     )
     ds = ds.map_batches(
         ScorerReplica,
-        fn_constructor_kwargs={"cfg": cfg, "info": plan.info},
+        fn_constructor_kwargs={"cfg": cfg, "info": info},
         batch_size=rt.block_rows,
         batch_format="pyarrow",
         concurrency=rt.replicas,
@@ -84,7 +100,8 @@ def build_dataset(cfg: JobConfig, plan: JobPlan, run_id: str) -> ray.data.Datase
         num_gpus=rt.gpus_per_replica,
     )  # Ray restarts a dead scorer and retries its batch (max_restarts=-1 by default)
     if cfg.task == "rerank":
-        partitions = max(1, min(200, plan.rows // rt.block_rows + 1))
+        rows = sum(f.rows for f in files)
+        partitions = max(1, min(200, rows // rt.block_rows + 1))
         ds = ds.groupby(cfg.rerank.group_by, num_partitions=partitions).map_groups(
             rank_group, fn_kwargs={"top_k": cfg.rerank.top_k}, batch_format="pyarrow"
         )
@@ -98,25 +115,49 @@ def build_dataset(cfg: JobConfig, plan: JobPlan, run_id: str) -> ray.data.Datase
 
 @dataclass
 class RunResult:
-    """What a finished run did."""
+    """What a run did. ``rows_scored`` is what this run read and scored; on a resume,
+    ``rows_resumed`` were taken over from the interrupted run's staged parts."""
 
     run_id: str
     rows_read: int
     rows_written: int
     rows_dead_lettered: int
     rows_dropped_top_k: int
+    rows_scored: int
+    rows_resumed: int
+    files_resumed: int
+    files_skipped: int
     files_written: int
     seconds: float
     output_path: str
+    already_committed: bool = False
 
     @property
     def rows_per_second(self) -> float:
-        """Input rows handled per wall-clock second."""
-        return self.rows_read / self.seconds if self.seconds else 0.0
+        """Rows this run scored per wall-clock second."""
+        return self.rows_scored / self.seconds if self.seconds else 0.0
 
 
 class InvariantError(RuntimeError):
     """Rows read differ from rows written + dead-lettered + dropped: nothing is committed."""
+
+
+def check_accounted(files: list[InputFile], parts: list[PartStats], run_id: str) -> None:
+    """Per input file: rows read = rows written + dead-lettered + dropped by top_k."""
+    accounted: dict[str, int] = {}
+    for part in parts:
+        accounted[part.input_file] = accounted.get(part.input_file, 0) + part.accounted
+    wrong = [
+        f"{f.path}: read {f.rows}, accounted {accounted.get(f.path, 0)}"
+        for f in files
+        if accounted.pop(f.path, 0) != f.rows
+    ]
+    wrong += [f"{path}: not an input file, {n} rows" for path, n in accounted.items()]
+    if wrong:
+        raise InvariantError(
+            f"rows read != rows written + dead-lettered + dropped; nothing committed "
+            f"(staging kept, run {run_id}): " + "; ".join(wrong[:5])
+        )
 
 
 def ensure_ray() -> None:
@@ -125,66 +166,114 @@ def ensure_ray() -> None:
         ray.init(ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=True)
 
 
+def _already_committed(manifest: dict[str, Any], seconds: float, path: str) -> RunResult:
+    return RunResult(
+        run_id=manifest["run_id"],
+        rows_read=manifest["rows_read"],
+        rows_written=manifest["rows_written"],
+        rows_dead_lettered=manifest["rows_dead_lettered"],
+        rows_dropped_top_k=manifest["rows_dropped_top_k"],
+        rows_scored=0,
+        rows_resumed=manifest["rows_read"],
+        files_resumed=len(manifest["input_files"]),
+        files_skipped=len(manifest.get("skipped_files", [])),
+        files_written=len(manifest["files"]),
+        seconds=seconds,
+        output_path=path,
+        already_committed=True,
+    )
+
+
 def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     """Run the whole job and commit its output; returns the counts."""
+    started = time.monotonic()
     check_output_mode(cfg.output)
     plan = plan or plan_job(cfg)
-    ensure_ray()
-    run_id = new_run_id()
-    started = time.monotonic()
+    record = RunRecord(new_run_id(), cfg.fingerprint(), model_fingerprint(cfg.model, plan.info))
+    kept: dict[str, list[PartStats]] = {}
+    if cfg.output.mode == "resume":
+        committed = read_manifest(cfg.output)
+        if committed is not None:
+            check_same_run(committed, record, "the committed run")
+            log.info("resume: %s already holds the committed run", cfg.output.path)
+            return _already_committed(committed, time.monotonic() - started, cfg.output.path)
+        kept = completed_inputs(cfg.output, record, {f.path: f.rows for f in plan.files})
+    todo = [f for f in plan.files if f.path not in kept]
+    write_run_record(cfg.output, record)
     log.info(
-        "run %s: %d rows in %d files -> %s", run_id, plan.rows, len(plan.files), cfg.output.path
+        "run %s: %d rows in %d files -> %s (%d files taken over from interrupted runs, %d skipped)",
+        record.run_id,
+        sum(f.rows for f in todo),
+        len(todo),
+        cfg.output.path,
+        len(kept),
+        len(plan.skipped),
     )
-    parts = [PartStats(**row) for row in build_dataset(cfg, plan, run_id).iter_rows()]
+    parts = [p for file_parts in kept.values() for p in file_parts]
+    if todo:
+        ensure_ray()
+        dataset = build_dataset(cfg, todo, plan.info, record.run_id)
+        parts += [PartStats(**row) for row in dataset.iter_rows()]
+    check_accounted(list(plan.files), parts, record.run_id)
     written = sum(p.rows for p in parts)
     dead = sum(p.dead_rows for p in parts)
     dropped = sum(p.dropped_rows for p in parts)
-    if written + dead + dropped != plan.rows:
-        raise InvariantError(
-            f"rows read {plan.rows} != written {written} + dead-lettered {dead} + "
-            f"dropped by top_k {dropped}; nothing committed (staging: run {run_id})"
-        )
     seconds = time.monotonic() - started
+    rows_scored = sum(f.rows for f in todo)
     manifest = Manifest(
-        run_id=run_id,
+        run_id=record.run_id,
         files=[],
         dead_letter_files=[],
         input_files=[{"path": f.path, "rows": f.rows} for f in plan.files],
+        skipped_files=[{"path": b.path, "reason": b.reason} for b in plan.skipped],
         rows_read=plan.rows,
         rows_written=written,
         rows_dead_lettered=dead,
         rows_dropped_top_k=dropped,
-        model=model_fingerprint(cfg.model, plan.info),
-        config_hash=cfg.fingerprint(),
+        model=record.model,
+        config_hash=record.config_hash,
         config=cfg.redacted(),
         crossenc_version=__version__,
+        resumed_from=sorted({p.run_id for ps in kept.values() for p in ps}),
         summary={
             "seconds": round(seconds, 3),
-            "rows_per_second": round(plan.rows / seconds, 1) if seconds else None,
+            "rows_scored": rows_scored,
+            "rows_per_second": round(rows_scored / seconds, 1) if seconds else None,
         },
     )
-    commit(cfg.output, run_id, parts, manifest)
+    commit(cfg.output, manifest, parts)
     result = RunResult(
-        run_id,
-        plan.rows,
-        written,
-        dead,
-        dropped,
-        sum(1 for p in parts if p.file),
-        seconds,
-        cfg.output.path,
+        run_id=record.run_id,
+        rows_read=plan.rows,
+        rows_written=written,
+        rows_dead_lettered=dead,
+        rows_dropped_top_k=dropped,
+        rows_scored=rows_scored,
+        rows_resumed=plan.rows - rows_scored,
+        files_resumed=len(kept),
+        files_skipped=len(plan.skipped),
+        files_written=sum(1 for p in parts if p.file),
+        seconds=seconds,
+        output_path=cfg.output.path,
     )
-    log.info("run %s committed: %s", run_id, asdict(result))
+    log.info("run %s committed: %s", record.run_id, asdict(result))
     return result
 
 
 def summary_lines(result: RunResult) -> list[str]:
     """A short human summary of a run."""
+    head = (
+        f"output {result.output_path} was already committed by run {result.run_id}"
+        if result.already_committed
+        else f"run {result.run_id} committed to {result.output_path}"
+    )
     return [
-        f"run {result.run_id} committed to {result.output_path}",
+        head,
         f"  rows read {result.rows_read}, written {result.rows_written}, "
         f"dead-lettered {result.rows_dead_lettered}, dropped by top_k "
         f"{result.rows_dropped_top_k}",
+        f"  rows scored by this run {result.rows_scored}, resumed {result.rows_resumed} "
+        f"({result.files_resumed} files), skipped files {result.files_skipped}",
         f"  {result.files_written} files, {result.seconds:.1f} s, "
         f"{result.rows_per_second:.1f} rows/s",
     ]

@@ -12,26 +12,23 @@ import pyarrow.compute as pc
 from crossenc.config import JobConfig
 from crossenc.model import ModelInfo, load_tokenizer
 
+SOURCE = "_source"  # the input file a row came from
+RAY_PATH = "path"  # the column read_parquet(include_paths=True) adds
 IDS = "_input_ids"
 TYPE_IDS = "_token_type_ids"
 ERROR = "_error"
 TRUNCATED = "truncated"
 
-# Reason codes of dead-lettered rows.
+# Reason codes of dead-lettered rows. A text column whose Parquet type is not a string makes
+# the whole file bad (input.on_bad_file), since a column has one type per file.
 NULL_TEXT = "null_text"
 EMPTY_TEXT = "empty_text"
-NOT_A_STRING = "not_a_string"
 
 
 def _row_errors(col: pa.ChunkedArray | pa.Array, name: str) -> list[str | None]:
     """Per row, why this text column cannot be scored (None where it can)."""
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        if pa.types.is_null(col.type):
-            return [f"{NULL_TEXT}:{name}"] * len(col)
-        return [
-            f"{NOT_A_STRING}:{name}" if v is not None else f"{NULL_TEXT}:{name}"
-            for v in col.to_pylist()
-        ]
+    if pa.types.is_null(col.type):  # a column with no value at all in this block
+        return [f"{NULL_TEXT}:{name}"] * len(col)
     is_null = pc.is_null(col).to_numpy(zero_copy_only=False)
     blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), False)
     blank = blank.to_numpy(zero_copy_only=False)
@@ -112,6 +109,7 @@ def tokenize_batch(batch: pa.Table, cfg: JobConfig, info: ModelInfo) -> pa.Table
             types[i] = types_good[j]
     truncated[good] = trunc_good
     out = batch.select(cfg.carried_columns())
+    out = out.append_column(SOURCE, batch.column(RAY_PATH))
     out = out.append_column(IDS, _list_array(ids, np.int32))
     if info.uses_token_type_ids:
         out = out.append_column(TYPE_IDS, _list_array(types, np.int8))
