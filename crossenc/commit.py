@@ -9,9 +9,10 @@ moved into place, followed by ``_manifest.json`` and, last, the ``_SUCCESS`` mar
 Object stores have no atomic rename, so the guarantee is the one Hadoop's manifest committers
 give: the manifest is the truth. A reader that waits for ``_SUCCESS`` and reads the files the
 manifest lists sees exactly one complete run; a listing of the folder during a commit may show
-a mix. Resume works from the sidecars: an input file is done when the parts of one earlier run
-account for exactly its row count (from the Parquet footer); everything else is scored again.
-The bookkeeping is one record per (block, input file), never one per row.
+a mix. Resume works from the sidecars: an input file is done when the parts of one earlier run cover
+its rows (positions 0..n-1, n from the Parquet footer) exactly once; the rest is scored again.
+The bookkeeping is one record per (block, input file) holding the row ranges it covers, never
+one per row.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -31,13 +33,13 @@ import pyarrow.parquet as pq
 from crossenc.config import ConfigError, OutputConfig
 from crossenc.postprocess import DROPPED, LABEL, RANK, SCORE
 from crossenc.storage import Location, resolve
-from crossenc.tokenize import ERROR, IDS, SOURCE, TRUNCATED, TYPE_IDS
+from crossenc.tokenize import ERROR, IDS, ROW, SOURCE, TRUNCATED, TYPE_IDS
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 STAGING = "_temporary"
 RUN_RECORD = "_run.json"
-INTERNAL = (ERROR, DROPPED, IDS, TYPE_IDS, SOURCE)
+INTERNAL = (ERROR, DROPPED, IDS, TYPE_IDS, SOURCE, ROW)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class PartStats:
     dead_rows: int
     dropped_rows: int
     run_id: str = ""
+    ranges: str = "[]"  # JSON [[start, end), ...] of the input file's rows this part holds
 
     @property
     def accounted(self) -> int:
@@ -67,8 +70,31 @@ PART_SCHEMA = pa.schema(
         ("dead_rows", pa.int64()),
         ("dropped_rows", pa.int64()),
         ("run_id", pa.string()),
+        ("ranges", pa.string()),
     ]
 )
+
+
+def row_ranges(rows: np.ndarray) -> list[list[int]]:
+    """Sorted row positions as maximal [start, end) runs."""
+    if len(rows) == 0:
+        return []
+    rows = np.sort(rows)
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(rows)]])
+    return [[int(rows[a]), int(rows[b - 1]) + 1] for a, b in zip(starts, ends, strict=True)]
+
+
+def covers_exactly(parts: list[PartStats], rows: int) -> bool:
+    """True when the parts' row ranges tile [0, rows) with no gap and no overlap."""
+    ranges = sorted(r for p in parts for r in json.loads(p.ranges))
+    position = 0
+    for start, end in ranges:
+        if start != position:
+            return False
+        position = end
+    return position == rows
 
 
 def new_run_id() -> str:
@@ -100,7 +126,8 @@ def _write_source_part(loc: Location, staging: str, run_id: str, rows: pa.Table)
     )
     good_mask = pc.and_(pc.invert(bad_mask), pc.invert(dropped))
     name = f"part-{uuid.uuid4().hex}"
-    stats = PartStats(source, None, 0, None, 0, int(pc.sum(dropped).as_py() or 0), run_id)
+    ranges = json.dumps(row_ranges(rows.column(ROW).to_numpy()))
+    stats = PartStats(source, None, 0, None, 0, int(pc.sum(dropped).as_py() or 0), run_id, ranges)
     visible = [c for c in rows.column_names if c not in (*INTERNAL, TRUNCATED)] + [TRUNCATED]
     good = rows.filter(good_mask).select(visible)
     if good.num_rows:
@@ -224,9 +251,9 @@ def completed_inputs(
 ) -> dict[str, list[PartStats]]:
     """Input files that earlier, uncommitted runs finished, with the parts that hold them.
 
-    A file counts as finished when the parts of one earlier run account for exactly its row
-    count; a part whose sidecar is missing (cut off mid-write) does not count, and a file with
-    too many rows staged (a write retried after its first attempt landed) is scored again.
+    A file counts as finished when the row ranges of one earlier run's parts tile the file
+    exactly; a part whose sidecar is missing (cut off mid-write) does not count, and a part
+    staged twice (a write retried after its first attempt landed) counts once.
     """
     loc = resolve(out.path, out.storage)
     done: dict[str, list[PartStats]] = {}
@@ -245,10 +272,10 @@ def completed_inputs(
                 part = PartStats(**data)
                 by_file[part.input_file].append(part)
         for source, parts in by_file.items():
-            if source not in done and sum(p.accounted for p in parts) == expected_rows.get(
-                source, -1
-            ):
-                done[source] = parts
+            # A retried write stages the same rows twice: keep one part per row range.
+            unique = list({p.ranges: p for p in parts}.values())
+            if source not in done and covers_exactly(unique, expected_rows.get(source, -1)):
+                done[source] = unique
     return done
 
 

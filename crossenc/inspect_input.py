@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 from crossenc.config import ConfigError, JobConfig
 from crossenc.model import ModelInfo, check_task, describe_model
 from crossenc.storage import Location, list_parquet_files, resolve
-from crossenc.tokenize import RAY_PATH
 
 
 class InputError(ValueError):
@@ -20,10 +19,11 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input Parquet file and its row count from the footer."""
+    """One input Parquet file, its row count and its row groups' sizes, from the footer."""
 
     path: str
     rows: int
+    row_groups: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def _inspect_file(loc: Location, path: str, cfg: JobConfig) -> tuple[InputFile, 
             raise InputError(
                 f"{where}: text column {col!r} has type {schema.field(col).type}, not string"
             )
-    return InputFile(path=path, rows=meta.num_rows), schema
+    groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    return InputFile(path=path, rows=meta.num_rows, row_groups=groups), schema
 
 
 def inspect_input(cfg: JobConfig) -> tuple[tuple[InputFile, ...], tuple[BadFile, ...]]:
@@ -133,8 +134,9 @@ def check_paths(cfg: JobConfig) -> None:
             f"output.path {cfg.output.path} is inside input.path {cfg.input.path}; "
             "the output would be read back as input"
         )
-    if RAY_PATH in cfg.needed_columns():
-        raise ConfigError(f"column name {RAY_PATH!r} is reserved (the source file of each row)")
+    reserved = [c for c in cfg.needed_columns() if c.startswith("_")]
+    if reserved:
+        raise ConfigError(f"column names starting with '_' are reserved for crossenc: {reserved}")
 
 
 def plan_job(cfg: JobConfig) -> JobPlan:

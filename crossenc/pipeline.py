@@ -31,7 +31,7 @@ from crossenc.engine import ScoringEngine
 from crossenc.inspect_input import InputFile, JobPlan, plan_job
 from crossenc.model import ModelInfo, model_fingerprint, model_source
 from crossenc.postprocess import rank_group, score_columns
-from crossenc.storage import resolve
+from crossenc.read import read_row_groups, read_units
 from crossenc.tokenize import ERROR, IDS, TYPE_IDS, tokenize_batch
 
 log = logging.getLogger(__name__)
@@ -73,15 +73,14 @@ def build_dataset(
     cfg: JobConfig, files: list[InputFile], info: ModelInfo, run_id: str
 ) -> ray.data.Dataset:
     """The lazy Ray Data pipeline; executing it writes staged parts and yields their stats."""
-    loc = resolve(cfg.input.path, cfg.input.storage)
     rt = cfg.runtime
-    ds = ray.data.read_parquet(
-        [f.path for f in files],
-        filesystem=loc.arrow_fs,
-        columns=cfg.needed_columns(),
-        include_paths=True,
-        file_extensions=None,
-        partitioning=None,
+    units = read_units(files)
+    ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 1000)))
+    ds = ds.map_batches(
+        read_row_groups,
+        fn_kwargs={"storage": cfg.input, "columns": cfg.needed_columns()},
+        batch_size=1,
+        batch_format="pyarrow",
     )
     ds = ds.map_batches(
         tokenize_batch,

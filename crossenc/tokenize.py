@@ -13,7 +13,7 @@ from crossenc.config import JobConfig
 from crossenc.model import ModelInfo, load_tokenizer
 
 SOURCE = "_source"  # the input file a row came from
-RAY_PATH = "path"  # the column read_parquet(include_paths=True) adds
+ROW = "_row"  # the row's position in that file
 IDS = "_input_ids"
 TYPE_IDS = "_token_type_ids"
 ERROR = "_error"
@@ -109,7 +109,7 @@ def tokenize_batch(batch: pa.Table, cfg: JobConfig, info: ModelInfo) -> pa.Table
             types[i] = types_good[j]
     truncated[good] = trunc_good
     out = batch.select(cfg.carried_columns())
-    out = out.append_column(SOURCE, batch.column(RAY_PATH))
+    out = out.append_column(SOURCE, batch.column(SOURCE)).append_column(ROW, batch.column(ROW))
     out = out.append_column(IDS, _list_array(ids, np.int32))
     if info.uses_token_type_ids:
         out = out.append_column(TYPE_IDS, _list_array(types, np.int8))
