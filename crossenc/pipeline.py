@@ -81,20 +81,21 @@ def build_dataset(
         fn_kwargs={"storage": cfg.input, "columns": cfg.needed_columns()},
         batch_size=1,
         batch_format="pyarrow",
+        num_cpus=0.25,  # I/O-bound; a distinct reservation also keeps Ray from fusing stages
     )
     ds = ds.map_batches(
         tokenize_batch,
         fn_kwargs={"cfg": cfg, "info": info},
         batch_size=rt.block_rows,
         batch_format="pyarrow",
-        num_cpus=1,
+        num_cpus=0.5,  # its own tasks, overlapping the replicas rather than fused into them
     )
     ds = ds.map_batches(
         ScorerReplica,
         fn_constructor_kwargs={"cfg": cfg, "info": info},
         batch_size=rt.block_rows,
         batch_format="pyarrow",
-        concurrency=rt.replicas,
+        compute=ray.data.ActorPoolStrategy(size=rt.replicas),
         num_cpus=rt.cpus_per_replica,
         num_gpus=rt.gpus_per_replica,
     )  # Ray restarts a dead scorer and retries its batch (max_restarts=-1 by default)
@@ -107,7 +108,8 @@ def build_dataset(
     return ds.map_batches(
         write_part,
         fn_kwargs={"out": cfg.output, "run_id": run_id},
-        batch_size=None,
+        batch_size=rt.block_rows,  # parts land as scoring goes: progress survives a crash
+        num_cpus=0.25,  # I/O-bound: must not wait for a whole CPU beside the scorers
         batch_format="pyarrow",
     )
 

@@ -59,3 +59,11 @@ def s3_server():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MiniLM-L6-H384 cross-encoder (real weights, seeded head): slow enough to interrupt."""
+    from crossenc.testing import build_minilm_cross_encoder
+
+    return build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm") / "model")
