@@ -1,16 +1,32 @@
-"""The scoring engine: token ids in, activated scores out, in length-sorted token-budget batches."""
+"""The scoring engine: token ids in, activated scores out, in length-sorted token-budget batches.
+
+One :class:`ScoringEngine` holds one model replica. It owns everything both backends share:
+length-sorted batches within a token budget, padding to the longest row of each batch,
+splitting a batch that runs out of memory, the activation, input-order results and the
+counters. A *runner* does only the forward pass of one padded batch: :class:`TorchRunner`
+(CPU or GPU) or :class:`crossenc.onnx_backend.OnnxRunner` (ONNX Runtime on CPU).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from crossenc.config import ModelConfig, RuntimeConfig
+from crossenc.config import ConfigError, ModelConfig, RuntimeConfig
 from crossenc.model import ModelInfo, load_model
+
+log = logging.getLogger(__name__)
+
+# A runner maps padded int64 arrays (input_ids, attention_mask[, token_type_ids]) to logits.
+Runner = Callable[[dict[str, np.ndarray]], "np.ndarray | torch.Tensor"]
+
+# Errors that mean "this batch did not fit": the engine halves the batch and retries.
+OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError, MemoryError)
 
 
 def pick_device(gpus: float) -> torch.device:
@@ -27,6 +43,11 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def cpu_threads(runtime: RuntimeConfig) -> int:
+    """Intra-op threads of a CPU replica: runtime.torch_threads, else its reserved CPUs."""
+    return runtime.torch_threads or max(1, int(runtime.cpus_per_replica))
 
 
 def activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
@@ -51,6 +72,25 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int) -> list[
     return batches
 
 
+def pad_batch(
+    ids: Sequence[np.ndarray], type_ids: Sequence[np.ndarray] | None, pad_token_id: int
+) -> dict[str, np.ndarray]:
+    """Right-pad a batch to its longest row: int64 input_ids, attention_mask[, token_type_ids]."""
+    width = max(max(len(s) for s in ids), 1)
+    input_ids = np.full((len(ids), width), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    types = np.zeros((len(ids), width), dtype=np.int64) if type_ids is not None else None
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+        if types is not None:
+            types[row, : len(seq)] = type_ids[row]  # type: ignore[index]
+    out = {"input_ids": input_ids, "attention_mask": mask}
+    if types is not None:
+        out["token_type_ids"] = types
+    return out
+
+
 @dataclass
 class EngineStats:
     """Counters for the run summary."""
@@ -68,58 +108,117 @@ class EngineStats:
         return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
 
 
-class ScoringEngine:
-    """One model replica: scores tokenized pairs in token-budget batches, in input order."""
+class TorchRunner:
+    """The transformers model on CPU or one GPU.
 
-    def __init__(
-        self, model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig, source: str
-    ) -> None:
-        self.info = info
-        self.runtime = runtime
+    On GPU: bfloat16/float16 weights (model.dtype), SDPA attention, inputs copied from pinned
+    host memory with non-blocking copies, optional torch.compile. On CPU: float32 unless the
+    config says otherwise, intra-op threads set to the replica's CPUs.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, source: str, runtime: RuntimeConfig) -> None:
         self.device = pick_device(runtime.gpus_per_replica)
         self.dtype = pick_dtype(model_cfg.dtype, self.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(runtime.torch_threads or max(1, int(runtime.cpus_per_replica)))
-        self.model = load_model(model_cfg, source, dtype=self.dtype).to(self.device)
-        self.stats = EngineStats()
+            torch.set_num_threads(cpu_threads(runtime))
+        model = load_model(model_cfg, source, dtype=self.dtype)
+        self.attn_implementation = _use_sdpa(model)
+        self.model = model.to(self.device)
+        self.compiled = False
+        if model_cfg.compile:
+            # dynamic=True: one graph for every (rows, length) shape instead of one per shape.
+            self.model = torch.compile(self.model, dynamic=True)
+            self.compiled = True
 
-    def _pad(self, seqs: Sequence[np.ndarray], pad: int, width: int, dtype: type) -> torch.Tensor:
-        out = np.full((len(seqs), width), pad, dtype=dtype)
-        for row, seq in enumerate(seqs):
-            out[row, : len(seq)] = seq
-        tensor = torch.from_numpy(out)
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
         if self.device.type == "cuda":
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
     @torch.inference_mode()
-    def _forward(self, ids: list[np.ndarray], type_ids: list[np.ndarray] | None) -> torch.Tensor:
-        width = max(max(len(s) for s in ids), 1)
-        inputs = {
-            "input_ids": self._pad(ids, self.info.pad_token_id, width, np.int64),
-            "attention_mask": self._pad(
-                [np.ones(len(s), np.int64) for s in ids], 0, width, np.int64
-            ),
+    def __call__(self, inputs: dict[str, np.ndarray]) -> torch.Tensor:
+        tensors = {name: self._to_device(array) for name, array in inputs.items()}
+        logits = self.model(**tensors).logits
+        return logits.float().cpu()
+
+    def describe(self) -> dict[str, Any]:
+        """What runs: for stats and logs."""
+        return {
+            "backend": "torch",
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "attention": self.attn_implementation,
+            "compiled": self.compiled,
         }
-        if type_ids is not None:
-            inputs["token_type_ids"] = self._pad(type_ids, 0, width, np.int64)
+
+
+def _use_sdpa(model: Any) -> str:
+    """Switch the model to PyTorch SDPA attention where the architecture supports it."""
+    current = str(getattr(model.config, "_attn_implementation", "eager"))
+    if current != "sdpa" and hasattr(model, "set_attn_implementation"):
         try:
-            logits = self.model(**inputs).logits
-        except torch.cuda.OutOfMemoryError:
+            model.set_attn_implementation("sdpa")
+        except (ValueError, ImportError):  # e.g. an architecture without SDPA support
+            return current
+    return str(getattr(model.config, "_attn_implementation", current))
+
+
+def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig, source: str):
+    """The runner model.backend names."""
+    if model_cfg.backend == "onnx":
+        from crossenc.onnx_backend import OnnxRunner
+
+        return OnnxRunner(
+            model_cfg, source, info.uses_token_type_ids, cpu_threads(runtime), runtime.cache_dir
+        )
+    if model_cfg.quantize != "none":
+        raise ConfigError("model.quantize int8 needs model.backend onnx")
+    return TorchRunner(model_cfg, source, runtime)
+
+
+class ScoringEngine:
+    """One model replica: scores tokenized pairs in token-budget batches, in input order."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        info: ModelInfo,
+        runtime: RuntimeConfig,
+        source: str,
+        runner: Runner | None = None,
+    ) -> None:
+        self.info = info
+        self.runtime = runtime
+        self.runner = runner or make_runner(model_cfg, info, runtime, source)
+        self.stats = EngineStats()
+        describe = getattr(self.runner, "describe", None)
+        self.stats.extra.update(describe() if describe else {})
+
+    def _forward(self, ids: list[np.ndarray], type_ids: list[np.ndarray] | None) -> np.ndarray:
+        inputs = pad_batch(ids, type_ids, self.info.pad_token_id)
+        try:
+            logits = self.runner(inputs)
+        except OOM_ERRORS:
             if len(ids) == 1:
                 raise
             # Out of memory on a batch: split it and retry each half, never fail the run.
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
             self.stats.oom_splits += 1
             half = len(ids) // 2
-            halves = [
-                (ids[:half], type_ids[:half] if type_ids else None),
-                (ids[half:], type_ids[half:] if type_ids else None),
-            ]
-            return torch.cat([self._forward(i, t) for i, t in halves])
+            log.warning("out of memory on a batch of %d rows; retrying as two halves", len(ids))
+            return np.concatenate(
+                [
+                    self._forward(ids[:half], type_ids[:half] if type_ids else None),
+                    self._forward(ids[half:], type_ids[half:] if type_ids else None),
+                ]
+            )
         self.stats.forward_passes += 1
-        self.stats.computed_tokens += width * len(ids)
-        return logits.float()
+        self.stats.computed_tokens += int(inputs["input_ids"].size)
+        if isinstance(logits, torch.Tensor):
+            return logits.float().numpy()
+        return np.asarray(logits, dtype=np.float32)
 
     def score(
         self, ids: Sequence[np.ndarray], type_ids: Sequence[np.ndarray] | None = None
@@ -134,7 +233,7 @@ class ScoringEngine:
             logits = self._forward(
                 [ids[i] for i in batch], [type_ids[i] for i in batch] if type_ids else None
             )
-            out[batch] = activate(logits, self.info.activation).cpu().numpy()
+            out[batch] = activate(torch.from_numpy(logits), self.info.activation).numpy()
         self.stats.rows += n
         self.stats.real_tokens += int(lengths.sum())
         return out

@@ -1,0 +1,153 @@
+"""The scoring engine's shared logic: token-budget batches, input order, OOM splitting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crossenc.config import ModelConfig, RuntimeConfig
+from crossenc.engine import ScoringEngine, TorchRunner, make_runner, pad_batch, plan_batches
+from crossenc.model import ModelInfo
+
+
+def _info(num_labels: int = 1, activation: str = "identity") -> ModelInfo:
+    return ModelInfo(
+        source="fake",
+        num_labels=num_labels,
+        labels=tuple(f"L{i}" for i in range(num_labels)),
+        activation=activation,
+        max_length=512,
+        uses_token_type_ids=True,
+        pad_token_id=0,
+        model_type="bert",
+    )
+
+
+class LengthRunner:
+    """A fake model whose logit is the row's real length (from the attention mask) plus the
+    first token id / 1000, so both order and content of every row can be checked."""
+
+    def __init__(self, oom_above: int | None = None) -> None:
+        self.oom_above = oom_above
+        self.shapes: list[tuple[int, int]] = []
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> torch.Tensor:
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        if self.oom_above is not None and len(ids) > self.oom_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.shapes.append(ids.shape)
+        real = mask.sum(axis=1).astype(np.float32)
+        assert (ids[mask == 0] == 0).all(), "padding must be the pad token"
+        assert (inputs["token_type_ids"][mask == 0] == 0).all()
+        return torch.from_numpy(real + ids[:, 0] / 1000.0)[:, None]
+
+
+def _rows(lengths: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    ids = [np.arange(1, n + 1, dtype=np.int64) + i for i, n in enumerate(lengths)]
+    types = [np.ones(n, dtype=np.int64) for n in lengths]
+    return ids, types
+
+
+def _expected(lengths: list[int]) -> np.ndarray:
+    return np.array([n + (1 + i) / 1000.0 for i, n in enumerate(lengths)], dtype=np.float32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, 300), min_size=0, max_size=200),
+    st.integers(64, 4096),
+    st.integers(1, 64),
+)
+def test_plan_batches_respects_the_budget_and_covers_every_row_once(lengths, budget, max_rows):
+    lengths = np.array(lengths, dtype=np.int64)
+    batches = plan_batches(lengths, budget, max_rows)
+    flat = np.concatenate(batches) if batches else np.array([], dtype=np.int64)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        assert 1 <= len(batch) <= max_rows
+        width = lengths[batch].max()
+        # Within budget, unless a single row is longer than the budget by itself.
+        assert len(batch) * width <= budget or len(batch) == 1
+    # Longest first: every batch's rows are no longer than the previous batch's shortest.
+    for prev, nxt in zip(batches, batches[1:], strict=False):
+        assert lengths[nxt].max() <= lengths[prev].min()
+
+
+def test_pad_batch_pads_to_the_longest_row_only():
+    ids, types = _rows([3, 5, 1])
+    out = pad_batch(ids, types, pad_token_id=7)
+    assert out["input_ids"].shape == (3, 5) and out["input_ids"].dtype == np.int64
+    assert out["attention_mask"].sum(axis=1).tolist() == [3, 5, 1]
+    assert out["input_ids"][0].tolist() == [1, 2, 3, 7, 7]
+    assert out["token_type_ids"][2].tolist() == [1, 0, 0, 0, 0]
+    assert "token_type_ids" not in pad_batch(ids, None, 0)
+
+
+def test_score_returns_input_order_and_counts_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 120, size=300).tolist()
+    ids, types = _rows(lengths)
+    runner = LengthRunner()
+    engine = ScoringEngine(
+        ModelConfig(), _info(), RuntimeConfig(batch_tokens=1024, max_batch_rows=64), "", runner
+    )
+    out = engine.score(ids, types)
+    assert out.shape == (300, 1) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0], _expected(lengths), rtol=0, atol=1e-5)
+    assert all(r * w <= 1024 for r, w in runner.shapes)
+    assert engine.stats.forward_passes == len(runner.shapes) > 1
+    assert engine.stats.real_tokens == sum(lengths)
+    assert engine.stats.computed_tokens == sum(r * w for r, w in runner.shapes)
+    assert 0.8 < engine.stats.padding_efficiency <= 1.0  # sorted batches waste little
+    assert engine.score([], None).shape == (0, 1)
+
+
+def test_activation_is_applied_once_in_the_shared_engine():
+    ids, types = _rows([2, 3])
+    engine = ScoringEngine(
+        ModelConfig(), _info(activation="sigmoid"), RuntimeConfig(), "", LengthRunner()
+    )
+    out = engine.score(ids, types)[:, 0]
+    np.testing.assert_allclose(out, 1 / (1 + np.exp(-_expected([2, 3]))), rtol=1e-6)
+
+
+def test_out_of_memory_splits_the_batch_and_retries():
+    lengths = [50] * 40 + [10] * 40
+    ids, types = _rows(lengths)
+    runner = LengthRunner(oom_above=8)
+    engine = ScoringEngine(
+        ModelConfig(), _info(), RuntimeConfig(batch_tokens=4096, max_batch_rows=256), "", runner
+    )
+    out = engine.score(ids, types)
+    np.testing.assert_allclose(out[:, 0], _expected(lengths), rtol=0, atol=1e-5)
+    assert engine.stats.oom_splits > 0
+    assert max(r for r, _ in runner.shapes) <= 8
+    assert engine.stats.rows == 80
+
+
+def test_out_of_memory_on_a_single_row_is_raised():
+    ids, types = _rows([5])
+    engine = ScoringEngine(ModelConfig(), _info(), RuntimeConfig(), "", LengthRunner(oom_above=0))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        engine.score(ids, types)
+
+
+def test_torch_runner_uses_sdpa_float32_on_cpu(models):
+    folder = str(models[("bert", 1)])
+    runner = TorchRunner(ModelConfig(name=folder), folder, RuntimeConfig())
+    assert runner.describe() == {
+        "backend": "torch",
+        "device": "cpu",
+        "dtype": "float32",
+        "attention": "sdpa",
+        "compiled": False,
+    }
+
+
+def test_quantize_needs_the_onnx_backend(models):
+    folder = str(models[("bert", 1)])
+    with pytest.raises(ValueError, match="onnx"):
+        make_runner(ModelConfig(name=folder, quantize="int8"), _info(), RuntimeConfig(), folder)

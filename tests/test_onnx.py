@@ -1,0 +1,94 @@
+"""The ONNX Runtime backend: same scores as torch, int8 close to them, exports cached by hash."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crossenc import onnx_backend
+from crossenc.config import ModelConfig, RuntimeConfig
+from crossenc.engine import LocalScorer
+from crossenc.testing import ARCHITECTURES, build_minilm_cross_encoder, sample_sentences
+
+pytest.importorskip("onnxruntime")
+
+
+def _pairs(n: int = 40) -> list[tuple[str, str]]:
+    a = sample_sentences(n, seed=3, max_words=12)
+    b = sample_sentences(n, seed=4, min_words=2, max_words=60)
+    b[0] = " ".join(["berlin population"] * 150)  # past max_length: truncated
+    return list(zip(a, b, strict=True))
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_onnx_scores_match_torch(models, tmp_path, arch, outputs):
+    folder = str(models[(arch, outputs)])
+    runtime = RuntimeConfig(batch_tokens=512, cache_dir=str(tmp_path))  # many batch widths
+    pairs = _pairs()
+    theirs = LocalScorer(ModelConfig(name=folder), runtime).predict(pairs)
+    scorer = LocalScorer(ModelConfig(name=folder, backend="onnx"), runtime)
+    ours = scorer.predict(pairs)
+    assert scorer.engine.stats.extra["backend"] == "onnx"
+    assert scorer.engine.stats.forward_passes > 1
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    assert np.ptp(theirs, axis=0).min() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    return str(build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm") / "model"))
+
+
+def test_minilm_onnx_float32_and_int8(minilm, tmp_path):
+    import pyarrow as pa
+
+    from bench.data import make_pairs
+
+    table: pa.Table = make_pairs(200, seed=5)
+    pairs = list(zip(table["query"].to_pylist(), table["passage"].to_pylist(), strict=True))
+    runtime = RuntimeConfig(cache_dir=str(tmp_path))
+    ref = LocalScorer(ModelConfig(name=minilm), runtime).predict(pairs)
+    fp32 = LocalScorer(ModelConfig(name=minilm, backend="onnx"), runtime).predict(pairs)
+    int8 = LocalScorer(ModelConfig(name=minilm, backend="onnx", quantize="int8"), runtime)
+    q = int8.predict(pairs)
+    np.testing.assert_allclose(fp32, ref, atol=1e-5, rtol=0)
+    # int8 changes scores, but keeps their order closely (this random head's logits vary by
+    # only ~0.01, so it is a hard case; the benchmark reports the same figure on more pairs).
+    assert 0 < np.abs(q - ref).max() < 0.01
+    assert _spearman(q, ref) > 0.95
+    assert len(list(tmp_path.glob("onnx/*/model.onnx"))) == 2  # one per option set
+
+
+def test_export_is_cached_by_folder_hash_and_options(models, tmp_path, monkeypatch):
+    folder = str(models[("bert", 1)])
+    runtime = RuntimeConfig(cache_dir=str(tmp_path))
+    cfg = ModelConfig(name=folder, backend="onnx")
+    LocalScorer(cfg, runtime)
+    exported = list(tmp_path.glob("onnx/*/model.onnx"))
+    assert len(exported) == 1
+    mtime = exported[0].stat().st_mtime_ns
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("a cached export must be reused")
+
+    monkeypatch.setattr(onnx_backend, "_export", no_export)
+    scores = LocalScorer(cfg, runtime).predict(_pairs(5))
+    assert exported[0].stat().st_mtime_ns == mtime and scores.shape == (5,)
+    assert not list(tmp_path.glob("onnx/.*"))  # no temporary folders left behind
+    # Another option, or changed files in the model folder, give another key.
+    key = onnx_backend.cache_key(cfg, folder)
+    assert onnx_backend.cache_key(cfg.model_copy(update={"quantize": "int8"}), folder) != key
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in models[("bert", 1)].iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    assert onnx_backend.cache_key(cfg, str(copy)) == key  # content, not location
+    (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")
+    assert onnx_backend.cache_key(cfg, str(copy)) != key
