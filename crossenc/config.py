@@ -184,6 +184,11 @@ class RuntimeConfig(_Strict):
     replicas: int = Field(1, ge=1, description="Scorer actors, each holding one model replica.")
     gpus_per_replica: float = Field(0, ge=0, description="GPUs per scorer (1 on GPU clusters).")
     cpus_per_replica: float = Field(1, gt=0, description="CPUs reserved per scorer actor.")
+    resources_per_replica: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per scorer, to pin replicas to a node group "
+        '(e.g. {"scorer": 1}).',
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="Intra-op threads per CPU scorer (None: cpus_per_replica)."
     )

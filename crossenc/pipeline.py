@@ -98,6 +98,7 @@ def build_dataset(
         compute=ray.data.ActorPoolStrategy(size=rt.replicas),
         num_cpus=rt.cpus_per_replica,
         num_gpus=rt.gpus_per_replica,
+        resources=rt.resources_per_replica or None,
     )  # Ray restarts a dead scorer and retries its batch (max_restarts=-1 by default)
     if cfg.task == "rerank":
         rows = sum(f.rows for f in files)

@@ -142,3 +142,31 @@ def test_driver_killed_then_resumed(ray_local, minilm, tmp_path):
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["resumed_from"] and manifest["summary"]["rows_scored"] == result.rows_scored
     _assert_exactly_once(tmp_path / "out", tmp_path / "in")
+
+
+@pytest.mark.slow
+def test_worker_node_lost_mid_run(minilm, tmp_path):
+    write_pairs(tmp_path / "in", rows=320, files=4, seed=9)
+    env = {**os.environ, "RAY_TMPDIR": str(Path("/tmp") / f"rn{os.getpid()}")}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.node_loss_job",
+            str(tmp_path / "in"),
+            str(tmp_path / "out"),
+            str(minilm),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    subprocess.run(["pkill", "-KILL", "-f", env["RAY_TMPDIR"]], check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["events"] == ["removed", "replaced"]
+    assert report["rows_written"] == report["rows_read"] == 320
+    _assert_exactly_once(tmp_path / "out", tmp_path / "in")
