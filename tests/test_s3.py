@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -69,3 +70,7 @@ def test_job_reads_model_and_pairs_from_s3_and_writes_back(
     assert SECRET not in json.dumps(manifest)
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err
+    session = Path(ray_local._private.worker._global_node.get_session_dir_path())
+    logs = [p for p in (session / "logs").rglob("*") if p.is_file()]
+    assert logs, "no Ray logs found to check"
+    assert not [p for p in logs if SECRET.encode() in p.read_bytes()]
