@@ -44,6 +44,24 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY.PATH=VALUE",
             help="override a config value (YAML-parsed)",
         )
+    p = sub.add_parser("plan", help="files, rows, token lengths and cost; score nothing")
+    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value (YAML-parsed)",
+    )
+    p.add_argument(
+        "--pairs-per-second",
+        type=float,
+        default=None,
+        help="throughput of one replica (default: what crossenc measured before)",
+    )
+    p.add_argument("--sample-rows", type=int, default=2000, help="pairs to tokenize")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.add_argument("--markdown", action="store_true", help="a Markdown reference table instead")
     return parser
@@ -90,6 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"crossenc: input error: {err}", file=sys.stderr)
         return EXIT_INPUT
+    if args.command == "plan":
+        from crossenc.estimate import estimate
+
+        result = estimate(cfg, plan, args.pairs_per_second, args.sample_rows)
+        if args.json:
+            print(json.dumps(result.as_dict(), indent=2))
+        else:
+            for key, value in result.as_dict().items():
+                print(f"{key:>30}: {value}")
+        return EXIT_OK
     if args.command == "validate":
         print(yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
         print("---")
@@ -108,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crossenc: run failed: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILED
     print("\n".join(summary_lines(result)))
+    if result.rows_scored >= 1000:  # small runs are all start-up: no use for estimates
+        from crossenc.estimate import record_throughput
+
+        record_throughput(cfg, result.rows_per_second / cfg.runtime.replicas)
     for bad in plan.skipped:
         print(f"crossenc: skipped bad file: {bad.reason}", file=sys.stderr)
     return EXIT_SKIPPED if plan.skipped else EXIT_OK

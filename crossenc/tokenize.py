@@ -25,7 +25,7 @@ NULL_TEXT = "null_text"
 EMPTY_TEXT = "empty_text"
 
 
-def _row_errors(col: pa.ChunkedArray | pa.Array, name: str) -> list[str | None]:
+def row_errors(col: pa.ChunkedArray | pa.Array, name: str) -> list[str | None]:
     """Per row, why this text column cannot be scored (None where it can)."""
     if pa.types.is_null(col.type):  # a column with no value at all in this block
         return [f"{NULL_TEXT}:{name}"] * len(col)
@@ -86,8 +86,8 @@ def encode_pairs(
 def tokenize_batch(batch: pa.Table, cfg: JobConfig, info: ModelInfo) -> pa.Table:
     """Add token ids, the truncated flag and a reason for unscorable rows; drop text columns."""
     a_name, b_name = cfg.input.text_a, cfg.input.text_b
-    errors_a = _row_errors(batch.column(a_name), a_name)
-    errors_b = _row_errors(batch.column(b_name), b_name)
+    errors_a = row_errors(batch.column(a_name), a_name)
+    errors_b = row_errors(batch.column(b_name), b_name)
     errors = [ea or eb for ea, eb in zip(errors_a, errors_b, strict=True)]
     good = [i for i, e in enumerate(errors) if e is None]
     texts_a = batch.column(a_name).to_pylist()
