@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from crossenc.testing import write_parquet_files
+
 
 @lru_cache(maxsize=1)
 def _vocab() -> tuple[list[str], list[str]]:
@@ -88,15 +90,7 @@ def make_pairs(
 
 def write_pairs(folder: str | Path, rows: int, seed: int = 0, files: int = 1, **kw) -> list[Path]:
     """Write :func:`make_pairs` rows as ``files`` Parquet files; returns their paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    table = make_pairs(rows, seed, **kw)
-    paths = []
-    for i, chunk in enumerate(np.array_split(np.arange(rows), files)):
-        path = folder / f"pairs-{i:05d}.parquet"
-        pq.write_table(table.take(chunk), path)
-        paths.append(path)
-    return paths
+    return write_parquet_files(make_pairs(rows, seed, **kw), folder, files)
 
 
 def main(argv: list[str] | None = None) -> None:

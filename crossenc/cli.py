@@ -30,9 +30,11 @@ log = logging.getLogger("crossenc")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crossenc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    commands = {}
     for name, text in (
         ("score", "run the scoring job"),
         ("validate", "check config, input schema and model; score nothing"),
+        ("plan", "files, rows, token lengths and cost; score nothing"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", required=True, help="YAML config file")
@@ -44,16 +46,8 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY.PATH=VALUE",
             help="override a config value (YAML-parsed)",
         )
-    p = sub.add_parser("plan", help="files, rows, token lengths and cost; score nothing")
-    p.add_argument("--config", required=True, help="YAML config file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a config value (YAML-parsed)",
-    )
+        commands[name] = p
+    p = commands["plan"]
     p.add_argument(
         "--pairs-per-second",
         type=float,

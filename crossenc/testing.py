@@ -214,8 +214,6 @@ def write_pairs(
     columns: tuple[str, str] = ("query", "passage"),
 ) -> list[Path]:
     """Write seeded (pair_id, qid, doc_id, text a, text b) Parquet files; returns their paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     queries = sample_sentences(max(1, rows // queries_per_group + 1), seed=seed, max_words=10)
     passages = sample_sentences(rows, seed=seed + 1, min_words=10, max_words=90)
@@ -229,9 +227,15 @@ def write_pairs(
             columns[1]: pa.array(passages),
         }
     )
-    table = table.take(rng.permutation(rows))
+    return write_parquet_files(table.take(rng.permutation(rows)), folder, files)
+
+
+def write_parquet_files(table: pa.Table, folder: str | Path, files: int) -> list[Path]:
+    """Split a table into ``files`` consecutive Parquet files in folder; returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, chunk in enumerate(np.array_split(np.arange(rows), files)):
+    for i, chunk in enumerate(np.array_split(np.arange(table.num_rows), files)):
         path = folder / f"pairs-{i:05d}.parquet"
         pq.write_table(table.take(chunk), path)
         paths.append(path)
