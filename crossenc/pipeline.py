@@ -78,7 +78,11 @@ def build_dataset(
     ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 1000)))
     ds = ds.map_batches(
         read_row_groups,
-        fn_kwargs={"storage": cfg.input, "columns": cfg.needed_columns()},
+        fn_kwargs={
+            "storage": cfg.input,
+            "columns": cfg.needed_columns(),
+            "block_rows": rt.block_rows,
+        },
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=0.25,  # I/O-bound; a distinct reservation also keeps Ray from fusing stages

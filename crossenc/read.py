@@ -7,6 +7,8 @@ interrupted run already committed to staging, with bookkeeping per row group, no
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,15 +33,21 @@ def read_units(files: list[InputFile]) -> list[dict[str, object]]:
     return units
 
 
-def read_row_groups(units: pa.Table, storage: InputConfig, columns: list[str]) -> pa.Table:
-    """Read the given row groups' needed columns, adding the source file and row position."""
+def read_row_groups(
+    units: pa.Table, storage: InputConfig, columns: list[str], block_rows: int
+) -> Iterator[pa.Table]:
+    """Read the given row groups' needed columns in slices of at most block_rows rows, adding
+    the source file and row position; a large row group never becomes one large block."""
     loc = resolve(storage.path, storage.storage)
-    tables = []
     for unit in units.to_pylist():
         parquet = pq.ParquetFile(unit["file"], filesystem=loc.arrow_fs)
-        table = parquet.read_row_group(unit["row_group"], columns=columns)
-        n = table.num_rows
-        table = table.append_column(SOURCE, pa.array([unit["file"]] * n, pa.string()))
-        table = table.append_column(ROW, pa.array(np.arange(n) + unit["offset"], pa.int64()))
-        tables.append(table)
-    return pa.concat_tables(tables, promote_options="permissive")
+        start = unit["offset"]
+        for batch in parquet.iter_batches(
+            batch_size=block_rows, row_groups=[unit["row_group"]], columns=columns
+        ):
+            table = pa.Table.from_batches([batch])
+            n = table.num_rows
+            table = table.append_column(SOURCE, pa.array([unit["file"]] * n, pa.string()))
+            table = table.append_column(ROW, pa.array(np.arange(n) + start, pa.int64()))
+            start += n
+            yield table
