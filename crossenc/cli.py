@@ -17,6 +17,7 @@ from crossenc.config import (
     load_config,
 )
 from crossenc.inspect_input import InputError, JobPlan, plan_job
+from crossenc.postprocess import output_columns
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -64,11 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
     """What a run with this config would do, in a few lines."""
     info = plan.info
-    outputs = ["score"] if info.num_labels == 1 else [f"score_{x}" for x in info.labels]
-    if cfg.task == "classify":
-        outputs.append("label")
-    if cfg.task == "rerank":
-        outputs.append("rank")
+    outputs = output_columns(cfg, info)
     lines = [
         f"input: {len(plan.files)} Parquet file(s), {plan.rows} rows, "
         f"pairs ({cfg.input.text_a}, {cfg.input.text_b})",

@@ -313,8 +313,9 @@ def commit(out: OutputConfig, manifest: Manifest, parts: Iterable[PartStats]) ->
         for old in previous["files"]:
             if old["path"] not in keep and loc.fs.exists(loc.join(old["path"])):
                 loc.fs.rm(loc.join(old["path"]))
+        keep_dead = {f["path"] for f in dead_files}
         for old in previous.get("dead_letter_files", []):
-            if old["path"] not in {f["path"] for f in dead_files} and loc.fs.exists(old["path"]):
+            if old["path"] not in keep_dead and loc.fs.exists(old["path"]):
                 loc.fs.rm(old["path"])
     _write_json(loc, loc.join(MANIFEST), asdict(manifest), indent=2)
     with loc.fs.open(loc.join(SUCCESS), "w") as f:

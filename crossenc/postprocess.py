@@ -16,6 +16,17 @@ RANK = "rank"
 DROPPED = "_dropped"
 
 
+def score_names(info: ModelInfo) -> list[str]:
+    """Names of the score columns: ``score``, or ``score_<label>`` per output."""
+    return [SCORE] if info.num_labels == 1 else [f"{SCORE}_{name}" for name in info.labels]
+
+
+def output_columns(cfg: JobConfig, info: ModelInfo) -> list[str]:
+    """The columns a task adds to every output row, in order (before ``truncated``)."""
+    extra = {"classify": [LABEL], "rerank": [RANK]}.get(cfg.task, [])
+    return score_names(info) + extra
+
+
 def score_columns(
     scores: np.ndarray, valid: np.ndarray, cfg: JobConfig, info: ModelInfo
 ) -> dict[str, pa.Array]:
@@ -26,9 +37,7 @@ def score_columns(
         if cfg.task == "classify":
             cols[LABEL] = pa.array(scores[:, 0] >= cfg.classify.threshold, mask=mask)
         return cols
-    cols = {
-        f"{SCORE}_{name}": pa.array(scores[:, i], mask=mask) for i, name in enumerate(info.labels)
-    }
+    cols = {name: pa.array(scores[:, i], mask=mask) for i, name in enumerate(score_names(info))}
     names = np.asarray(info.labels, dtype=object)[np.argmax(scores, axis=1)]
     cols[LABEL] = pa.array(names, type=pa.string(), mask=mask)
     return cols
