@@ -127,8 +127,10 @@ class ModelConfig(_Strict):
     backend: Literal["torch", "onnx"] = Field(
         "torch", description="torch, or ONNX Runtime (CPU), exported from the same folder."
     )
-    quantize: Literal["none", "int8"] = Field(
-        "none", description="ONNX backend only: int8 dynamic quantization (changes scores)."
+    quantize: Literal["none", "int8", "int8-full"] = Field(
+        "none",
+        description="ONNX backend only, changes scores: int8 dynamic quantization of the "
+        "attention projections (int8), or of every MatMul (int8-full: faster, less faithful).",
     )
     compile: bool = Field(False, description="torch.compile the model (GPU, where it helps).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

@@ -173,7 +173,7 @@ def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig,
             model_cfg, source, info.uses_token_type_ids, cpu_threads(runtime), runtime.cache_dir
         )
     if model_cfg.quantize != "none":
-        raise ConfigError("model.quantize int8 needs model.backend onnx")
+        raise ConfigError(f"model.quantize {model_cfg.quantize} needs model.backend onnx")
     return TorchRunner(model_cfg, source, runtime)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -46,24 +48,55 @@ def minilm(tmp_path_factory):
     return str(build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm") / "model"))
 
 
+def _graph_ops(scorer: LocalScorer) -> dict[str, int]:
+    import onnx
+
+    ops: dict[str, int] = {}
+    for node in onnx.load(str(scorer.engine.runner.path)).graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return ops
+
+
 def test_minilm_onnx_float32_and_int8(minilm, tmp_path):
     import pyarrow as pa
 
     from bench.data import make_pairs
 
-    table: pa.Table = make_pairs(200, seed=5)
+    table: pa.Table = make_pairs(300, seed=5)
     pairs = list(zip(table["query"].to_pylist(), table["passage"].to_pylist(), strict=True))
     runtime = RuntimeConfig(cache_dir=str(tmp_path))
     ref = LocalScorer(ModelConfig(name=minilm), runtime).predict(pairs)
     fp32 = LocalScorer(ModelConfig(name=minilm, backend="onnx"), runtime).predict(pairs)
-    int8 = LocalScorer(ModelConfig(name=minilm, backend="onnx", quantize="int8"), runtime)
-    q = int8.predict(pairs)
     np.testing.assert_allclose(fp32, ref, atol=1e-5, rtol=0)
-    # int8 changes scores, but keeps their order closely (this random head's logits vary by
-    # only ~0.01, so it is a hard case; the benchmark reports the same figure on more pairs).
-    assert 0 < np.abs(q - ref).max() < 0.01
-    assert _spearman(q, ref) > 0.95
-    assert len(list(tmp_path.glob("onnx/*/model.onnx"))) == 2  # one per option set
+    int8 = LocalScorer(ModelConfig(name=minilm, backend="onnx", quantize="int8"), runtime)
+    full = LocalScorer(ModelConfig(name=minilm, backend="onnx", quantize="int8-full"), runtime)
+    # MiniLM-L6: 6 layers x (query, key, value, attention output) int8; x (intermediate, output)
+    # feed-forward MatMuls float32 under int8, int8 under int8-full.
+    assert _graph_ops(int8)["MatMulInteger"] == 24
+    assert _graph_ops(full)["MatMulInteger"] == 36
+    q, qf = int8.predict(pairs), full.predict(pairs)
+    # int8 changes scores, but keeps their order (this random head's scores vary by only ~0.003,
+    # a hard case; the benchmark reports the same figures on more pairs).
+    assert 0 < np.abs(q - ref).max() < 0.002
+    assert _spearman(q, ref) > 0.99
+    assert 0.9 < _spearman(qf, ref) < _spearman(q, ref)
+    assert len(list(tmp_path.glob("onnx/*/model.onnx"))) == 3  # one per option set
+
+
+def test_feed_forward_matmuls_found_by_weight_shape(models, tmp_path):
+    import onnx
+
+    folder = models[("bert", 1)]
+    scorer = LocalScorer(
+        ModelConfig(name=str(folder), backend="onnx"), RuntimeConfig(cache_dir=str(tmp_path))
+    )
+    graph = onnx.load(str(scorer.engine.runner.path))
+    width = json.loads((folder / "config.json").read_text())["intermediate_size"]
+    names = onnx_backend.feed_forward_matmuls(graph, width)
+    layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    assert len(names) == 2 * layers
+    assert all("intermediate" in n or "output/dense" in n for n in names)
+    assert onnx_backend.feed_forward_matmuls(graph, None) == []
 
 
 def test_export_is_cached_by_folder_hash_and_options(models, tmp_path, monkeypatch):
