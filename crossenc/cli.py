@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -19,11 +20,17 @@ from crossenc.config import (
 from crossenc.inspect_input import InputError, JobPlan, plan_job
 from crossenc.postprocess import output_columns
 
+if TYPE_CHECKING:
+    from crossenc.pipeline import RunResult
+
 EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_INPUT = 3
-EXIT_FAILED = 4
-EXIT_SKIPPED = 5  # the run committed, but input.on_bad_file=skip left files out
+EXIT_CONFIG = 2  # bad config, or output.compare_to holds no committed run
+EXIT_INPUT = 3  # bad input: missing file or column, wrong type (nothing was scored)
+EXIT_FAILED = 4  # the run failed while scoring; nothing was committed
+# The run committed, but input.on_bad_file=skip left files out, or more rows than
+# output.max_dead_letter_fraction went to the dead letters.
+EXIT_PARTIAL = 5
+EXIT_DRIFT = 6  # the run committed, but moved past output.drift's thresholds (on_drift: fail)
 
 log = logging.getLogger("crossenc")
 
@@ -48,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
             help="override a config value (YAML-parsed)",
         )
         commands[name] = p
+    commands["score"].add_argument(
+        "--report", metavar="PATH", help="write an HTML report here (sets output.report)"
+    )
     p = commands["plan"]
     p.add_argument(
         "--pairs-per-second",
@@ -90,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         print(config_reference() if args.markdown else json.dumps(config_schema(), indent=2))
         return EXIT_OK
     try:
-        cfg = load_config(args.config, args.overrides)
+        overrides = list(args.overrides)
+        if getattr(args, "report", None):
+            overrides.append(f"output.report={json.dumps(args.report)}")
+        cfg = load_config(args.config, overrides)
         log.info("config:\n%s", yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
         plan = plan_job(cfg)
     except ConfigError as err:
@@ -110,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key:>30}: {value}")
         return EXIT_OK
     if args.command == "validate":
+        from crossenc.pipeline import previous_summary
+
+        try:
+            previous_summary(cfg)
+        except ConfigError as err:
+            print(f"crossenc: config error: {err}", file=sys.stderr)
+            return EXIT_CONFIG
         print(yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
         print("---")
         print(describe_plan(cfg, plan))
@@ -131,9 +151,28 @@ def main(argv: list[str] | None = None) -> int:
         from crossenc.estimate import record_throughput
 
         record_throughput(cfg, result.rows_per_second / cfg.runtime.replicas)
+    return exit_code(cfg, plan, result)
+
+
+def exit_code(cfg: JobConfig, plan: JobPlan, result: RunResult) -> int:
+    """The exit code of a committed run: drift first, then skipped files or dead letters."""
+    if result.drifted:
+        for reason in result.summary["drift"]["reasons"]:
+            print(f"crossenc: drift: {reason}", file=sys.stderr)
+        if cfg.output.drift.on_drift == "fail":
+            return EXIT_DRIFT
     for bad in plan.skipped:
         print(f"crossenc: skipped bad file: {bad.reason}", file=sys.stderr)
-    return EXIT_SKIPPED if plan.skipped else EXIT_OK
+    dead_fraction = result.rows_dead_lettered / max(result.rows_read, 1)
+    too_many_dead = dead_fraction > cfg.output.max_dead_letter_fraction
+    if too_many_dead:
+        print(
+            f"crossenc: {result.rows_dead_lettered} of {result.rows_read} rows dead-lettered "
+            f"({dead_fraction:.2%} > output.max_dead_letter_fraction "
+            f"{cfg.output.max_dead_letter_fraction:.2%})",
+            file=sys.stderr,
+        )
+    return EXIT_PARTIAL if plan.skipped or too_many_dead else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -33,13 +33,15 @@ import pyarrow.parquet as pq
 from crossenc.config import ConfigError, OutputConfig
 from crossenc.postprocess import DROPPED, LABEL, RANK, SCORE
 from crossenc.storage import Location, resolve
+from crossenc.summary import METRIC_COLUMNS, part_metrics
 from crossenc.tokenize import ERROR, IDS, ROW, SOURCE, TRUNCATED, TYPE_IDS
 
 MANIFEST = "_manifest.json"
+SUMMARY = "_summary.json"  # the run summary, also in the manifest's "summary"
 SUCCESS = "_SUCCESS"
 STAGING = "_temporary"
 RUN_RECORD = "_run.json"
-INTERNAL = (ERROR, DROPPED, IDS, TYPE_IDS, SOURCE, ROW)
+INTERNAL = (ERROR, DROPPED, IDS, TYPE_IDS, SOURCE, ROW, *METRIC_COLUMNS)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class PartStats:
     dropped_rows: int
     run_id: str = ""
     ranges: str = "[]"  # JSON [[start, end), ...] of the input file's rows this part holds
+    metrics: str = "{}"  # JSON crossenc.summary.part_metrics record
 
     @property
     def accounted(self) -> int:
@@ -71,6 +74,7 @@ PART_SCHEMA = pa.schema(
         ("dropped_rows", pa.int64()),
         ("run_id", pa.string()),
         ("ranges", pa.string()),
+        ("metrics", pa.string()),
     ]
 )
 
@@ -128,6 +132,7 @@ def _write_source_part(loc: Location, staging: str, run_id: str, rows: pa.Table)
     name = f"part-{uuid.uuid4().hex}"
     ranges = json.dumps(row_ranges(rows.column(ROW).to_numpy()))
     stats = PartStats(source, None, 0, None, 0, int(pc.sum(dropped).as_py() or 0), run_id, ranges)
+    stats.metrics = json.dumps(part_metrics(rows, seed=int(rows.column(ROW)[0].as_py())))
     visible = [c for c in rows.column_names if c not in (*INTERNAL, TRUNCATED)] + [TRUNCATED]
     good = rows.filter(good_mask).select(visible)
     if good.num_rows:
@@ -286,7 +291,8 @@ def _publish(loc: Location, src: str, folder: Location) -> str:
 
 
 def commit(out: OutputConfig, manifest: Manifest, parts: Iterable[PartStats]) -> None:
-    """Publish staged parts, then the manifest, then _SUCCESS; remove what they replace."""
+    """Publish staged parts, then the manifest and summary, then _SUCCESS; remove what they
+    replace."""
     loc = resolve(out.path, out.storage)
     dead = resolve(out.dead_letter_path(), out.storage)
     previous = read_manifest(out)
@@ -318,6 +324,7 @@ def commit(out: OutputConfig, manifest: Manifest, parts: Iterable[PartStats]) ->
             if old["path"] not in keep_dead and loc.fs.exists(old["path"]):
                 loc.fs.rm(old["path"])
     _write_json(loc, loc.join(MANIFEST), asdict(manifest), indent=2)
+    _write_json(loc, loc.join(SUMMARY), manifest.summary, indent=1)
     with loc.fs.open(loc.join(SUCCESS), "w") as f:
         f.write(manifest.run_id + "\n")
     root = loc.join(STAGING)

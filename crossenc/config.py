@@ -156,6 +156,27 @@ class ClassifyConfig(_Strict):
     )
 
 
+class DriftConfig(_Strict):
+    """How far this run may move from the output.compare_to run before it counts as drift."""
+
+    max_label_tvd: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Largest total variation distance between the two runs' label shares.",
+    )
+    max_score_ks: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Largest gap between the two runs' score CDFs (Kolmogorov-Smirnov, read "
+        "at the previous run's percentiles), per score column.",
+    )
+    on_drift: Literal["warn", "fail"] = Field(
+        "fail", description="warn: log and report it; fail: also exit with code 6."
+    )
+
+
 class OutputConfig(_Strict):
     """Where the scored rows go."""
 
@@ -173,6 +194,25 @@ class OutputConfig(_Strict):
         None,
         description="Where unscorable rows go, with their reason (None: <path>/_dead_letter/, "
         "which Parquet readers skip).",
+    )
+
+    max_dead_letter_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="More dead-lettered rows than this fraction of rows read: the run commits "
+        "but exits with code 5, as it does when input.on_bad_file=skip left files out.",
+    )
+    report: str | None = Field(
+        None, description="Write a self-contained HTML report with plots here (local or s3://)."
+    )
+    compare_to: str | None = Field(
+        None,
+        description="A previous run's output folder (same storage options): its label shares "
+        "and score quantiles are compared with this run's, the nightly drift check.",
+    )
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig, description="Thresholds of the compare_to check."
     )
 
     def dead_letter_path(self) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,12 +28,13 @@ from crossenc.commit import (
     write_part,
     write_run_record,
 )
-from crossenc.config import JobConfig
+from crossenc.config import ConfigError, JobConfig, OutputConfig
 from crossenc.engine import ScoringEngine
 from crossenc.inspect_input import InputFile, JobPlan, plan_job
 from crossenc.model import ModelInfo, model_fingerprint, model_source
 from crossenc.postprocess import rank_group, score_columns
 from crossenc.read import read_row_groups, read_units
+from crossenc.summary import build_summary, compare_runs, metric_columns, summary_table
 from crossenc.tokenize import ERROR, IDS, TYPE_IDS, tokenize_batch
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ class ScorerReplica:
         source = model_source(cfg.model, cfg.runtime.cache_dir)  # per node: s3 copies land here
         self.cfg, self.info = cfg, info
         self.engine = ScoringEngine(cfg.model, info, cfg.runtime, source)
+        self.replica = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         valid = pc.is_null(batch.column(ERROR)).to_numpy(zero_copy_only=False)
@@ -59,11 +63,18 @@ class ScorerReplica:
         ids = _ragged(batch.column(IDS))
         types = _ragged(batch.column(TYPE_IDS)) if TYPE_IDS in batch.column_names else None
         scores = np.zeros((batch.num_rows, self.info.num_labels), dtype=np.float32)
+        computed, started = self.engine.stats.computed_tokens, time.perf_counter()
         scores[idx] = self.engine.score(
             [ids[i] for i in idx], [types[i] for i in idx] if types else None
         )
+        busy = time.perf_counter() - started
+        tokens = np.zeros(batch.num_rows, dtype=np.int64)
+        tokens[idx] = [len(ids[i]) for i in idx]
         out = batch.drop_columns([c for c in (IDS, TYPE_IDS) if c in batch.column_names])
-        for name, column in score_columns(scores, valid, self.cfg, self.info).items():
+        columns = score_columns(scores, valid, self.cfg, self.info) | metric_columns(
+            self.replica, busy, tokens, self.engine.stats.computed_tokens - computed, valid
+        )
+        for name, column in columns.items():
             out = out.append_column(name, column)
         assert out.num_rows == batch.num_rows, "scorer must keep every row"
         return out
@@ -122,7 +133,8 @@ def build_dataset(
 @dataclass
 class RunResult:
     """What a run did. ``rows_scored`` is what this run read and scored; on a resume,
-    ``rows_resumed`` were taken over from the interrupted run's staged parts."""
+    ``rows_resumed`` were taken over from the interrupted run's staged parts. ``summary`` is the
+    run summary committed beside the manifest (see :mod:`crossenc.summary`)."""
 
     run_id: str
     rows_read: int
@@ -137,11 +149,17 @@ class RunResult:
     seconds: float
     output_path: str
     already_committed: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows_per_second(self) -> float:
         """Rows this run scored per wall-clock second."""
         return self.rows_scored / self.seconds if self.seconds else 0.0
+
+    @property
+    def drifted(self) -> bool:
+        """True when output.compare_to was set and this run moved past its thresholds."""
+        return bool((self.summary.get("drift") or {}).get("drifted"))
 
 
 class InvariantError(RuntimeError):
@@ -187,13 +205,54 @@ def _already_committed(manifest: dict[str, Any], seconds: float, path: str) -> R
         seconds=seconds,
         output_path=path,
         already_committed=True,
+        summary=manifest.get("summary", {}),
     )
 
 
+class Progress:
+    """Logs rows done, rows/s and the time left, at most every ``every`` seconds."""
+
+    def __init__(self, total: int, every: float = 10.0) -> None:
+        self.total, self.every, self.done = total, every, 0
+        self.started = self.last = time.monotonic()
+
+    def add(self, rows: int) -> None:
+        """Count rows finished; log a progress line when one is due."""
+        self.done += rows
+        now = time.monotonic()
+        if now - self.last < self.every and self.done < self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.started, 1e-9)
+        left = (self.total - self.done) / rate if rate else float("inf")
+        log.info(
+            "progress: %d/%d rows (%.1f%%), %.1f rows/s, ETA %s",
+            self.done,
+            self.total,
+            100 * self.done / max(self.total, 1),
+            rate,
+            time.strftime("%H:%M:%S", time.gmtime(left)) if left < 8.64e4 else ">1 day",
+        )
+
+
+def previous_summary(cfg: JobConfig) -> dict[str, Any] | None:
+    """The summary of the run at output.compare_to, or None when no comparison is asked for."""
+    if not cfg.output.compare_to:
+        return None
+    manifest = read_manifest(OutputConfig(path=cfg.output.compare_to, storage=cfg.output.storage))
+    if manifest is None or not manifest.get("summary", {}).get("scores"):
+        raise ConfigError(
+            f"output.compare_to {cfg.output.compare_to} holds no committed crossenc run with a "
+            "summary (_SUCCESS and _manifest.json); remove compare_to for a first run"
+        )
+    return manifest["summary"]
+
+
 def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
-    """Run the whole job and commit its output; returns the counts."""
-    started = time.monotonic()
+    """Run the whole job and commit its output; returns the counts and the run summary."""
+    started, wall_started = time.monotonic(), time.time()
     check_output_mode(cfg.output)
+    previous = previous_summary(cfg)
     plan = plan or plan_job(cfg)
     record = RunRecord(new_run_id(), cfg.fingerprint(), model_fingerprint(cfg.model, plan.info))
     kept: dict[str, list[PartStats]] = {}
@@ -206,10 +265,11 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         kept = completed_inputs(cfg.output, record, {f.path: f.rows for f in plan.files})
     todo = [f for f in plan.files if f.path not in kept]
     write_run_record(cfg.output, record)
+    rows_scored = sum(f.rows for f in todo)
     log.info(
         "run %s: %d rows in %d files -> %s (%d files taken over from interrupted runs, %d skipped)",
         record.run_id,
-        sum(f.rows for f in todo),
+        rows_scored,
         len(todo),
         cfg.output.path,
         len(kept),
@@ -218,14 +278,43 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     parts = [p for file_parts in kept.values() for p in file_parts]
     if todo:
         ensure_ray()
-        dataset = build_dataset(cfg, todo, plan.info, record.run_id)
-        parts += [PartStats(**row) for row in dataset.iter_rows()]
+        progress = Progress(rows_scored)
+        for row in build_dataset(cfg, todo, plan.info, record.run_id).iter_rows():
+            parts.append(PartStats(**row))
+            progress.add(parts[-1].accounted)
     check_accounted(list(plan.files), parts, record.run_id)
     written = sum(p.rows for p in parts)
     dead = sum(p.dead_rows for p in parts)
     dropped = sum(p.dropped_rows for p in parts)
     seconds = time.monotonic() - started
-    rows_scored = sum(f.rows for f in todo)
+    summary = build_summary(
+        run_id=record.run_id,
+        task=cfg.task,
+        model=cfg.model.name,
+        started=wall_started,
+        wall_seconds=seconds,
+        rows={
+            "read": plan.rows,
+            "scored": rows_scored,
+            "written": written,
+            "dead_lettered": dead,
+            "dropped_top_k": dropped,
+            "resumed": plan.rows - rows_scored,
+        },
+        files={
+            "input": len(plan.files),
+            "skipped": len(plan.skipped),
+            "written": sum(1 for p in parts if p.file),
+        },
+        parts=[(json.loads(p.metrics), p.accounted, p.run_id == record.run_id) for p in parts],
+    )
+    if previous is not None:
+        drift = cfg.output.drift
+        summary["drift"] = compare_runs(
+            summary, previous, str(cfg.output.compare_to), drift.max_label_tvd, drift.max_score_ks
+        )
+        for reason in summary["drift"]["reasons"]:
+            log.warning("drift against %s: %s", cfg.output.compare_to, reason)
     manifest = Manifest(
         run_id=record.run_id,
         files=[],
@@ -241,11 +330,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         config=cfg.redacted(),
         crossenc_version=__version__,
         resumed_from=sorted({p.run_id for ps in kept.values() for p in ps}),
-        summary={
-            "seconds": round(seconds, 3),
-            "rows_scored": rows_scored,
-            "rows_per_second": round(rows_scored / seconds, 1) if seconds else None,
-        },
+        summary=summary,
     )
     commit(cfg.output, manifest, parts)
     result = RunResult(
@@ -258,28 +343,31 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         rows_resumed=plan.rows - rows_scored,
         files_resumed=len(kept),
         files_skipped=len(plan.skipped),
-        files_written=sum(1 for p in parts if p.file),
+        files_written=summary["files"]["written"],
         seconds=seconds,
         output_path=cfg.output.path,
+        summary=summary,
     )
-    log.info("run %s committed: %s", record.run_id, asdict(result))
+    log.info(
+        "run %s committed: %d rows written, %d dead-lettered, %.1f s",
+        record.run_id,
+        written,
+        dead,
+        seconds,
+    )
+    if cfg.output.report:
+        from crossenc.report import write_report
+
+        write_report(summary, cfg.output.report, cfg.output.storage)
+        log.info("report written to %s", cfg.output.report)
     return result
 
 
 def summary_lines(result: RunResult) -> list[str]:
-    """A short human summary of a run."""
+    """The run summary for the terminal: what was committed where, then the summary table."""
     head = (
         f"output {result.output_path} was already committed by run {result.run_id}"
         if result.already_committed
         else f"run {result.run_id} committed to {result.output_path}"
     )
-    return [
-        head,
-        f"  rows read {result.rows_read}, written {result.rows_written}, "
-        f"dead-lettered {result.rows_dead_lettered}, dropped by top_k "
-        f"{result.rows_dropped_top_k}",
-        f"  rows scored by this run {result.rows_scored}, resumed {result.rows_resumed} "
-        f"({result.files_resumed} files), skipped files {result.files_skipped}",
-        f"  {result.files_written} files, {result.seconds:.1f} s, "
-        f"{result.rows_per_second:.1f} rows/s",
-    ]
+    return [head, *(summary_table(result.summary).splitlines() if result.summary else [])]

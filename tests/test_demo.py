@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -22,9 +23,13 @@ def test_demo_script_runs_the_msmarco_preset(tmp_path):
         ["scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "rows read 400, written 400" in proc.stdout
+    table = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in proc.stdout.splitlines()[1:])
+    assert table["rows read"] == table["rows written"] == "400"
+    assert float(table["rows/s overall"]) > 0
     out = read_output(tmp_path / "demo" / "scored")
     assert out.column_names == ["qid", "doc_id", "score", "rank", "truncated"]
     manifest = json.loads((tmp_path / "demo" / "scored" / "_manifest.json").read_text())
+    summary = json.loads((tmp_path / "demo" / "scored" / "_summary.json").read_text())
+    assert summary == manifest["summary"] and summary["rows"]["written"] == 400
     assert manifest["config"]["model"]["name"].endswith("demo/model")
     assert manifest["model"]["activation"] == "sigmoid"

@@ -140,7 +140,13 @@ def test_driver_killed_then_resumed(ray_local, minilm, tmp_path):
     assert result.rows_resumed == result.files_resumed * rows_per_file
     assert result.rows_scored == 640 - result.rows_resumed > 0  # scored only what was missing
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert manifest["resumed_from"] and manifest["summary"]["rows_scored"] == result.rows_scored
+    summary = manifest["summary"]
+    assert manifest["resumed_from"] and summary["rows"]["scored"] == result.rows_scored
+    assert summary["rows"]["resumed"] == result.rows_resumed
+    # replicas count this run's work; the scores cover every committed row
+    assert sum(r["rows"] for r in summary["replicas"]) == result.rows_scored
+    assert summary["scores"]["score"]["count"] == 640
+    assert summary["throughput"][-1]["rows"] == result.rows_scored
     _assert_exactly_once(tmp_path / "out", tmp_path / "in")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -128,7 +129,8 @@ def test_ray_job_submit_runs_the_job(ray_head, models, pairs_dir, tmp_path):
     )
     proc = submit(url, env, "--config", str(config))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "rows read 300, written 60" in proc.stdout
+    assert re.search(r"rows read\s+300\n", proc.stdout)
+    assert re.search(r"rows written\s+60\n", proc.stdout)
     out = read_output(tmp_path / "out")
     assert out.num_rows == 60 == read_input(pairs_dir).num_rows // 10 * 2
     assert sorted(set(out.column("rank").to_pylist())) == [1, 2]
@@ -138,3 +140,5 @@ def test_ray_job_submit_runs_the_job(ray_head, models, pairs_dir, tmp_path):
     proc = submit(url, env, "--config", str(config), "--set", "task=reranking")
     assert proc.returncode != 0
     assert "task: Input should be 'score', 'classify' or 'rerank'" in proc.stdout + proc.stderr
+    # the entrypoint's exit code (2: config error) reaches the submitter in the status message
+    assert "failed with exit code 2" in proc.stdout + proc.stderr

@@ -13,7 +13,7 @@ import s3fs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crossenc.cli import EXIT_INPUT, EXIT_SKIPPED, main
+from crossenc.cli import EXIT_INPUT, EXIT_PARTIAL, main
 from crossenc.commit import (
     MANIFEST,
     Manifest,
@@ -78,7 +78,7 @@ def test_bad_rows_and_files_with_skip(ray_local, models, messy_input, tmp_path, 
         "--set",
         "input.on_bad_file=skip",
     ]
-    assert main(args) == EXIT_SKIPPED
+    assert main(args) == EXIT_PARTIAL
     err = capsys.readouterr().err
     for name in ("c-corrupt", "d-empty", "e-missing-column", "f-int-text"):
         assert f"{name}.parquet" in err

@@ -1,0 +1,332 @@
+"""Run metrics: gathered per written part, merged into the run summary, compared across runs.
+
+Every scored row carries four internal columns from its scorer replica (which replica, its
+share of the replica's busy time, its real tokens and its share of the padded tokens computed
+for its batch). When a part is written, :func:`part_metrics` reduces its rows to a small JSON
+record: per-replica sums, a token-length histogram, label counts, exact count/sum/min/max of
+each score column and a uniform sample of at most ``SAMPLE`` scores. :func:`build_summary`
+merges the records of all parts into the run summary (score quantiles come from the samples,
+each weighted by the rows it stands for), and :func:`compare_runs` measures how far this run's
+labels and scores moved from a previous run's summary: the total variation distance of the
+label distribution and, per score column, the largest gap between this run's score CDF and the
+previous run's, read at its percentiles (a Kolmogorov-Smirnov distance on 101 points).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from crossenc.postprocess import LABEL, SCORE
+from crossenc.tokenize import ERROR, TRUNCATED
+
+REPLICA = "_replica"  # which scorer replica scored the row
+BUSY = "_busy_s"  # the row's share of that replica's busy seconds for its block
+TOKENS = "_tokens"  # real tokens of the row
+COMPUTED = "_computed"  # the row's share of the tokens computed (with padding) for its batch
+METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED)
+
+SAMPLE = 1024  # scores kept per part for quantiles
+QUANTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
+HISTOGRAM_BINS = 20
+
+
+def metric_columns(
+    replica: str, busy_seconds: float, tokens: np.ndarray, computed_tokens: int, valid: np.ndarray
+) -> dict[str, pa.Array]:
+    """The per-row metric columns of one scored block: busy time and computed tokens are shared
+    out equally over the block's scored (``valid``) rows."""
+    n, scored = len(tokens), max(int(valid.sum()), 1)
+    return {
+        REPLICA: pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, dtype=np.int32)), pa.array([replica])
+        ),
+        BUSY: pa.array(np.where(valid, busy_seconds / scored, 0.0)),
+        TOKENS: pa.array(tokens.astype(np.int32)),
+        COMPUTED: pa.array(np.where(valid, computed_tokens / scored, 0.0)),
+    }
+
+
+def _score_columns(table: pa.Table) -> list[str]:
+    return [c for c in table.column_names if c == SCORE or c.startswith(f"{SCORE}_")]
+
+
+def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
+    """The metrics record of one part: rows of one input file, as the scorer left them."""
+    out: dict[str, Any] = {"t": time.time(), "replicas": {}, "tokens": {}, "scores": {}}
+    if REPLICA not in rows.column_names:
+        return out
+    scored = rows.filter(pc.is_null(rows.column(ERROR)))
+    replicas = scored.column(REPLICA).combine_chunks().dictionary_decode().to_numpy(False)
+    busy = scored.column(BUSY).to_numpy()
+    tokens = scored.column(TOKENS).to_numpy()
+    computed = scored.column(COMPUTED).to_numpy()
+    for name in np.unique(replicas):
+        sel = replicas == name
+        out["replicas"][str(name)] = [
+            int(sel.sum()),
+            float(busy[sel].sum()),
+            int(tokens[sel].sum()),
+            float(computed[sel].sum()),
+        ]
+    lengths, counts = np.unique(tokens, return_counts=True)
+    out["tokens"] = {str(int(k)): int(v) for k, v in zip(lengths, counts, strict=True)}
+    if TRUNCATED in scored.column_names:
+        out["truncated"] = int(pc.sum(scored.column(TRUNCATED)).as_py() or 0)
+    rng = np.random.default_rng(seed)
+    for col in _score_columns(scored):
+        values = scored.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+        if len(values) == 0:
+            continue
+        sample = values if len(values) <= SAMPLE else rng.choice(values, SAMPLE, replace=False)
+        out["scores"][col] = {
+            "n": len(values),
+            "sum": float(values.sum()),
+            "min": float(values.min()),
+            "max": float(values.max()),
+            "sample": [float(v) for v in sample],
+        }
+    if LABEL in scored.column_names:
+        labels = scored.column(LABEL).to_pylist()
+        out["labels"] = {str(k): v for k, v in Counter(labels).items()}
+    return out
+
+
+def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, q: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    values, weights = values[order], weights[order]
+    cum = np.cumsum(weights) - weights / 2
+    return np.interp(q * weights.sum(), cum, values)
+
+
+def _merge_scores(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    columns = sorted({c for r in records for c in r.get("scores", {})})
+    out: dict[str, Any] = {}
+    for col in columns:
+        parts = [r["scores"][col] for r in records if col in r.get("scores", {})]
+        values = np.concatenate([np.asarray(p["sample"], dtype=np.float64) for p in parts])
+        weights = np.concatenate(
+            [np.full(len(p["sample"]), p["n"] / len(p["sample"])) for p in parts]
+        )
+        count = sum(p["n"] for p in parts)
+        lo, hi = min(p["min"] for p in parts), max(p["max"] for p in parts)
+        named = _weighted_quantiles(values, weights, np.array(QUANTILES) / 100)
+        percentiles = _weighted_quantiles(values, weights, np.linspace(0, 1, 101))
+        percentiles[0], percentiles[-1] = lo, hi
+        counts, edges = np.histogram(
+            values, bins=HISTOGRAM_BINS, range=(lo, hi if hi > lo else lo + 1e-9), weights=weights
+        )
+        out[col] = {
+            "count": count,
+            "mean": sum(p["sum"] for p in parts) / count,
+            "min": lo,
+            "max": hi,
+            "quantiles": {f"p{q}": float(v) for q, v in zip(QUANTILES, named, strict=True)},
+            "percentiles": [float(v) for v in percentiles],
+            "histogram": {
+                "edges": [float(e) for e in edges],
+                "counts": [round(float(c), 1) for c in counts],
+            },
+        }
+    return out
+
+
+def _token_histogram(records: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    counts: Counter[int] = Counter()
+    for r in records:
+        counts.update({int(k): v for k, v in r.get("tokens", {}).items()})
+    if not counts:
+        return {"edges": [], "counts": []}
+    width = max(1, int(np.ceil((max(counts) + 1) / 40)))
+    edges = np.arange(0, max(counts) + width + 1, width)
+    hist = np.zeros(len(edges) - 1)
+    for length, n in counts.items():
+        hist[min(length // width, len(hist) - 1)] += n
+    return {"edges": [float(e) for e in edges], "counts": [float(c) for c in hist]}
+
+
+def _throughput(records: Iterable[tuple[float, int]], started: float) -> list[dict[str, float]]:
+    points, total = [], 0
+    for t, rows in sorted(records):
+        total += rows
+        points.append({"t": round(t - started, 3), "rows": total})
+    return points
+
+
+def build_summary(
+    *,
+    run_id: str,
+    task: str,
+    model: str,
+    started: float,
+    wall_seconds: float,
+    rows: dict[str, int],
+    files: dict[str, int],
+    parts: Sequence[tuple[dict[str, Any], int, bool]],
+) -> dict[str, Any]:
+    """The run summary from every part's metrics. ``parts`` holds, per part, its metrics record,
+    the input rows it accounts for and whether this run (not an interrupted one) wrote it:
+    replicas, padding and throughput count this run's parts, scores and labels all parts."""
+    records = [m for m, _, _ in parts]
+    replicas: dict[str, list[float]] = {}  # this run's work only, not parts taken over
+    for r in (m for m, _, mine in parts if mine):
+        for name, values in r.get("replicas", {}).items():
+            acc = replicas.setdefault(name, [0, 0.0, 0, 0.0])
+            for i, v in enumerate(values):
+                acc[i] += v
+    real = sum(v[2] for v in replicas.values())
+    computed = sum(v[3] for v in replicas.values())
+    rows = {**rows, "truncated": sum(r.get("truncated", 0) for r in records)}
+    labels: Counter[str] | None = None
+    if task == "classify":
+        labels = Counter()
+        for r in records:
+            labels.update(r.get("labels", {}))
+    return {
+        "run_id": run_id,
+        "task": task,
+        "model": model,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_seconds": round(wall_seconds, 3),
+        "rows": rows,
+        "files": files,
+        "rows_per_second": round(rows["scored"] / wall_seconds, 1) if wall_seconds else None,
+        "replicas": [
+            {
+                "replica": name,
+                "rows": int(n),
+                "busy_seconds": round(busy, 3),
+                "rows_per_second": round(n / busy, 1) if busy else None,
+                "utilization": round(busy / wall_seconds, 3) if wall_seconds else None,
+            }
+            for name, (n, busy, _, _) in sorted(replicas.items())
+        ],
+        "padding_efficiency": round(real / computed, 4) if computed else None,
+        "scores": _merge_scores(records),
+        "labels": dict(sorted(labels.items())) if labels is not None else None,
+        "token_lengths": _token_histogram(records),
+        "throughput": _throughput(((m["t"], n) for m, n, mine in parts if mine), started),
+        "drift": None,
+    }
+
+
+def label_tvd(now: dict[str, int], before: dict[str, int]) -> float:
+    """Total variation distance between two label count tables (0 = same shares, 1 = disjoint)."""
+    a, b = sum(now.values()), sum(before.values())
+    if not a or not b:
+        return 0.0 if a == b else 1.0
+    names = set(now) | set(before)
+    return 0.5 * sum(abs(now.get(k, 0) / a - before.get(k, 0) / b) for k in names)
+
+
+def score_ks(now: dict[str, Any], before: dict[str, Any]) -> float:
+    """Largest gap between this run's score CDF and the previous run's, at its percentiles."""
+    x_now = np.asarray(now["percentiles"])
+    x_before = np.asarray(before["percentiles"])
+    levels = np.linspace(0, 1, len(x_before))
+    # this run's CDF at the previous run's percentile points (and vice versa), both 101-point
+    f_now = np.interp(x_before, x_now, np.linspace(0, 1, len(x_now)), left=0.0, right=1.0)
+    f_before = np.interp(x_now, x_before, levels, left=0.0, right=1.0)
+    return float(
+        max(np.abs(f_now - levels).max(), np.abs(f_before - np.linspace(0, 1, len(x_now))).max())
+    )
+
+
+def compare_runs(
+    summary: dict[str, Any],
+    previous: dict[str, Any],
+    compare_to: str,
+    max_label_tvd: float,
+    max_score_ks: float,
+) -> dict[str, Any]:
+    """The drift section of a summary: distances to the previous run and whether they exceed
+    the thresholds."""
+    reasons = []
+    tvd = None
+    if summary.get("labels") is not None and previous.get("labels") is not None:
+        tvd = round(label_tvd(summary["labels"], previous["labels"]), 4)
+        if tvd > max_label_tvd:
+            reasons.append(f"label distribution moved: TVD {tvd} > {max_label_tvd}")
+    ks = {}
+    for col, stats in summary.get("scores", {}).items():
+        before = previous.get("scores", {}).get(col)
+        if before and "percentiles" in before:
+            ks[col] = round(score_ks(stats, before), 4)
+            if ks[col] > max_score_ks:
+                reasons.append(f"{col} distribution moved: KS {ks[col]} > {max_score_ks}")
+    missing = sorted(set(previous.get("scores", {})) ^ set(summary.get("scores", {})))
+    if missing:
+        reasons.append(f"score columns differ from the previous run: {', '.join(missing)}")
+    return {
+        "compare_to": compare_to,
+        "previous_run_id": previous.get("run_id"),
+        "label_tvd": tvd,
+        "score_ks": ks,
+        "thresholds": {"max_label_tvd": max_label_tvd, "max_score_ks": max_score_ks},
+        "drifted": bool(reasons),
+        "reasons": reasons,
+        "previous": {
+            "labels": previous.get("labels"),
+            "scores": {
+                c: {"quantiles": s.get("quantiles"), "histogram": s.get("histogram")}
+                for c, s in previous.get("scores", {}).items()
+            },
+        },
+    }
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The summary as an aligned text table for the terminal."""
+    rows, files = summary["rows"], summary["files"]
+    lines = [
+        ("run", summary["run_id"]),
+        ("rows read", rows["read"]),
+        ("rows scored (this run)", rows["scored"]),
+        ("rows written", rows["written"]),
+        ("rows dead-lettered", rows["dead_lettered"]),
+        ("rows dropped by top_k", rows["dropped_top_k"]),
+        ("rows resumed", rows["resumed"]),
+        ("rows truncated", rows["truncated"]),
+        ("input files / skipped", f"{files['input']} / {files['skipped']}"),
+        ("wall time (s)", summary["wall_seconds"]),
+        ("rows/s overall", summary["rows_per_second"]),
+        ("padding efficiency", summary["padding_efficiency"]),
+    ]
+    for r in summary["replicas"]:
+        lines.append(
+            (
+                f"replica {r['replica']}",
+                f"{r['rows']} rows, {r['rows_per_second']} rows/s busy, "
+                f"utilization {r['utilization']}",
+            )
+        )
+    for col, s in summary["scores"].items():
+        q = s["quantiles"]
+        lines.append(
+            (
+                f"{col} p5/p25/p50/p75/p95",
+                " / ".join(f"{q[k]:.4g}" for k in ("p5", "p25", "p50", "p75", "p95")),
+            )
+        )
+    if summary["labels"] is not None:
+        total = sum(summary["labels"].values()) or 1
+        for label, n in summary["labels"].items():
+            lines.append((f"label {label}", f"{n} ({n / total:.1%})"))
+    drift = summary.get("drift")
+    if drift:
+        verdict = "DRIFT: " + "; ".join(drift["reasons"]) if drift["drifted"] else "no drift"
+        lines.append((f"vs {drift['compare_to']}", verdict))
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
+
+
+def dumps(summary: dict[str, Any]) -> str:
+    """The summary as JSON text."""
+    return json.dumps(summary, indent=1, sort_keys=False)
