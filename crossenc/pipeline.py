@@ -34,7 +34,13 @@ from crossenc.inspect_input import InputFile, JobPlan, plan_job
 from crossenc.model import ModelInfo, model_fingerprint, model_source
 from crossenc.postprocess import rank_group, score_columns
 from crossenc.read import read_row_groups, read_units
-from crossenc.summary import build_summary, compare_runs, metric_columns, summary_table
+from crossenc.summary import (
+    RunMetrics,
+    build_summary,
+    compare_runs,
+    metric_columns,
+    summary_table,
+)
 from crossenc.tokenize import ERROR, IDS, TYPE_IDS, tokenize_batch
 
 log = logging.getLogger(__name__)
@@ -276,18 +282,26 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         len(plan.skipped),
     )
     parts = [p for file_parts in kept.values() for p in file_parts]
+    metrics = RunMetrics()
+    for part in parts:
+        metrics.add(json.loads(part.metrics), part.accounted, mine=False)
+        part.metrics = ""  # folded in: the driver keeps only what the commit needs
     if todo:
         ensure_ray()
         progress = Progress(rows_scored)
         for row in build_dataset(cfg, todo, plan.info, record.run_id).iter_rows():
-            parts.append(PartStats(**row))
-            progress.add(parts[-1].accounted)
+            part = PartStats(**row)
+            metrics.add(json.loads(part.metrics), part.accounted, mine=True)
+            part.metrics = ""
+            parts.append(part)
+            progress.add(part.accounted)
     check_accounted(list(plan.files), parts, record.run_id)
     written = sum(p.rows for p in parts)
     dead = sum(p.dead_rows for p in parts)
     dropped = sum(p.dropped_rows for p in parts)
     seconds = time.monotonic() - started
     summary = build_summary(
+        metrics,
         run_id=record.run_id,
         task=cfg.task,
         model=cfg.model.name,
@@ -306,7 +320,6 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
             "skipped": len(plan.skipped),
             "written": sum(1 for p in parts if p.file),
         },
-        parts=[(json.loads(p.metrics), p.accounted, p.run_id == record.run_id) for p in parts],
     )
     if previous is not None:
         drift = cfg.output.drift

@@ -4,12 +4,13 @@ Every scored row carries four internal columns from its scorer replica (which re
 share of the replica's busy time, its real tokens and its share of the padded tokens computed
 for its batch). When a part is written, :func:`part_metrics` reduces its rows to a small JSON
 record: per-replica sums, a token-length histogram, label counts, exact count/sum/min/max of
-each score column and a uniform sample of at most ``SAMPLE`` scores. :func:`build_summary`
-merges the records of all parts into the run summary (score quantiles come from the samples,
-each weighted by the rows it stands for), and :func:`compare_runs` measures how far this run's
-labels and scores moved from a previous run's summary: the total variation distance of the
-label distribution and, per score column, the largest gap between this run's score CDF and the
-previous run's, read at its percentiles (a Kolmogorov-Smirnov distance on 101 points).
+each score column and a uniform sample of at most ``SAMPLE`` scores. The driver folds each
+record into :class:`RunMetrics` as the part arrives (memory bounded whatever the row count),
+and :func:`build_summary` turns that into the run summary (score quantiles come from the
+samples, each weighted by the rows it stands for). :func:`compare_runs` measures how far this
+run's labels and scores moved from a previous run's summary: the total variation distance of
+the label distribution and, per score column, the largest gap between this run's score CDF and
+the previous run's, read at its percentiles (a Kolmogorov-Smirnov distance on 101 points).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,9 @@ TOKENS = "_tokens"  # real tokens of the row
 COMPUTED = "_computed"  # the row's share of the tokens computed (with padding) for its batch
 METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED)
 
-SAMPLE = 1024  # scores kept per part for quantiles
+SAMPLE = 512  # scores kept per part for quantiles
+MERGED_SAMPLE = 200_000  # scores the driver keeps per column while merging parts
+TIMELINE_POINTS = 500  # throughput points in a summary
 QUANTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
 HISTOGRAM_BINS = 20
 
@@ -91,7 +93,7 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
             "sum": float(values.sum()),
             "min": float(values.min()),
             "max": float(values.max()),
-            "sample": [float(v) for v in sample],
+            "sample": [float(f"{v:.7g}") for v in sample],  # float32 precision
         }
     if LABEL in scored.column_names:
         labels = scored.column(LABEL).to_pylist()
@@ -106,28 +108,43 @@ def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, q: np.ndarray) 
     return np.interp(q * weights.sum(), cum, values)
 
 
-def _merge_scores(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    columns = sorted({c for r in records for c in r.get("scores", {})})
-    out: dict[str, Any] = {}
-    for col in columns:
-        parts = [r["scores"][col] for r in records if col in r.get("scores", {})]
-        values = np.concatenate([np.asarray(p["sample"], dtype=np.float64) for p in parts])
-        weights = np.concatenate(
-            [np.full(len(p["sample"]), p["n"] / len(p["sample"])) for p in parts]
-        )
-        count = sum(p["n"] for p in parts)
-        lo, hi = min(p["min"] for p in parts), max(p["max"] for p in parts)
+class _ScoreStats:
+    """Exact count/sum/min/max of one score column, and a bounded weighted sample of it."""
+
+    def __init__(self) -> None:
+        self.n, self.total, self.lo, self.hi = 0, 0.0, float("inf"), float("-inf")
+        self.values: list[np.ndarray] = []
+        self.weights: list[np.ndarray] = []
+        self.kept = 0
+
+    def add(self, part: dict[str, Any], rng: np.random.Generator) -> None:
+        self.n += part["n"]
+        self.total += part["sum"]
+        self.lo, self.hi = min(self.lo, part["min"]), max(self.hi, part["max"])
+        sample = np.asarray(part["sample"], dtype=np.float64)
+        self.values.append(sample)
+        self.weights.append(np.full(len(sample), part["n"] / max(len(sample), 1)))
+        self.kept += len(sample)
+        if self.kept > MERGED_SAMPLE:  # keep a random half, each standing for twice the rows
+            values, weights = np.concatenate(self.values), np.concatenate(self.weights)
+            keep = rng.random(len(values)) < 0.5
+            self.values, self.weights = [values[keep]], [weights[keep] * 2]
+            self.kept = int(keep.sum())
+
+    def summary(self) -> dict[str, Any]:
+        values, weights = np.concatenate(self.values), np.concatenate(self.weights)
         named = _weighted_quantiles(values, weights, np.array(QUANTILES) / 100)
         percentiles = _weighted_quantiles(values, weights, np.linspace(0, 1, 101))
-        percentiles[0], percentiles[-1] = lo, hi
-        counts, edges = np.histogram(
-            values, bins=HISTOGRAM_BINS, range=(lo, hi if hi > lo else lo + 1e-9), weights=weights
+        percentiles[0], percentiles[-1] = self.lo, self.hi
+        hi = self.hi if self.hi > self.lo else self.lo + 1e-9
+        counts, edges = np.histogram(  # clip: the samples are rounded to float32 precision
+            np.clip(values, self.lo, hi), bins=HISTOGRAM_BINS, range=(self.lo, hi), weights=weights
         )
-        out[col] = {
-            "count": count,
-            "mean": sum(p["sum"] for p in parts) / count,
-            "min": lo,
-            "max": hi,
+        return {
+            "count": self.n,
+            "mean": self.total / self.n,
+            "min": self.lo,
+            "max": self.hi,
             "quantiles": {f"p{q}": float(v) for q, v in zip(QUANTILES, named, strict=True)},
             "percentiles": [float(v) for v in percentiles],
             "histogram": {
@@ -135,32 +152,63 @@ def _merge_scores(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "counts": [round(float(c), 1) for c in counts],
             },
         }
-    return out
 
 
-def _token_histogram(records: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
-    counts: Counter[int] = Counter()
-    for r in records:
-        counts.update({int(k): v for k, v in r.get("tokens", {}).items()})
-    if not counts:
-        return {"edges": [], "counts": []}
-    width = max(1, int(np.ceil((max(counts) + 1) / 40)))
-    edges = np.arange(0, max(counts) + width + 1, width)
-    hist = np.zeros(len(edges) - 1)
-    for length, n in counts.items():
-        hist[min(length // width, len(hist) - 1)] += n
-    return {"edges": [float(e) for e in edges], "counts": [float(c) for c in hist]}
+class RunMetrics:
+    """Folds parts' metrics records into the run's totals as the parts arrive, in memory that
+    does not grow with the number of rows: replicas, padding and throughput count this run's
+    parts (``mine``), scores, labels and token lengths every part (taken-over ones too)."""
 
+    def __init__(self, seed: int = 0) -> None:
+        self.replicas: dict[str, list[float]] = {}
+        self.tokens: Counter[int] = Counter()
+        self.labels: Counter[str] = Counter()
+        self.truncated = 0
+        self.scores: dict[str, _ScoreStats] = {}
+        self.timeline: list[tuple[float, int]] = []
+        self._rng = np.random.default_rng(seed)
 
-def _throughput(records: Iterable[tuple[float, int]], started: float) -> list[dict[str, float]]:
-    points, total = [], 0
-    for t, rows in sorted(records):
-        total += rows
-        points.append({"t": round(t - started, 3), "rows": total})
-    return points
+    def add(self, record: dict[str, Any], rows: int, mine: bool) -> None:
+        """Fold in one part's metrics record; ``rows``: the input rows the part accounts for."""
+        if mine:
+            for name, values in record.get("replicas", {}).items():
+                acc = self.replicas.setdefault(name, [0, 0.0, 0, 0.0])
+                for i, v in enumerate(values):
+                    acc[i] += v
+            if "t" in record:
+                self.timeline.append((record["t"], rows))
+        self.tokens.update({int(k): v for k, v in record.get("tokens", {}).items()})
+        self.labels.update(record.get("labels", {}))
+        self.truncated += record.get("truncated", 0)
+        for col, part in record.get("scores", {}).items():
+            self.scores.setdefault(col, _ScoreStats()).add(part, self._rng)
+
+    def token_histogram(self) -> dict[str, list[float]]:
+        """Token lengths in at most ~40 equal bins."""
+        if not self.tokens:
+            return {"edges": [], "counts": []}
+        longest = max(self.tokens)
+        width = max(1, int(np.ceil((longest + 1) / 40)))
+        edges = np.arange(0, longest + width + 1, width)
+        hist = np.zeros(len(edges) - 1)
+        for length, n in self.tokens.items():
+            hist[min(length // width, len(hist) - 1)] += n
+        return {"edges": [float(e) for e in edges], "counts": [float(c) for c in hist]}
+
+    def throughput(self, started: float) -> list[dict[str, float]]:
+        """Cumulative rows over seconds since the start, at most ``TIMELINE_POINTS`` points."""
+        points, total = [], 0
+        for t, rows in sorted(self.timeline):
+            total += rows
+            points.append({"t": round(t - started, 3), "rows": total})
+        if len(points) > TIMELINE_POINTS:
+            idx = np.linspace(0, len(points) - 1, TIMELINE_POINTS).round().astype(int)
+            points = [points[i] for i in idx]
+        return points
 
 
 def build_summary(
+    metrics: RunMetrics,
     *,
     run_id: str,
     task: str,
@@ -169,33 +217,17 @@ def build_summary(
     wall_seconds: float,
     rows: dict[str, int],
     files: dict[str, int],
-    parts: Sequence[tuple[dict[str, Any], int, bool]],
 ) -> dict[str, Any]:
-    """The run summary from every part's metrics. ``parts`` holds, per part, its metrics record,
-    the input rows it accounts for and whether this run (not an interrupted one) wrote it:
-    replicas, padding and throughput count this run's parts, scores and labels all parts."""
-    records = [m for m, _, _ in parts]
-    replicas: dict[str, list[float]] = {}  # this run's work only, not parts taken over
-    for r in (m for m, _, mine in parts if mine):
-        for name, values in r.get("replicas", {}).items():
-            acc = replicas.setdefault(name, [0, 0.0, 0, 0.0])
-            for i, v in enumerate(values):
-                acc[i] += v
-    real = sum(v[2] for v in replicas.values())
-    computed = sum(v[3] for v in replicas.values())
-    rows = {**rows, "truncated": sum(r.get("truncated", 0) for r in records)}
-    labels: Counter[str] | None = None
-    if task == "classify":
-        labels = Counter()
-        for r in records:
-            labels.update(r.get("labels", {}))
+    """The run summary (JSON-ready) from the folded metrics and the run's counts."""
+    real = sum(v[2] for v in metrics.replicas.values())
+    computed = sum(v[3] for v in metrics.replicas.values())
     return {
         "run_id": run_id,
         "task": task,
         "model": model,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_seconds": round(wall_seconds, 3),
-        "rows": rows,
+        "rows": {**rows, "truncated": metrics.truncated},
         "files": files,
         "rows_per_second": round(rows["scored"] / wall_seconds, 1) if wall_seconds else None,
         "replicas": [
@@ -206,13 +238,13 @@ def build_summary(
                 "rows_per_second": round(n / busy, 1) if busy else None,
                 "utilization": round(busy / wall_seconds, 3) if wall_seconds else None,
             }
-            for name, (n, busy, _, _) in sorted(replicas.items())
+            for name, (n, busy, _, _) in sorted(metrics.replicas.items())
         ],
         "padding_efficiency": round(real / computed, 4) if computed else None,
-        "scores": _merge_scores(records),
-        "labels": dict(sorted(labels.items())) if labels is not None else None,
-        "token_lengths": _token_histogram(records),
-        "throughput": _throughput(((m["t"], n) for m, n, mine in parts if mine), started),
+        "scores": {col: stats.summary() for col, stats in sorted(metrics.scores.items())},
+        "labels": dict(sorted(metrics.labels.items())) if task == "classify" else None,
+        "token_lengths": metrics.token_histogram(),
+        "throughput": metrics.throughput(started),
         "drift": None,
     }
 

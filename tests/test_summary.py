@@ -15,7 +15,11 @@ import yaml
 from crossenc.cli import EXIT_CONFIG, EXIT_DRIFT, EXIT_OK, EXIT_PARTIAL, main
 from crossenc.commit import MANIFEST, SUMMARY
 from crossenc.summary import (
+    MERGED_SAMPLE,
     QUANTILES,
+    SAMPLE,
+    TIMELINE_POINTS,
+    RunMetrics,
     build_summary,
     label_tvd,
     metric_columns,
@@ -48,21 +52,24 @@ def test_part_metrics_merge_to_exact_counts_and_quantiles():
     rng = np.random.default_rng(0)
     blocks, everything = [], []
     for size in (300, 500, 200):
-        scores = rng.normal(size=size)
+        scores = rng.normal(size=size).astype(np.float32)  # as scores are
         labels = [("yes" if s > 0.5 else "no") for s in scores]
         bad = {3, 17}
         blocks.append(_scored_block(scores, labels, bad))
         everything.append(np.delete(scores, sorted(bad)))
-    records = [(part_metrics(b), b.num_rows, True) for b in blocks]
+    records = [part_metrics(b) for b in blocks]
+    metrics = RunMetrics()
+    for record, block in zip(records, blocks, strict=True):
+        metrics.add(record, block.num_rows, mine=True)
     summary = build_summary(
+        metrics,
         run_id="r",
         task="classify",
         model="m",
-        started=records[0][0]["t"] - 1,
+        started=records[0]["t"] - 1,
         wall_seconds=4.0,
         rows={"read": 1000, "scored": 1000, "written": 994, "dead_lettered": 6},
         files={"input": 3, "skipped": 0, "written": 3},
-        parts=records,
     )
     scores = np.concatenate(everything)
     stats = summary["scores"]["score"]
@@ -72,7 +79,7 @@ def test_part_metrics_merge_to_exact_counts_and_quantiles():
     # every part is smaller than the per-part sample: the quantiles are exact (Hazen's rule)
     want = np.quantile(scores, np.array(QUANTILES) / 100, method="hazen")
     got = [stats["quantiles"][f"p{q}"] for q in QUANTILES]
-    np.testing.assert_allclose(got, want, rtol=1e-9)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
     assert sum(stats["histogram"]["counts"]) == pytest.approx(994)
     assert summary["labels"] == {"no": int((scores <= 0.5).sum()), "yes": int((scores > 0.5).sum())}
     (replica,) = summary["replicas"]
@@ -91,19 +98,25 @@ def test_part_sample_is_bounded_and_quantiles_stay_close():
     scores = rng.uniform(size=50_000)
     block = _scored_block(scores, ["a"] * len(scores), set())
     record = part_metrics(block)
-    assert len(record["scores"]["score"]["sample"]) == 1024
+    assert len(record["scores"]["score"]["sample"]) == SAMPLE
+    metrics = RunMetrics()
+    for _ in range(1000):  # a thousand such parts: the merged sample stays bounded
+        metrics.add(record, 50_000, mine=True)
+    assert metrics.scores["score"].kept <= MERGED_SAMPLE
     summary = build_summary(
+        metrics,
         run_id="r",
         task="score",
         model="m",
         started=0.0,
         wall_seconds=1.0,
-        rows={"read": 50_000, "scored": 50_000},
+        rows={"read": 50_000_000, "scored": 50_000_000},
         files={},
-        parts=[(record, 50_000, True)],
     )
-    median = summary["scores"]["score"]["quantiles"]["p50"]
-    assert abs(median - 0.5) < 0.05  # a 1024-value sample of U(0, 1)
+    stats = summary["scores"]["score"]
+    assert stats["count"] == 50_000_000
+    assert abs(stats["quantiles"]["p50"] - 0.5) < 0.06  # a 512-value sample of U(0, 1)
+    assert len(summary["throughput"]) <= TIMELINE_POINTS
     assert summary["labels"] is None  # not a classify run
 
 
