@@ -76,6 +76,7 @@ class TreeMemory:
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.at_peak: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._shmem_start = self._shmem()
 
@@ -101,13 +102,29 @@ class TreeMemory:
         return self._field("/proc/meminfo", "Shmem:")
 
     def sample(self) -> int:
-        """Private memory of the process tree plus shared memory in use since the start."""
-        kids, todo, total = self._children(), [os.getpid()], 0
+        """Private memory of the process tree plus shared memory in use since the start; keeps
+        the parts of the largest sample seen in ``at_peak``."""
+        kids, todo, driver, workers, processes = self._children(), [os.getpid()], 0, 0, 0
         while todo:
             pid = todo.pop()
             todo.extend(kids.get(pid, []))
-            total += self._field(f"/proc/{pid}/status", "RssAnon:")
-        return total + max(0, self._shmem() - self._shmem_start)
+            private = self._field(f"/proc/{pid}/status", "RssAnon:")
+            processes += 1
+            if pid == os.getpid():
+                driver = private
+            else:
+                workers += private
+        shared = max(0, self._shmem() - self._shmem_start)
+        total = driver + workers + shared
+        if total > self.peak:
+            mib = 2**20
+            self.at_peak = {
+                "driver_private_mib": round(driver / mib, 1),
+                "ray_processes_private_mib": round(workers / mib, 1),
+                "shared_object_store_mib": round(shared / mib, 1),
+                "processes": processes,
+            }
+        return total
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -518,6 +535,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             "rows_written": res.rows_written,
             "seconds": round(time.perf_counter() - t0, 1),
             "peak_memory_driver_and_workers_mib": round(mem.peak / 2**20, 1),
+            "at_peak": mem.at_peak,
         }
         shutil.rmtree(dest, ignore_errors=True)
     return out
