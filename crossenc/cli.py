@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         log.info("config:\n%s", yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
         plan = plan_job(cfg)
+        if args.command == "validate":
+            from crossenc.pipeline import previous_summary
+
+            previous_summary(cfg)  # output.compare_to must hold a committed run
     except ConfigError as err:
         print(f"crossenc: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -123,13 +127,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key:>30}: {value}")
         return EXIT_OK
     if args.command == "validate":
-        from crossenc.pipeline import previous_summary
-
-        try:
-            previous_summary(cfg)
-        except ConfigError as err:
-            print(f"crossenc: config error: {err}", file=sys.stderr)
-            return EXIT_CONFIG
         print(yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
         print("---")
         print(describe_plan(cfg, plan))

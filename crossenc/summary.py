@@ -15,7 +15,6 @@ the previous run's, read at its percentiles (a Kolmogorov-Smirnov distance on 10
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from typing import Any
@@ -357,8 +356,3 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append((f"vs {drift['compare_to']}", verdict))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
-
-
-def dumps(summary: dict[str, Any]) -> str:
-    """The summary as JSON text."""
-    return json.dumps(summary, indent=1, sort_keys=False)
