@@ -132,8 +132,9 @@ class _ScoreStats:
 
     def summary(self) -> dict[str, Any]:
         values, weights = np.concatenate(self.values), np.concatenate(self.weights)
-        named = _weighted_quantiles(values, weights, np.array(QUANTILES) / 100)
-        percentiles = _weighted_quantiles(values, weights, np.linspace(0, 1, 101))
+        levels = np.concatenate([np.array(QUANTILES) / 100, np.linspace(0, 1, 101)])
+        found = _weighted_quantiles(values, weights, levels)  # one sort for both sets
+        named, percentiles = found[: len(QUANTILES)], found[len(QUANTILES) :]
         percentiles[0], percentiles[-1] = self.lo, self.hi
         hi = self.hi if self.hi > self.lo else self.lo + 1e-9
         counts, edges = np.histogram(  # clip: the samples are rounded to float32 precision
@@ -258,16 +259,13 @@ def label_tvd(now: dict[str, int], before: dict[str, int]) -> float:
 
 
 def score_ks(now: dict[str, Any], before: dict[str, Any]) -> float:
-    """Largest gap between this run's score CDF and the previous run's, at its percentiles."""
-    x_now = np.asarray(now["percentiles"])
-    x_before = np.asarray(before["percentiles"])
-    levels = np.linspace(0, 1, len(x_before))
-    # this run's CDF at the previous run's percentile points (and vice versa), both 101-point
-    f_now = np.interp(x_before, x_now, np.linspace(0, 1, len(x_now)), left=0.0, right=1.0)
-    f_before = np.interp(x_now, x_before, levels, left=0.0, right=1.0)
-    return float(
-        max(np.abs(f_now - levels).max(), np.abs(f_before - np.linspace(0, 1, len(x_now))).max())
-    )
+    """Largest gap between this run's score CDF and the previous run's, each read at the other's
+    percentile points (both runs store 101)."""
+    x_now, x_before = np.asarray(now["percentiles"]), np.asarray(before["percentiles"])
+    levels_now, levels_before = np.linspace(0, 1, len(x_now)), np.linspace(0, 1, len(x_before))
+    f_now = np.interp(x_before, x_now, levels_now, left=0.0, right=1.0)
+    f_before = np.interp(x_now, x_before, levels_before, left=0.0, right=1.0)
+    return float(max(np.abs(f_now - levels_before).max(), np.abs(f_before - levels_now).max()))
 
 
 def compare_runs(
