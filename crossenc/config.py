@@ -241,9 +241,20 @@ class RuntimeConfig(_Strict):
     block_rows: int = Field(
         4096, ge=1, description="Rows handed to a tokenizer task or scorer call at a time."
     )
+    object_store_mb: int | None = Field(
+        None,
+        ge=64,
+        description="Object-store budget of the job's pipeline in MiB: bounds the blocks queued "
+        "between stages, so memory stays flat as the input grows (None: 128 per replica, at "
+        "least 256).",
+    )
     cache_dir: str | None = Field(
         None, description="Local cache for models copied from object stores (None: ~/.cache)."
     )
+
+    def object_store_budget(self) -> int:
+        """The pipeline's object-store budget in bytes (object_store_mb, or its default)."""
+        return (self.object_store_mb or max(256, 128 * self.replicas)) * 2**20
 
 
 class JobConfig(_Strict):

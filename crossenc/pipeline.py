@@ -127,13 +127,20 @@ def build_dataset(
         ds = ds.groupby(cfg.rerank.group_by, num_partitions=partitions).map_groups(
             rank_group, fn_kwargs={"top_k": cfg.rerank.top_k}, batch_format="pyarrow"
         )
-    return ds.map_batches(
+    ds = ds.map_batches(
         write_part,
         fn_kwargs={"out": cfg.output, "run_id": run_id},
         batch_size=rt.block_rows,  # parts land as scoring goes: progress survives a crash
         num_cpus=0.25,  # I/O-bound: must not wait for a whole CPU beside the scorers
         batch_format="pyarrow",
     )
+    # Reading and tokenizing outrun the scorers; without a budget of its own the queue ahead of
+    # them grows with the input up to half of the cluster's object store.
+    options = ds.context.execution_options
+    options.resource_limits = options.resource_limits.copy(
+        object_store_memory=rt.object_store_budget()
+    )
+    return ds
 
 
 @dataclass

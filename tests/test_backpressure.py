@@ -1,0 +1,51 @@
+"""The pipeline's object-store budget: what bounds the blocks queued ahead of the scorers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crossenc.commit import new_run_id
+from crossenc.config import RuntimeConfig
+from crossenc.inspect_input import plan_job
+from crossenc.pipeline import build_dataset, run_job
+from tests.helpers import job_config, read_input, read_output
+
+MIB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("settings", "budget_mib"),
+    [({}, 256), ({"replicas": 2}, 256), ({"replicas": 8}, 1024), ({"object_store_mb": 96}, 96)],
+)
+def test_budget_defaults_scale_with_replicas(settings: dict, budget_mib: int):
+    assert RuntimeConfig(**settings).object_store_budget() == budget_mib * MIB
+
+
+def test_budget_below_64_mib_is_refused():
+    with pytest.raises(ValueError, match="object_store_mb"):
+        RuntimeConfig(object_store_mb=8)
+
+
+def test_small_budget_reaches_the_executor_and_every_row_lands(
+    ray_local, models, pairs_dir: Path, tmp_path: Path
+):
+    # 300 rows in blocks of 20 through a 64 MiB budget: the stages take turns, none starves
+    cfg = job_config(
+        pairs_dir,
+        tmp_path / "out",
+        models[("bert", 1)],
+        runtime={"object_store_mb": 64, "block_rows": 20},
+    )
+    plan = plan_job(cfg)
+    ds = build_dataset(cfg, plan.files, plan.info, new_run_id())
+    assert ds.context.execution_options.resource_limits.object_store_memory == 64 * MIB
+    result = run_job(cfg, plan)
+    out = read_output(tmp_path / "out")
+    assert result.rows_written == out.num_rows == 300
+    keys = list(zip(out["qid"].to_pylist(), out["doc_id"].to_pylist(), strict=True))
+    want = read_input(pairs_dir)
+    assert sorted(keys) == sorted(
+        zip(want["qid"].to_pylist(), want["doc_id"].to_pylist(), strict=True)
+    )
