@@ -58,10 +58,12 @@ class ScorerReplica:
     """A Ray actor holding one model replica; scores tokenized blocks."""
 
     def __init__(self, cfg: JobConfig, info: ModelInfo) -> None:
+        started = time.perf_counter()
         source = model_source(cfg.model, cfg.runtime.cache_dir)  # per node: s3 copies land here
         self.cfg, self.info = cfg, info
         self.engine = ScoringEngine(cfg.model, info, cfg.runtime, source)
         self.replica = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
+        self.load_seconds = time.perf_counter() - started  # reported with the first rows scored
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         valid = pc.is_null(batch.column(ERROR)).to_numpy(zero_copy_only=False)
@@ -78,8 +80,15 @@ class ScorerReplica:
         tokens[idx] = [len(ids[i]) for i in idx]
         out = batch.drop_columns([c for c in (IDS, TYPE_IDS) if c in batch.column_names])
         columns = score_columns(scores, valid, self.cfg, self.info) | metric_columns(
-            self.replica, busy, tokens, self.engine.stats.computed_tokens - computed, valid
+            self.replica,
+            busy,
+            tokens,
+            self.engine.stats.computed_tokens - computed,
+            valid,
+            self.load_seconds,
         )
+        if len(idx):
+            self.load_seconds = 0.0
         for name, column in columns.items():
             out = out.append_column(name, column)
         assert out.num_rows == batch.num_rows, "scorer must keep every row"

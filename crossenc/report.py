@@ -190,10 +190,11 @@ def _replica_table(replicas: list[dict[str, Any]]) -> str:
             _fmt(r.get("busy_seconds")),
             _fmt(r.get("rows_per_second")),
             _pct(r.get("utilization")),
+            _fmt(r.get("load_seconds")),
         ]
         for r in replicas
     ]
-    header = ["replica", "rows", "busy seconds", "rows / s", "utilization"]
+    header = ["replica", "rows", "busy seconds", "rows / s", "utilization", "model load (s)"]
     return _table(header, rows, "replicas")
 
 

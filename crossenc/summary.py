@@ -1,16 +1,17 @@
 """Run metrics: gathered per written part, merged into the run summary, compared across runs.
 
-Every scored row carries four internal columns from its scorer replica (which replica, its
-share of the replica's busy time, its real tokens and its share of the padded tokens computed
-for its batch). When a part is written, :func:`part_metrics` reduces its rows to a small JSON
-record: per-replica sums, a token-length histogram, label counts, exact count/sum/min/max of
-each score column and a uniform sample of at most ``SAMPLE`` scores. The driver folds each
-record into :class:`RunMetrics` as the part arrives (memory bounded whatever the row count),
-and :func:`build_summary` turns that into the run summary (score quantiles come from the
-samples, each weighted by the rows it stands for). :func:`compare_runs` measures how far this
-run's labels and scores moved from a previous run's summary: the total variation distance of
-the label distribution and, per score column, the largest gap between this run's score CDF and
-the previous run's, read at its percentiles (a Kolmogorov-Smirnov distance on 101 points).
+Every scored row carries internal columns from its scorer replica (which replica, its share of
+the replica's busy time, its real tokens, its share of the padded tokens computed for its batch;
+the first row a replica scores also carries the seconds its model took to load). When a part is
+written, :func:`part_metrics` reduces its rows to a small JSON record: per-replica sums, a
+token-length histogram, label counts, exact count/sum/min/max of each score column and a uniform
+sample of at most ``SAMPLE`` scores. The driver folds each record into :class:`RunMetrics` as
+the part arrives (memory bounded whatever the row count), and :func:`build_summary` turns that
+into the run summary (score quantiles come from the samples, each weighted by the rows it stands
+for). :func:`compare_runs` measures how far this run's labels and scores moved from a previous
+run's summary: the total variation distance of the label distribution and, per score column, the
+largest gap between this run's score CDF and the previous run's, read at its percentiles (a
+Kolmogorov-Smirnov distance on 101 points).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ REPLICA = "_replica"  # which scorer replica scored the row
 BUSY = "_busy_s"  # the row's share of that replica's busy seconds for its block
 TOKENS = "_tokens"  # real tokens of the row
 COMPUTED = "_computed"  # the row's share of the tokens computed (with padding) for its batch
-METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED)
+LOAD = "_load_s"  # the replica's model-load seconds, on the first row it scored, else 0
+METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED, LOAD)
 
 SAMPLE = 512  # scores kept per part for quantiles
 MERGED_SAMPLE = 200_000  # scores the driver keeps per column while merging parts
@@ -40,11 +42,19 @@ HISTOGRAM_BINS = 20
 
 
 def metric_columns(
-    replica: str, busy_seconds: float, tokens: np.ndarray, computed_tokens: int, valid: np.ndarray
+    replica: str,
+    busy_seconds: float,
+    tokens: np.ndarray,
+    computed_tokens: int,
+    valid: np.ndarray,
+    load_seconds: float = 0.0,
 ) -> dict[str, pa.Array]:
     """The per-row metric columns of one scored block: busy time and computed tokens are shared
-    out equally over the block's scored (``valid``) rows."""
+    out equally over the block's scored (``valid``) rows; ``load_seconds`` goes on the first."""
     n, scored = len(tokens), max(int(valid.sum()), 1)
+    load = np.zeros(n)
+    if valid.any():
+        load[int(np.argmax(valid))] = load_seconds
     return {
         REPLICA: pa.DictionaryArray.from_arrays(
             pa.array(np.zeros(n, dtype=np.int32)), pa.array([replica])
@@ -52,6 +62,7 @@ def metric_columns(
         BUSY: pa.array(np.where(valid, busy_seconds / scored, 0.0)),
         TOKENS: pa.array(tokens.astype(np.int32)),
         COMPUTED: pa.array(np.where(valid, computed_tokens / scored, 0.0)),
+        LOAD: pa.array(load),
     }
 
 
@@ -69,6 +80,7 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
     busy = scored.column(BUSY).to_numpy()
     tokens = scored.column(TOKENS).to_numpy()
     computed = scored.column(COMPUTED).to_numpy()
+    load = scored.column(LOAD).to_numpy() if LOAD in scored.column_names else np.zeros(len(busy))
     for name in np.unique(replicas):
         sel = replicas == name
         out["replicas"][str(name)] = [
@@ -76,6 +88,7 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
             float(busy[sel].sum()),
             int(tokens[sel].sum()),
             float(computed[sel].sum()),
+            float(load[sel].sum()),
         ]
     lengths, counts = np.unique(tokens, return_counts=True)
     out["tokens"] = {str(int(k)): int(v) for k, v in zip(lengths, counts, strict=True)}
@@ -172,7 +185,7 @@ class RunMetrics:
         """Fold in one part's metrics record; ``rows``: the input rows the part accounts for."""
         if mine:
             for name, values in record.get("replicas", {}).items():
-                acc = self.replicas.setdefault(name, [0, 0.0, 0, 0.0])
+                acc = self.replicas.setdefault(name, [0, 0.0, 0, 0.0, 0.0])
                 for i, v in enumerate(values):
                     acc[i] += v
             if "t" in record:
@@ -237,8 +250,9 @@ def build_summary(
                 "busy_seconds": round(busy, 3),
                 "rows_per_second": round(n / busy, 1) if busy else None,
                 "utilization": round(busy / wall_seconds, 3) if wall_seconds else None,
+                "load_seconds": round(load, 3),
             }
-            for name, (n, busy, _, _) in sorted(metrics.replicas.items())
+            for name, (n, busy, _, _, load) in sorted(metrics.replicas.items())
         ],
         "padding_efficiency": round(real / computed, 4) if computed else None,
         "scores": {col: stats.summary() for col, stats in sorted(metrics.scores.items())},
@@ -333,7 +347,7 @@ def summary_table(summary: dict[str, Any]) -> str:
             (
                 f"replica {r['replica']}",
                 f"{r['rows']} rows, {r['rows_per_second']} rows/s busy, "
-                f"utilization {r['utilization']}",
+                f"utilization {r['utilization']}, model load {r.get('load_seconds', 0)} s",
             )
         )
     for col, s in summary["scores"].items():

@@ -30,7 +30,9 @@ from crossenc.tokenize import ERROR
 from tests.helpers import job_config, read_input, read_output
 
 
-def _scored_block(scores: np.ndarray, labels: list[str], bad: set[int]) -> pa.Table:
+def _scored_block(
+    scores: np.ndarray, labels: list[str], bad: set[int], load: float = 0.0
+) -> pa.Table:
     n = len(scores)
     valid = np.array([i not in bad for i in range(n)])
     table = pa.table(
@@ -42,7 +44,7 @@ def _scored_block(scores: np.ndarray, labels: list[str], bad: set[int]) -> pa.Ta
         }
     )
     tokens = np.where(valid, np.arange(n) % 50 + 5, 0)
-    cols = metric_columns("node:1", 2.0, tokens, int(tokens.sum() * 1.25), valid)
+    cols = metric_columns("node:1", 2.0, tokens, int(tokens.sum() * 1.25), valid, load)
     for name, col in cols.items():
         table = table.append_column(name, col)
     return table
@@ -51,11 +53,11 @@ def _scored_block(scores: np.ndarray, labels: list[str], bad: set[int]) -> pa.Ta
 def test_part_metrics_merge_to_exact_counts_and_quantiles():
     rng = np.random.default_rng(0)
     blocks, everything = [], []
-    for size in (300, 500, 200):
+    for size, load in ((300, 1.5), (500, 0.0), (200, 0.0)):  # the model load, on block one
         scores = rng.normal(size=size).astype(np.float32)  # as scores are
         labels = [("yes" if s > 0.5 else "no") for s in scores]
-        bad = {3, 17}
-        blocks.append(_scored_block(scores, labels, bad))
+        bad = {0, 3, 17}  # row 0 dead-lettered: the load lands on the first scored row
+        blocks.append(_scored_block(scores, labels, bad, load))
         everything.append(np.delete(scores, sorted(bad)))
     records = [part_metrics(b) for b in blocks]
     metrics = RunMetrics()
@@ -68,24 +70,25 @@ def test_part_metrics_merge_to_exact_counts_and_quantiles():
         model="m",
         started=records[0]["t"] - 1,
         wall_seconds=4.0,
-        rows={"read": 1000, "scored": 1000, "written": 994, "dead_lettered": 6},
+        rows={"read": 1000, "scored": 1000, "written": 991, "dead_lettered": 9},
         files={"input": 3, "skipped": 0, "written": 3},
     )
     scores = np.concatenate(everything)
     stats = summary["scores"]["score"]
-    assert stats["count"] == len(scores) == 994
+    assert stats["count"] == len(scores) == 991
     assert stats["mean"] == pytest.approx(scores.mean())
     assert (stats["min"], stats["max"]) == (scores.min(), scores.max())
     # every part is smaller than the per-part sample: the quantiles are exact (Hazen's rule)
     want = np.quantile(scores, np.array(QUANTILES) / 100, method="hazen")
     got = [stats["quantiles"][f"p{q}"] for q in QUANTILES]
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert sum(stats["histogram"]["counts"]) == pytest.approx(994)
+    assert sum(stats["histogram"]["counts"]) == pytest.approx(991)
     assert summary["labels"] == {"no": int((scores <= 0.5).sum()), "yes": int((scores > 0.5).sum())}
     (replica,) = summary["replicas"]
-    assert replica["rows"] == 994 and replica["busy_seconds"] == pytest.approx(6.0)
+    assert replica["rows"] == 991 and replica["busy_seconds"] == pytest.approx(6.0)
+    assert replica["load_seconds"] == pytest.approx(1.5)
     assert summary["padding_efficiency"] == pytest.approx(0.8)
-    assert sum(summary["token_lengths"]["counts"]) == 994
+    assert sum(summary["token_lengths"]["counts"]) == 991
     assert summary["rows"]["truncated"] == sum(
         int(pc.sum(b.filter(pc.is_null(b.column(ERROR))).column("truncated")).as_py())
         for b in blocks
@@ -191,6 +194,8 @@ def test_nightly_labelling_summary_report_and_drift(ray_local, models, pairs_dir
         got = [summary["scores"][col]["quantiles"][f"p{q}"] for q in QUANTILES]
         np.testing.assert_allclose(got, want, rtol=1e-6)
     assert sum(r["rows"] for r in summary["replicas"]) == rows
+    # each replica reports its model load, once, and it fits in the run
+    assert all(0 < r["load_seconds"] < summary["wall_seconds"] for r in summary["replicas"])
     assert 0 < summary["padding_efficiency"] <= 1
     assert summary["throughput"][-1]["rows"] == rows
     assert summary["drift"] is None
