@@ -3,46 +3,42 @@
 One :class:`ScoringEngine` holds one model replica. It owns everything both backends share:
 length-sorted batches within a token budget, padding to the longest row of each batch,
 splitting a batch that runs out of memory, the activation, input-order results and the
-counters. A *runner* does only the forward pass of one padded batch: :class:`TorchRunner`
-(CPU or GPU) or :class:`crossenc.onnx_backend.OnnxRunner` (ONNX Runtime on CPU).
+counters. A *runner* does only the forward pass of one padded batch:
+:class:`crossenc.torch_backend.TorchRunner` (CPU or GPU) or
+:class:`crossenc.onnx_backend.OnnxRunner` (ONNX Runtime on CPU). This module does not import
+torch: an ONNX replica never loads it.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from crossenc.config import ConfigError, ModelConfig, RuntimeConfig
-from crossenc.model import ModelInfo, load_model
+from crossenc.model import ModelInfo
 
 log = logging.getLogger(__name__)
 
-# A runner maps padded int64 arrays (input_ids, attention_mask[, token_type_ids]) to logits.
-Runner = Callable[[dict[str, np.ndarray]], "np.ndarray | torch.Tensor"]
-
-# Errors that mean "this batch did not fit": the engine halves the batch and retries.
-OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError, MemoryError)
+# A runner maps padded int64 arrays (input_ids, attention_mask[, token_type_ids]) to logits,
+# (rows, outputs), as anything numpy reads as float32 (an array, a CPU tensor).
+Runner = Callable[[dict[str, np.ndarray]], Any]
 
 
-def pick_device(gpus: float) -> torch.device:
-    """CUDA when the replica was given a GPU and one is visible, else CPU."""
-    if gpus > 0 and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+def oom_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "this batch did not fit": the engine halves the batch and retries."""
+    torch = sys.modules.get("torch")  # loaded when a runner uses it; never imported here
+    return (MemoryError, torch.OutOfMemoryError) if torch else (MemoryError,)
 
 
-def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """float32 on CPU; with ``auto`` on GPU, bfloat16 where supported, else float16."""
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def _release_gpu_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def cpu_threads(runtime: RuntimeConfig) -> int:
@@ -50,12 +46,13 @@ def cpu_threads(runtime: RuntimeConfig) -> int:
     return runtime.torch_threads or max(1, int(runtime.cpus_per_replica))
 
 
-def activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
+def activate(logits: np.ndarray, activation: str) -> np.ndarray:
     """Apply the named activation to float32 logits of shape (rows, outputs)."""
     if activation == "sigmoid":
-        return torch.sigmoid(logits)
+        return np.exp(-np.logaddexp(np.float32(0), -logits))  # 1 / (1 + e^-x), no overflow
     if activation == "softmax":
-        return torch.softmax(logits, dim=-1)
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
     return logits
 
 
@@ -108,64 +105,8 @@ class EngineStats:
         return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
 
 
-class TorchRunner:
-    """The transformers model on CPU or one GPU.
-
-    On GPU: bfloat16/float16 weights (model.dtype), SDPA attention, inputs copied from pinned
-    host memory with non-blocking copies, optional torch.compile. On CPU: float32 unless the
-    config says otherwise, intra-op threads set to the replica's CPUs.
-    """
-
-    def __init__(self, model_cfg: ModelConfig, source: str, runtime: RuntimeConfig) -> None:
-        self.device = pick_device(runtime.gpus_per_replica)
-        self.dtype = pick_dtype(model_cfg.dtype, self.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(runtime))
-        model = load_model(model_cfg, source, dtype=self.dtype)
-        self.attn_implementation = _use_sdpa(model)
-        self.model = model.to(self.device)
-        self.compiled = False
-        if model_cfg.compile:
-            # dynamic=True: one graph for every (rows, length) shape instead of one per shape.
-            self.model = torch.compile(self.model, dynamic=True)
-            self.compiled = True
-
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
-
-    @torch.inference_mode()
-    def __call__(self, inputs: dict[str, np.ndarray]) -> torch.Tensor:
-        tensors = {name: self._to_device(array) for name, array in inputs.items()}
-        logits = self.model(**tensors).logits
-        return logits.float().cpu()
-
-    def describe(self) -> dict[str, Any]:
-        """What runs: for stats and logs."""
-        return {
-            "backend": "torch",
-            "device": str(self.device),
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "attention": self.attn_implementation,
-            "compiled": self.compiled,
-        }
-
-
-def _use_sdpa(model: Any) -> str:
-    """Switch the model to PyTorch SDPA attention where the architecture supports it."""
-    current = str(getattr(model.config, "_attn_implementation", "eager"))
-    if current != "sdpa" and hasattr(model, "set_attn_implementation"):
-        try:
-            model.set_attn_implementation("sdpa")
-        except (ValueError, ImportError):  # e.g. an architecture without SDPA support
-            return current
-    return str(getattr(model.config, "_attn_implementation", current))
-
-
 def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig, source: str):
-    """The runner model.backend names."""
+    """The runner model.backend names (imported here: an ONNX replica never loads torch)."""
     if model_cfg.backend == "onnx":
         from crossenc.onnx_backend import OnnxRunner
 
@@ -174,6 +115,8 @@ def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig,
         )
     if model_cfg.quantize != "none":
         raise ConfigError(f"model.quantize {model_cfg.quantize} needs model.backend onnx")
+    from crossenc.torch_backend import TorchRunner
+
     return TorchRunner(model_cfg, source, runtime)
 
 
@@ -199,12 +142,11 @@ class ScoringEngine:
         inputs = pad_batch(ids, type_ids, self.info.pad_token_id)
         try:
             logits = self.runner(inputs)
-        except OOM_ERRORS:
+        except oom_errors():
             if len(ids) == 1:
                 raise
             # Out of memory on a batch: split it and retry each half, never fail the run.
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                torch.cuda.empty_cache()
+            _release_gpu_cache()
             self.stats.oom_splits += 1
             half = len(ids) // 2
             log.warning("out of memory on a batch of %d rows; retrying as two halves", len(ids))
@@ -216,8 +158,6 @@ class ScoringEngine:
             )
         self.stats.forward_passes += 1
         self.stats.computed_tokens += int(inputs["input_ids"].size)
-        if isinstance(logits, torch.Tensor):
-            return logits.float().numpy()
         return np.asarray(logits, dtype=np.float32)
 
     def score(
@@ -233,7 +173,7 @@ class ScoringEngine:
             logits = self._forward(
                 [ids[i] for i in batch], [type_ids[i] for i in batch] if type_ids else None
             )
-            out[batch] = activate(torch.from_numpy(logits), self.info.activation).numpy()
+            out[batch] = activate(logits, self.info.activation)
         self.stats.rows += n
         self.stats.real_tokens += int(lengths.sum())
         return out

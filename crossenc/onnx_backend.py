@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +60,13 @@ def folder_digest(source: str) -> str:
 def cache_key(cfg: ModelConfig, source: str) -> str:
     """Hash of the model folder's files and every option that changes the exported graph."""
     import onnxruntime
-    import torch
 
     options = {
         "folder": folder_digest(source),
         "quantize": cfg.quantize,
         "export_version": EXPORT_VERSION,
         "opset": OPSET,
-        "torch": torch.__version__,
+        "torch": version("torch"),  # the exporter's version, without importing torch
         "onnxruntime": onnxruntime.__version__,
     }
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:20]

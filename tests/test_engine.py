@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossenc.config import ModelConfig, RuntimeConfig
-from crossenc.engine import ScoringEngine, TorchRunner, make_runner, pad_batch, plan_batches
+from crossenc.engine import ScoringEngine, make_runner, pad_batch, plan_batches
 from crossenc.model import ModelInfo
+from crossenc.torch_backend import TorchRunner
 
 
 def _info(num_labels: int = 1, activation: str = "identity") -> ModelInfo:
