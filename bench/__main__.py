@@ -8,7 +8,9 @@ median of interleaved repetitions (the order of the contenders rotates every rep
 - ``engine_torch``: the engine alone on pre-tokenized pairs (what a scorer replica does, the
   tokenizer being a separate stage), torch float32;
 - ``local_onnx`` / ``local_onnx_int8``: LocalScorer with ONNX Runtime, float32 / int8;
-- ``job``: the full job, Parquet in -> Parquet out, on an in-process Ray (run_job).
+- ``job``: the full job, Parquet in -> Parquet out, on an in-process Ray (run_job), torch fp32;
+- ``job_onnx``: the same job on the ONNX Runtime float32 backend (its export cached beforehand,
+  as it is on a node after the first run).
 
 Memory mode (``--mode memory``): the full job with a tiny model on 10^5 and 10^6 rows, reporting
 the peak memory of the driver and every Ray process it started (see :class:`TreeMemory`).
@@ -104,12 +106,13 @@ class TreeMemory:
     def sample(self) -> int:
         """Private memory of the process tree plus shared memory in use since the start; keeps
         the parts of the largest sample seen in ``at_peak``."""
-        kids, todo, driver, workers, processes = self._children(), [os.getpid()], 0, 0, 0
+        kids, todo, driver, workers = self._children(), [os.getpid()], 0, 0
+        private_by_pid: dict[int, int] = {}
         while todo:
             pid = todo.pop()
             todo.extend(kids.get(pid, []))
             private = self._field(f"/proc/{pid}/status", "RssAnon:")
-            processes += 1
+            private_by_pid[pid] = private
             if pid == os.getpid():
                 driver = private
             else:
@@ -122,7 +125,11 @@ class TreeMemory:
                 "driver_private_mib": round(driver / mib, 1),
                 "ray_processes_private_mib": round(workers / mib, 1),
                 "shared_object_store_mib": round(shared / mib, 1),
-                "processes": processes,
+                "processes": len(private_by_pid),
+                "largest_processes_mib": {
+                    f"{pid} {_process_name(pid)}": round(n / mib, 1)
+                    for pid, n in sorted(private_by_pid.items(), key=lambda kv: -kv[1])[:6]
+                },
             }
         return total
 
@@ -139,6 +146,14 @@ class TreeMemory:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.sample())
+
+
+def _process_name(pid: int) -> str:
+    """A process's title (Ray names its workers after their task, e.g. ``ray::IDLE``)."""
+    with contextlib.suppress(OSError):
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return cmd.strip()[:60]
+    return "?"
 
 
 def _useful_flops(lengths: np.ndarray, coef: tuple[float, float]) -> float:
@@ -267,6 +282,10 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             contenders["job"] = _job_runner(
                 work, data, folder, cores, build_config, args.batch_tokens
             )
+            if not args.no_onnx:
+                contenders["job_onnx"] = _job_runner(
+                    work, data, folder, cores, build_config, args.batch_tokens, "onnx"
+                )
 
         # warm up (lazy init, allocators, thread pools, ONNX export) outside the timed runs
         st.predict(pairs[:64], batch_size=32)
@@ -290,6 +309,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             contenders["job"](memory=True)
         med = {k: statistics.median(v) for k, v in times.items()}
         base = args.pairs / med["st_predict"]
+        if model_name == "minilm-l6":
+            job_base = base  # the jobs run the MiniLM model
         ref = scores["local_torch"]
         block: dict[str, Any] = {
             "pairs_per_s": {k: round(args.pairs / v, 1) for k, v in med.items()},
@@ -315,10 +336,11 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                     "max_abs_diff": round(float(np.abs(q - ref).max()), 5),
                     "score_std_float32": round(float(ref.std()), 5),
                 }
-        if "job" in scores:
-            block["job_max_abs_diff_vs_st"] = float(
-                np.abs(scores["job"] - scores["st_predict"]).max()
-            )
+        for name in ("job", "job_onnx"):
+            if name in scores:
+                block[f"{name}_max_abs_diff_vs_st"] = float(
+                    np.abs(scores[name] - scores["st_predict"]).max()
+                )
         # where the time goes: tokenization vs model, and the model's operators
         t0 = time.perf_counter()
         encode_pairs(tok, info, [a for a, _ in pairs], [b for _, b in pairs])
@@ -335,17 +357,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
     )
     if JOB_RUNS:
-        timed = [r for r in JOB_RUNS if r["peak_memory"] is None]
-        result["job_where_the_time_goes"] = {
-            "wall_seconds_median": round(statistics.median(r["seconds"] for r in timed), 2),
-            "replica_busy_seconds_median": round(
-                statistics.median(r["replica_busy_seconds"] for r in timed), 2
-            ),
-            "startup_and_pipeline_seconds_median": round(
-                statistics.median(r["seconds"] - r["replica_busy_seconds"] for r in timed), 2
-            ),
-            "padding_efficiency": timed[-1]["padding_efficiency"],
-        }
+        result["job_where_the_time_goes"] = _job_time(JOB_RUNS, args.pairs, job_base)
         measured = [r["peak_memory"] for r in JOB_RUNS if r["peak_memory"] is not None]
         if measured:
             result["peak_memory_job_driver_and_workers_mib"] = round(max(measured) / 2**20, 1)
@@ -355,8 +367,43 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 JOB_RUNS: list[dict[str, Any]] = []  # per full-job run: wall seconds, replica busy, memory
 
 
+def _job_time(runs: list[dict[str, Any]], pairs: int, st_rate: float) -> dict[str, Any]:
+    """Per job contender, medians over its timed runs: wall time, the replica's busy time and
+    its backend and model load, and the ratio to predict without that load (predict's own
+    timing starts with its model loaded)."""
+    out: dict[str, Any] = {}
+    for kind in dict.fromkeys(r["kind"] for r in runs):
+        timed = [r for r in runs if r["kind"] == kind and r["peak_memory"] is None]
+        med = {
+            key: statistics.median(r[key] for r in timed)
+            for key in ("seconds", "replica_busy_seconds", "load_seconds")
+        }
+        rest = statistics.median(
+            r["seconds"] - r["replica_busy_seconds"] - r["load_seconds"] for r in timed
+        )
+        without_load = statistics.median(r["seconds"] - r["load_seconds"] for r in timed)
+        out[kind] = {
+            "wall_seconds_median": round(med["seconds"], 2),
+            "replica_busy_seconds_median": round(med["replica_busy_seconds"], 2),
+            "replica_backend_and_model_load_seconds_median": round(med["load_seconds"], 2),
+            "other_seconds_median": round(rest, 2),
+            "replica_busy_ratio_to_st_predict": round(
+                pairs / med["replica_busy_seconds"] / st_rate, 2
+            ),
+            "ratio_to_st_predict_without_model_load": round(pairs / without_load / st_rate, 2),
+            "padding_efficiency": timed[-1]["padding_efficiency"],
+        }
+    return out
+
+
 def _job_runner(
-    work: Path, data: Path, folder: Path, cores: int, build_config: Any, batch_tokens: int
+    work: Path,
+    data: Path,
+    folder: Path,
+    cores: int,
+    build_config: Any,
+    batch_tokens: int,
+    backend: str = "torch",
 ):
     """A callable running the full job once (fresh output) and returning scores in input order;
     with ``memory=True`` it also samples the memory of the driver and every Ray process."""
@@ -370,12 +417,12 @@ def _job_runner(
 
     def run(memory: bool = False) -> np.ndarray:
         counter[0] += 1
-        out = work / f"job-out-{counter[0]}"
+        out = work / f"job-{backend}-out-{counter[0]}"
         shutil.rmtree(out, ignore_errors=True)
         cfg = build_config(
             {
                 "input": {"path": str(data), "keep": ["pair_id"]},
-                "model": {"name": str(folder)},
+                "model": {"name": str(folder), "backend": backend},
                 "task": "score",
                 "output": {"path": str(out)},
                 # one scorer using every core; the tokenizer stage shares them
@@ -384,16 +431,19 @@ def _job_runner(
                     "cpus_per_replica": 1,
                     "torch_threads": cores,
                     "batch_tokens": batch_tokens,
+                    "cache_dir": str(work / "cache"),  # the ONNX export made at warm-up
                 },
             }
         )
         with TreeMemory() if memory else contextlib.nullcontext() as mem:
             res = run_job(cfg)
-        busy = sum(r["busy_seconds"] for r in res.summary["replicas"])
+        replicas = res.summary["replicas"]
         JOB_RUNS.append(
             {
+                "kind": "job" if backend == "torch" else f"job_{backend}",
                 "seconds": res.seconds,
-                "replica_busy_seconds": busy,
+                "replica_busy_seconds": sum(r["busy_seconds"] for r in replicas),
+                "load_seconds": sum(r["load_seconds"] for r in replicas),
                 "padding_efficiency": res.summary["padding_efficiency"],
                 "peak_memory": mem.peak if memory else None,
             }
