@@ -28,14 +28,18 @@ def test_budget_below_64_mib_is_refused():
         RuntimeConfig(object_store_mb=8)
 
 
+@pytest.mark.parametrize("task", ["score", "rerank"])
 def test_small_budget_reaches_the_executor_and_every_row_lands(
-    ray_local, models, pairs_dir: Path, tmp_path: Path
+    ray_local, models, pairs_dir: Path, tmp_path: Path, task: str
 ):
-    # 300 rows in blocks of 20 through a 64 MiB budget: the stages take turns, none starves
+    # 300 rows in blocks of 20 through a 64 MiB budget: the stages take turns, none starves,
+    # and rerank's shuffle gets through it too
     cfg = job_config(
         pairs_dir,
         tmp_path / "out",
         models[("bert", 1)],
+        task=task,
+        rerank={"group_by": "qid"},
         runtime={"object_store_mb": 64, "block_rows": 20},
     )
     plan = plan_job(cfg)
@@ -49,3 +53,9 @@ def test_small_budget_reaches_the_executor_and_every_row_lands(
     assert sorted(keys) == sorted(
         zip(want["qid"].to_pylist(), want["doc_id"].to_pylist(), strict=True)
     )
+    if task == "rerank":  # ranks 1..n within every query group
+        groups: dict[int, list[int]] = {}
+        for qid, rank in zip(out["qid"].to_pylist(), out["rank"].to_pylist(), strict=True):
+            groups.setdefault(qid, []).append(rank)
+        assert len(groups) == 30
+        assert all(sorted(r) == list(range(1, len(r) + 1)) for r in groups.values())
