@@ -20,65 +20,69 @@ LABELS = {
 }
 
 
+def _markdown(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def throughput_table(result: dict[str, Any], model: str = "minilm-l6") -> str:
     """One row per contender: median pairs/s, every repetition, ratio, GFLOP/s, peak share."""
     block = result[model]
     peak = block.get("fraction_of_matmul_peak_float32", {})
-    lines = [
-        "| contender | pairs/s (median) | each repetition | vs predict | useful GFLOP/s "
-        "| of fp32 matmul peak |",
-        "|---|---|---|---|---|---|",
+    header = ["contender", "pairs/s (median)", "each repetition", "vs predict"]
+    header += ["useful GFLOP/s", "of fp32 matmul peak"]
+    rows = [
+        [
+            LABELS.get(name, name),
+            rate,
+            ", ".join(str(r) for r in block["pairs_per_s_all_reps"][name]),
+            f"{block['ratio_to_st_predict'][name]}×",
+            block["useful_gflop_per_s"][name],
+            f"{peak[name]:.3f}" if name in peak else "—",
+        ]
+        for name, rate in block["pairs_per_s"].items()
     ]
-    for name, rate in block["pairs_per_s"].items():
-        reps = ", ".join(str(r) for r in block["pairs_per_s_all_reps"][name])
-        share = f"{peak[name]:.3f}" if name in peak else "—"
-        lines.append(
-            f"| {LABELS.get(name, name)} | {rate} | {reps} | "
-            f"{block['ratio_to_st_predict'][name]}× | {block['useful_gflop_per_s'][name]} "
-            f"| {share} |"
-        )
-    return "\n".join(lines)
+    return _markdown(header, rows)
 
 
 def job_time_table(result: dict[str, Any]) -> str:
     """Where each full job's wall time goes (medians), and its ratios to predict."""
-    lines = [
-        "| job | wall s | replica busy s | backend + model load s | the rest s "
-        "| busy rate vs predict | vs predict without the load |",
-        "|---|---|---|---|---|---|---|",
+    header = ["job", "wall s", "replica busy s", "backend + model load s", "the rest s"]
+    header += ["busy rate vs predict", "vs predict without the load"]
+    rows = [
+        [
+            LABELS.get(name, name),
+            t["wall_seconds_median"],
+            t["replica_busy_seconds_median"],
+            t["replica_backend_and_model_load_seconds_median"],
+            t["other_seconds_median"],
+            f"{t['replica_busy_ratio_to_st_predict']}×",
+            f"{t['ratio_to_st_predict_without_model_load']}×",
+        ]
+        for name, t in result.get("job_where_the_time_goes", {}).items()
+        if isinstance(t, dict)  # older results hold one flat record: not shown
     ]
-    for name, t in result.get("job_where_the_time_goes", {}).items():
-        if not isinstance(t, dict):  # older results hold one flat record: not shown
-            continue
-        lines.append(
-            f"| {LABELS.get(name, name)} | {t['wall_seconds_median']} "
-            f"| {t['replica_busy_seconds_median']} "
-            f"| {t['replica_backend_and_model_load_seconds_median']} "
-            f"| {t['other_seconds_median']} | {t['replica_busy_ratio_to_st_predict']}× "
-            f"| {t['ratio_to_st_predict_without_model_load']}× |"
-        )
-    return "\n".join(lines)
+    return _markdown(header, rows)
 
 
 def memory_table(result: dict[str, Any]) -> str:
     """Rows, seconds and peak memory of the full job per input size, with the peak's parts."""
-    lines = [
-        "| rows | seconds | rows/s | peak, driver + Ray (MiB) | driver | Ray processes "
-        "| object store |",
-        "|---|---|---|---|---|---|---|",
+    header = ["rows", "seconds", "rows/s", "peak, driver + Ray (MiB)", "driver"]
+    header += ["Ray processes", "object store"]
+    parts = ("driver_private_mib", "ray_processes_private_mib", "shared_object_store_mib")
+    rows = [
+        [
+            f"{int(n):,}",
+            size["seconds"],
+            round(int(n) / size["seconds"], 1),
+            size["peak_memory_driver_and_workers_mib"],
+            *(size.get("at_peak", {}).get(k, "—") for k in parts),
+        ]
+        for n, size in result["sizes"].items()
     ]
-    for rows, size in result["sizes"].items():
-        rate = round(int(rows) / size["seconds"], 1)
-        at = size.get("at_peak", {})
-        parts = " | ".join(
-            str(at.get(k, "—"))
-            for k in ("driver_private_mib", "ray_processes_private_mib", "shared_object_store_mib")
-        )
-        lines.append(
-            f"| {int(rows):,} | {size['seconds']} | {rate} "
-            f"| {size['peak_memory_driver_and_workers_mib']} | {parts} |"
-        )
-    return "\n".join(lines)
+    return _markdown(header, rows)
 
 
 def main(argv: list[str] | None = None) -> None:
