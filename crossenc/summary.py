@@ -80,7 +80,7 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
     busy = scored.column(BUSY).to_numpy()
     tokens = scored.column(TOKENS).to_numpy()
     computed = scored.column(COMPUTED).to_numpy()
-    load = scored.column(LOAD).to_numpy() if LOAD in scored.column_names else np.zeros(len(busy))
+    load = scored.column(LOAD).to_numpy()  # metric_columns writes it beside REPLICA
     for name in np.unique(replicas):
         sel = replicas == name
         out["replicas"][str(name)] = [
