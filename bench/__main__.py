@@ -7,6 +7,8 @@ median of interleaved repetitions (the order of the contenders rotates every rep
 - ``local_torch``: crossenc.engine.LocalScorer.predict, torch float32, tokenization included;
 - ``engine_torch``: the engine alone on pre-tokenized pairs (what a scorer replica does, the
   tokenizer being a separate stage), torch float32;
+- ``engine_torch_compiled``: the same with ``model.compile: true`` (torch.compile, frozen
+  weights), CPU only; its one-off compile is reported apart, with the pairs it takes to repay;
 - ``local_onnx`` / ``local_onnx_int8``: LocalScorer with ONNX Runtime, float32 / int8;
 - ``job``: the full job, Parquet in -> Parquet out, on an in-process Ray (run_job), torch fp32;
 - ``job_onnx``: the same job on the ONNX Runtime float32 backend (its export cached beforehand,
@@ -239,7 +241,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     )
     for model_name, (folder, coef) in models.items():
         cfg = ModelConfig(name=str(folder))
+        t0 = time.perf_counter()
         torch_scorer = LocalScorer(cfg, runtime)
+        start_seconds = {"engine_torch": time.perf_counter() - t0}
         tok = torch_scorer.tokenizer
         info = torch_scorer.info
         if model_name == "minilm-l6":
@@ -266,6 +270,15 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             contenders["local_torch"] = partial(torch_scorer.predict, pairs)
         engine: ScoringEngine = torch_scorer.engine
         contenders["engine_torch"] = partial(_score, engine, ids, types)
+        if not cuda and not args.no_compile:
+            # a cold compile, as on a node's first run: inductor's cache in the work folder
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / f"inductor-{model_name}")
+            t0 = time.perf_counter()
+            compiled = LocalScorer(cfg.model_copy(update={"compile": True}), runtime)
+            start_seconds["engine_torch_compiled"] = time.perf_counter() - t0
+            if compiled.engine.stats.extra.get("compiled"):
+                contenders["engine_torch_compiled"] = partial(_score, compiled.engine, ids, types)
+                warm.append(compiled)
         if not cuda and not args.no_onnx:
             onnx = LocalScorer(cfg.model_copy(update={"backend": "onnx"}), runtime)
             int8 = LocalScorer(
@@ -324,6 +337,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 k: round(flops / v / peak, 3) for k, v in med.items() if "int8" not in k
             },
             "padding_efficiency_engine": round(padding, 3),
+            **_compile_cost(start_seconds, med, args.pairs),
             "max_abs_diff_vs_st": round(float(np.abs(ref - scores["st_predict"]).max()), 7),
             "real_tokens_mean": round(float(lengths.mean()), 1),
         }
@@ -336,6 +350,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                     "max_abs_diff": round(float(np.abs(q - ref).max()), 5),
                     "score_std_float32": round(float(ref.std()), 5),
                 }
+        if "engine_torch_compiled" in scores:
+            diff = np.abs(scores["engine_torch_compiled"] - ref).max()
+            block["engine_torch_compiled_max_abs_diff"] = float(diff)
         for name in ("job", "job_onnx"):
             if name in scores:
                 block[f"{name}_max_abs_diff_vs_st"] = float(
@@ -362,6 +379,23 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         if measured:
             result["peak_memory_job_driver_and_workers_mib"] = round(max(measured) / 2**20, 1)
     return result
+
+
+def _compile_cost(
+    start_seconds: dict[str, float], med: dict[str, float], pairs: int
+) -> dict[str, Any]:
+    """Start seconds (load, and compile) of the eager and compiled scorers, and how many pairs
+    the compiled one must score before its extra start is repaid."""
+    if "engine_torch_compiled" not in med:
+        return {}
+    extra = start_seconds["engine_torch_compiled"] - start_seconds["engine_torch"]
+    saved_per_pair = (med["engine_torch"] - med["engine_torch_compiled"]) / pairs
+    return {
+        "start_seconds": {k: round(v, 1) for k, v in start_seconds.items()},
+        "engine_torch_compiled_repaid_after_pairs": (
+            round(extra / saved_per_pair) if saved_per_pair > 0 else None
+        ),
+    }
 
 
 JOB_RUNS: list[dict[str, Any]] = []  # per full-job run: wall seconds, replica busy, memory
@@ -606,6 +640,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--no-job", action="store_true")
+    p.add_argument("--no-compile", action="store_true", help="skip engine_torch_compiled")
     p.add_argument(
         "--batch-tokens",
         type=int,

@@ -108,6 +108,8 @@ class EngineStats:
 def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig, source: str):
     """The runner model.backend names (imported here: an ONNX replica never loads torch)."""
     if model_cfg.backend == "onnx":
+        if model_cfg.compile:
+            raise ConfigError("model.compile needs model.backend torch (ONNX Runtime optimises)")
         from crossenc.onnx_backend import OnnxRunner
 
         return OnnxRunner(

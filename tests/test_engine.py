@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossenc.config import ModelConfig, RuntimeConfig
-from crossenc.engine import ScoringEngine, make_runner, pad_batch, plan_batches
+from crossenc.engine import LocalScorer, ScoringEngine, make_runner, pad_batch, plan_batches
 from crossenc.model import ModelInfo
 from crossenc.torch_backend import TorchRunner
 
@@ -152,3 +152,54 @@ def test_quantize_needs_the_onnx_backend(models):
     folder = str(models[("bert", 1)])
     with pytest.raises(ValueError, match="onnx"):
         make_runner(ModelConfig(name=folder, quantize="int8"), _info(), RuntimeConfig(), folder)
+
+
+@pytest.fixture
+def inductor_config():
+    """torch._inductor.config, the keys these tests change restored after each."""
+    import torch._inductor.config as config
+
+    keys = ("freezing", "cpp.cxx", "fx_graph_cache")  # a compiling runner sets freezing
+    with config.patch({key: config.get_config_copy()[key] for key in keys}):
+        yield config
+
+
+def _nine_pairs() -> list[tuple[str, str]]:
+    return [(f"query {i}", "passage words " * (i + 1)) for i in range(9)]
+
+
+def test_compiled_model_scores_as_the_eager_one_without_recompiling(
+    models, inductor_config, monkeypatch
+):
+    folder = str(models[("bert", 3)])
+    runtime = RuntimeConfig(max_batch_rows=4)  # 9 pairs: batches of 4, 4 and 1 rows
+    eager = LocalScorer(ModelConfig(name=folder), runtime)
+    compiled = LocalScorer(ModelConfig(name=folder, compile=True), runtime)
+    assert compiled.engine.stats.extra["compiled"] is True
+    assert inductor_config.freezing is True
+    # one graph, built on the warm-up batch, serves every later (rows, length), a 1-row batch too
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    got = compiled.predict(_nine_pairs())
+    np.testing.assert_allclose(got, eager.predict(_nine_pairs()), rtol=0, atol=1e-5)
+    assert compiled.engine.stats.forward_passes == 3
+
+
+def test_a_model_that_fails_to_compile_runs_eagerly(models, inductor_config, caplog):
+    # no C++ compiler, and no cached kernels to stand in for one
+    inductor_config.cpp.cxx = ("/nonexistent/c++",)
+    inductor_config.fx_graph_cache = False
+    folder = str(models[("electra", 1)])
+    with caplog.at_level("WARNING", logger="crossenc.torch_backend"):
+        scorer = LocalScorer(ModelConfig(name=folder, compile=True), RuntimeConfig())
+    assert scorer.engine.stats.extra["compiled"] is False
+    assert "torch.compile of" in caplog.text and "running it eagerly" in caplog.text
+    eager = LocalScorer(ModelConfig(name=folder), RuntimeConfig())
+    np.testing.assert_allclose(scorer.predict(_nine_pairs()), eager.predict(_nine_pairs()))
+
+
+def test_compile_needs_the_torch_backend(models):
+    folder = str(models[("bert", 1)])
+    with pytest.raises(ValueError, match="model.compile needs model.backend torch"):
+        make_runner(
+            ModelConfig(name=folder, backend="onnx", compile=True), _info(), RuntimeConfig(), folder
+        )
