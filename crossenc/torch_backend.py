@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -49,7 +50,7 @@ class TorchRunner:
         self.model = model.to(self.device)
         self.compiled = False
         if model_cfg.compile:
-            self.compiled = self._compile(model_cfg.name, runtime)
+            self._compile(model_cfg.name, runtime)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -57,7 +58,7 @@ class TorchRunner:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def _compile(self, name: str, runtime: RuntimeConfig) -> bool:
+    def _compile(self, name: str, runtime: RuntimeConfig) -> None:
         """torch.compile the model and build its graph on a warm-up batch; eager if that fails.
 
         Inductor with dynamic shapes (one graph for every rows x length) and freezing: the
@@ -67,13 +68,8 @@ class TorchRunner:
         load time and turns a failure (no C++ compiler, an unsupported model) into a warning.
         The warm-up batch has a typical shape: inductor tunes its kernels to the first one.
         """
-        import torch._inductor.config
-
-        # Process-wide, as the replica's process holds only this model; passed as
-        # torch.compile(options=...) it did not reach the frozen-weight passes.
-        torch._inductor.config.freezing = True
         eager = self.model
-        self.model = torch.compile(eager, dynamic=True)
+        self.model, self.compiled = torch.compile(eager, dynamic=True), True
         length = min(128, getattr(eager.config, "max_position_embeddings", 130) - 2)
         rows = max(2, min(runtime.max_batch_rows, runtime.batch_tokens // length))
         warm_up = {
@@ -86,9 +82,7 @@ class TorchRunner:
             self(warm_up)
         except Exception as err:  # noqa: BLE001 - any failure to compile means: run eagerly
             log.warning("torch.compile of %s failed, running it eagerly: %s", name, err)
-            self.model = eager
-            return False
-        return True
+            self.model, self.compiled = eager, False
 
     @torch.inference_mode()
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -97,7 +91,8 @@ class TorchRunner:
             # A 1-row batch would compile a second graph (size 1 is specialised): pad to 2.
             inputs = {name: np.repeat(array, 2, axis=0) for name, array in inputs.items()}
         tensors = {name: self._to_device(array) for name, array in inputs.items()}
-        logits = self.model(**tensors).logits
+        with _frozen_weights() if self.compiled else contextlib.nullcontext():
+            logits = self.model(**tensors).logits
         return logits[:rows].float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
@@ -109,6 +104,16 @@ class TorchRunner:
             "attention": self.attn_implementation,
             "compiled": self.compiled,
         }
+
+
+def _frozen_weights() -> contextlib.AbstractContextManager[Any]:
+    """Inductor's freezing, for the calls of this model only (a graph compiles in its first call,
+    and again on a recompile): not set process-wide, where it would also freeze the weights of
+    other models that a LocalScorer's caller compiles (later changes to them then ignored).
+    Passed as torch.compile(options=...), it did not reach the frozen-weight passes."""
+    import torch._inductor.config
+
+    return torch._inductor.config.patch(freezing=True)
 
 
 def _use_sdpa(model: Any) -> str:
