@@ -122,6 +122,13 @@ def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig,
     return TorchRunner(model_cfg, source, runtime)
 
 
+def runner_label(described: dict[str, Any]) -> str:
+    """What a runner's describe() says, in words: "torch cpu float32 sdpa compiled"."""
+    keys = ("backend", "device", "dtype", "attention")
+    words = [str(described[k]) for k in keys if k in described]
+    return " ".join(words + (["compiled"] if described.get("compiled") else []))
+
+
 class ScoringEngine:
     """One model replica: scores tokenized pairs in token-budget batches, in input order."""
 
@@ -139,6 +146,7 @@ class ScoringEngine:
         self.stats = EngineStats()
         describe = getattr(self.runner, "describe", None)
         self.stats.extra.update(describe() if describe else {})
+        self.runs = runner_label(self.stats.extra)
 
     def _forward(self, ids: list[np.ndarray], type_ids: list[np.ndarray] | None) -> np.ndarray:
         inputs = pad_batch(ids, type_ids, self.info.pad_token_id)

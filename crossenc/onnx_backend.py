@@ -232,6 +232,7 @@ class OnnxRunner:
             str(self.path), opts, providers=["CPUExecutionProvider"]
         )
         self.names = input_names(uses_token_type_ids)
+        self.weights = "float32" if cfg.quantize == "none" else cfg.quantize
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         feed = {name: inputs[name] for name in self.names}
@@ -240,4 +241,4 @@ class OnnxRunner:
 
     def describe(self) -> dict[str, Any]:
         """What runs: for stats and logs."""
-        return {"backend": "onnx", "path": str(self.path)}
+        return {"backend": "onnx", "device": "cpu", "dtype": self.weights, "path": str(self.path)}

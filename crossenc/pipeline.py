@@ -86,6 +86,7 @@ class ScorerReplica:
             self.engine.stats.computed_tokens - computed,
             valid,
             self.load_seconds,
+            self.engine.runs,
         )
         if len(idx):
             self.load_seconds = 0.0

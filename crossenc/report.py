@@ -186,6 +186,7 @@ def _replica_table(replicas: list[dict[str, Any]]) -> str:
     rows = [
         [
             _esc(r.get("replica", MISSING)),
+            _esc(r.get("runs") or MISSING),
             _fmt(r.get("rows")),
             _fmt(r.get("busy_seconds")),
             _fmt(r.get("rows_per_second")),
@@ -194,7 +195,15 @@ def _replica_table(replicas: list[dict[str, Any]]) -> str:
         ]
         for r in replicas
     ]
-    header = ["replica", "rows", "busy seconds", "rows / s", "utilization", "model load (s)"]
+    header = [
+        "replica",
+        "runs",
+        "rows",
+        "busy seconds",
+        "rows / s",
+        "utilization",
+        "model load (s)",
+    ]
     return _table(header, rows, "replicas")
 
 

@@ -32,7 +32,8 @@ BUSY = "_busy_s"  # the row's share of that replica's busy seconds for its block
 TOKENS = "_tokens"  # real tokens of the row
 COMPUTED = "_computed"  # the row's share of the tokens computed (with padding) for its batch
 LOAD = "_load_s"  # the replica's model-load seconds, on the first row it scored, else 0
-METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED, LOAD)
+RUNS = "_runs"  # what the replica runs: backend, device, dtype... ("torch cuda bfloat16 sdpa")
+METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED, LOAD, RUNS)
 
 SAMPLE = 512  # scores kept per part for quantiles
 MERGED_SAMPLE = 200_000  # scores the driver keeps per column while merging parts
@@ -48,21 +49,26 @@ def metric_columns(
     computed_tokens: int,
     valid: np.ndarray,
     load_seconds: float = 0.0,
+    runs: str = "",
 ) -> dict[str, pa.Array]:
     """The per-row metric columns of one scored block: busy time and computed tokens are shared
-    out equally over the block's scored (``valid``) rows; ``load_seconds`` goes on the first."""
+    out equally over the block's scored (``valid``) rows; ``load_seconds`` goes on the first;
+    ``runs`` says what the replica runs (a one-entry dictionary column, as the replica's name)."""
     n, scored = len(tokens), max(int(valid.sum()), 1)
     load = np.zeros(n)
     if valid.any():
         load[int(np.argmax(valid))] = load_seconds
+
+    def constant(value: str) -> pa.DictionaryArray:
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), [value])
+
     return {
-        REPLICA: pa.DictionaryArray.from_arrays(
-            pa.array(np.zeros(n, dtype=np.int32)), pa.array([replica])
-        ),
+        REPLICA: constant(replica),
         BUSY: pa.array(np.where(valid, busy_seconds / scored, 0.0)),
         TOKENS: pa.array(tokens.astype(np.int32)),
         COMPUTED: pa.array(np.where(valid, computed_tokens / scored, 0.0)),
         LOAD: pa.array(load),
+        RUNS: constant(runs),
     }
 
 
@@ -72,7 +78,13 @@ def _score_columns(table: pa.Table) -> list[str]:
 
 def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
     """The metrics record of one part: rows of one input file, as the scorer left them."""
-    out: dict[str, Any] = {"t": time.time(), "replicas": {}, "tokens": {}, "scores": {}}
+    out: dict[str, Any] = {
+        "t": time.time(),
+        "replicas": {},
+        "runs": {},
+        "tokens": {},
+        "scores": {},
+    }
     if REPLICA not in rows.column_names:
         return out
     scored = rows.filter(pc.is_null(rows.column(ERROR)))
@@ -80,9 +92,11 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
     busy = scored.column(BUSY).to_numpy()
     tokens = scored.column(TOKENS).to_numpy()
     computed = scored.column(COMPUTED).to_numpy()
-    load = scored.column(LOAD).to_numpy()  # metric_columns writes it beside REPLICA
+    load = scored.column(LOAD).to_numpy()  # metric_columns writes it and RUNS beside REPLICA
+    runs = scored.column(RUNS).combine_chunks().dictionary_decode().to_numpy(False)
     for name in np.unique(replicas):
         sel = replicas == name
+        out["runs"][str(name)] = str(runs[np.argmax(sel)])
         out["replicas"][str(name)] = [
             int(sel.sum()),
             float(busy[sel].sum()),
@@ -174,6 +188,7 @@ class RunMetrics:
 
     def __init__(self, seed: int = 0) -> None:
         self.replicas: dict[str, list[float]] = {}
+        self.runs: dict[str, str] = {}  # replica -> what it runs
         self.tokens: Counter[int] = Counter()
         self.labels: Counter[str] = Counter()
         self.truncated = 0
@@ -188,6 +203,7 @@ class RunMetrics:
                 acc = self.replicas.setdefault(name, [0, 0.0, 0, 0.0, 0.0])
                 for i, v in enumerate(values):
                     acc[i] += v
+            self.runs.update(record.get("runs", {}))
             if "t" in record:
                 self.timeline.append((record["t"], rows))
         self.tokens.update({int(k): v for k, v in record.get("tokens", {}).items()})
@@ -246,6 +262,7 @@ def build_summary(
         "replicas": [
             {
                 "replica": name,
+                "runs": metrics.runs.get(name),
                 "rows": int(n),
                 "busy_seconds": round(busy, 3),
                 "rows_per_second": round(n / busy, 1) if busy else None,
@@ -346,7 +363,7 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append(
             (
                 f"replica {r['replica']}",
-                f"{r['rows']} rows, {r['rows_per_second']} rows/s busy, "
+                f"{r.get('runs') or '?'}: {r['rows']} rows, {r['rows_per_second']} rows/s busy, "
                 f"utilization {r['utilization']}, model load {r.get('load_seconds', 0)} s",
             )
         )

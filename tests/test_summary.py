@@ -44,7 +44,9 @@ def _scored_block(
         }
     )
     tokens = np.where(valid, np.arange(n) % 50 + 5, 0)
-    cols = metric_columns("node:1", 2.0, tokens, int(tokens.sum() * 1.25), valid, load)
+    cols = metric_columns(
+        "node:1", 2.0, tokens, int(tokens.sum() * 1.25), valid, load, "torch cpu float32 sdpa"
+    )
     for name, col in cols.items():
         table = table.append_column(name, col)
     return table
@@ -87,6 +89,7 @@ def test_part_metrics_merge_to_exact_counts_and_quantiles():
     (replica,) = summary["replicas"]
     assert replica["rows"] == 991 and replica["busy_seconds"] == pytest.approx(6.0)
     assert replica["load_seconds"] == pytest.approx(1.5)
+    assert replica["runs"] == "torch cpu float32 sdpa"
     assert summary["padding_efficiency"] == pytest.approx(0.8)
     assert sum(summary["token_lengths"]["counts"]) == 991
     assert summary["rows"]["truncated"] == sum(
@@ -196,6 +199,7 @@ def test_nightly_labelling_summary_report_and_drift(ray_local, models, pairs_dir
     assert sum(r["rows"] for r in summary["replicas"]) == rows
     # each replica reports its model load, once, and it fits in the run
     assert all(0 < r["load_seconds"] < summary["wall_seconds"] for r in summary["replicas"])
+    assert {r["runs"] for r in summary["replicas"]} == {"torch cpu float32 sdpa"}
     assert 0 < summary["padding_efficiency"] <= 1
     assert summary["throughput"][-1]["rows"] == rows
     assert summary["drift"] is None

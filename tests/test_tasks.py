@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from crossenc.commit import MANIFEST, SUCCESS
+from crossenc.commit import MANIFEST, SUCCESS, SUMMARY
 from crossenc.config import ConfigError
 from crossenc.engine import LocalScorer
 from crossenc.pipeline import run_job
@@ -47,6 +47,21 @@ def test_score_task(ray_local, models, pairs_dir, tmp_path):
     assert sum(f["rows"] for f in manifest["files"]) == inp.num_rows
     assert manifest["model"]["activation"] == "sigmoid"
     assert not (tmp_path / "out" / "_temporary").exists()
+
+
+def test_score_task_on_a_compiled_model(ray_local, models, pairs_dir, tmp_path):
+    """model.compile: the replica compiles at start (the summary says so); scores as eager."""
+    cfg = job_config(pairs_dir, tmp_path / "out", models[("bert", 1)], model={"compile": True})
+    result = run_job(cfg)
+    out, inp = read_output(tmp_path / "out"), read_input(pairs_dir)
+    assert result.rows_written == inp.num_rows
+    eager = cfg.model_copy(update={"model": cfg.model.model_copy(update={"compile": False})})
+    want = dict(zip(inp.column("doc_id").to_pylist(), _expected(eager, inp), strict=True))
+    got = _by_doc(out, "score")
+    np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=0, atol=1e-5)
+    summary = json.loads((tmp_path / "out" / SUMMARY).read_text())
+    assert {r["runs"] for r in summary["replicas"]} == {"torch cpu float32 sdpa compiled"}
+    assert "_runs" not in out.column_names
 
 
 def test_classify_multi_output(ray_local, models, pairs_dir, tmp_path):
