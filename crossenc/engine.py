@@ -119,7 +119,7 @@ def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig,
         raise ConfigError(f"model.quantize {model_cfg.quantize} needs model.backend onnx")
     from crossenc.torch_backend import TorchRunner
 
-    return TorchRunner(model_cfg, source, runtime)
+    return TorchRunner(model_cfg, source, runtime, info.uses_token_type_ids)
 
 
 def runner_label(described: dict[str, Any]) -> str:

@@ -37,10 +37,18 @@ class TorchRunner:
 
     On GPU: bfloat16/float16 weights (model.dtype), SDPA attention, inputs copied from pinned
     host memory with non-blocking copies. On CPU: float32 unless the config says otherwise,
-    intra-op threads set to the replica's CPUs. Either: optional torch.compile (model.compile).
+    intra-op threads set to the replica's CPUs. On both, torch.compile with model.compile.
+    ``uses_token_type_ids``: whether the engine's batches carry token_type_ids (the compile's
+    warm-up batch must have the same inputs, or the first real batch compiles again).
     """
 
-    def __init__(self, model_cfg: ModelConfig, source: str, runtime: RuntimeConfig) -> None:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        source: str,
+        runtime: RuntimeConfig,
+        uses_token_type_ids: bool = True,
+    ) -> None:
         self.device = pick_device(runtime.gpus_per_replica)
         self.dtype = pick_dtype(model_cfg.dtype, self.device)
         if self.device.type == "cpu":
@@ -50,7 +58,7 @@ class TorchRunner:
         self.model = model.to(self.device)
         self.compiled = False
         if model_cfg.compile:
-            self._compile(model_cfg.name, runtime)
+            self._compile(model_cfg.name, runtime, uses_token_type_ids)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -58,7 +66,7 @@ class TorchRunner:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def _compile(self, name: str, runtime: RuntimeConfig) -> None:
+    def _compile(self, name: str, runtime: RuntimeConfig, uses_token_type_ids: bool) -> None:
         """torch.compile the model and build its graph on a warm-up batch; eager if that fails.
 
         Inductor with dynamic shapes (one graph for every rows x length) and freezing: the
@@ -76,7 +84,7 @@ class TorchRunner:
             "input_ids": np.ones((rows, length), dtype=np.int64),
             "attention_mask": np.ones((rows, length), dtype=np.int64),
         }
-        if getattr(eager.config, "type_vocab_size", 0) > 1:
+        if uses_token_type_ids:
             warm_up["token_type_ids"] = np.zeros((rows, length), dtype=np.int64)
         try:
             self(warm_up)

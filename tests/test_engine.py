@@ -168,18 +168,17 @@ def _nine_pairs() -> list[tuple[str, str]]:
     return [(f"query {i}", "passage words " * (i + 1)) for i in range(9)]
 
 
-def test_compiled_model_scores_as_the_eager_one_without_recompiling(
-    models, inductor_config, monkeypatch
-):
-    folder = str(models[("bert", 3)])
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])  # with and without type embeddings
+def test_compiled_model_scores_as_the_eager_one_without_recompiling(arch, models, inductor_config):
+    folder = str(models[(arch, 3)])
     runtime = RuntimeConfig(max_batch_rows=4)  # 9 pairs: batches of 4, 4 and 1 rows
     eager = LocalScorer(ModelConfig(name=folder), runtime)
     compiled = LocalScorer(ModelConfig(name=folder, compile=True), runtime)
     assert compiled.engine.stats.extra["compiled"] is True
     assert inductor_config.freezing is False  # set for the model's calls only
     # one graph, built on the warm-up batch, serves every later (rows, length), a 1-row batch too
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    got = compiled.predict(_nine_pairs())
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got = compiled.predict(_nine_pairs())
     np.testing.assert_allclose(got, eager.predict(_nine_pairs()), rtol=0, atol=1e-5)
     assert compiled.engine.stats.forward_passes == 3
 
