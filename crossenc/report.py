@@ -154,13 +154,17 @@ def _meta(summary: dict[str, Any], started: str) -> str:
     return f'<p class="meta">{" · ".join(parts)}</p>'
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], table_id: str) -> str:
-    """A table from already-escaped cells; cells of columns after the first are right-aligned."""
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], table_id: str, text: int = 1
+) -> str:
+    """A table from already-escaped cells: the first column a row header, the first ``text``
+    columns left-aligned, the others right-aligned (numbers)."""
     head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join(
         "<tr>"
         + f"<th>{row[0]}</th>"
-        + "".join(f'<td class="num">{c}</td>' for c in row[1:])
+        + "".join(f"<td>{c}</td>" for c in row[1:text])
+        + "".join(f'<td class="num">{c}</td>' for c in row[text:])
         + "</tr>"
         for row in rows
     )
@@ -204,7 +208,7 @@ def _replica_table(replicas: list[dict[str, Any]]) -> str:
         "utilization",
         "model load (s)",
     ]
-    return _table(header, rows, "replicas")
+    return _table(header, rows, "replicas", text=2)  # replica and what it runs
 
 
 def _previous(summary: dict[str, Any]) -> dict[str, Any]:

@@ -185,7 +185,7 @@ def test_classify_report_shows_run_drift_and_escapes_user_data(classify_page):
     assert "20261127T031500-ab12cd34" in classify_page
     assert "20261120T031500-ffee0011" in classify_page  # previous run id
     assert "2026-11-27" in classify_page
-    assert ">torch cuda bfloat16 sdpa compiled</td>" in classify_page  # what replicas run
+    assert "<td>torch cuda bfloat16 sdpa compiled</td>" in classify_page  # what replicas run
     assert "script" not in page.tags
     assert "<script" not in classify_page.lower()
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in classify_page
