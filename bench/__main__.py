@@ -6,7 +6,9 @@ median of interleaved repetitions (the order of the contenders rotates every rep
 - ``st_predict``: CrossEncoder.predict, batch 32 (its default), tokenization included;
 - ``local_torch``: crossenc.engine.LocalScorer.predict, torch float32, tokenization included;
 - ``engine_torch``: the engine alone on pre-tokenized pairs (what a scorer replica does, the
-  tokenizer being a separate stage), torch float32;
+  tokenizer being a separate stage), torch float32, its linear layers on pre-packed oneDNN
+  weights (``model.prepack``, the default on CPU);
+- ``engine_torch_plain``: the same engine with ``model.prepack: false`` (plain PyTorch), CPU only;
 - ``engine_torch_compiled``: the same with ``model.compile: true`` (torch.compile, frozen
   weights), CPU only; its one-off compile is reported apart, with the pairs it takes to repay;
 - ``local_onnx`` / ``local_onnx_int8``: LocalScorer with ONNX Runtime, float32 / int8;
@@ -178,7 +180,13 @@ def _profile_engine(engine: Any, ids: list, types: list | None) -> dict[str, flo
     from torch.profiler import ProfilerActivity, profile
 
     groups = {
-        "linear (addmm/matmul)": ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul"),
+        "linear (addmm/matmul, packed)": (
+            "aten::addmm",
+            "aten::mm",
+            "aten::bmm",
+            "aten::matmul",
+            "mkldnn::_linear_pointwise",  # model.prepack: the GELU after it fused in
+        ),
         "attention (sdpa)": ("aten::_scaled_dot_product",),
         "gelu": ("aten::gelu",),
         "layer_norm": ("aten::native_layer_norm",),
@@ -270,6 +278,10 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             contenders["local_torch"] = partial(torch_scorer.predict, pairs)
         engine: ScoringEngine = torch_scorer.engine
         contenders["engine_torch"] = partial(_score, engine, ids, types)
+        if not cuda:
+            plain = LocalScorer(cfg.model_copy(update={"prepack": False}), runtime)
+            contenders["engine_torch_plain"] = partial(_score, plain.engine, ids, types)
+            warm.append(plain)
         if not cuda and not args.no_compile:
             # a cold compile, as on a node's first run: inductor's cache in the work folder
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / f"inductor-{model_name}")
@@ -350,9 +362,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                     "max_abs_diff": round(float(np.abs(q - ref).max()), 5),
                     "score_std_float32": round(float(ref.std()), 5),
                 }
-        if "engine_torch_compiled" in scores:
-            diff = np.abs(scores["engine_torch_compiled"] - ref).max()
-            block["engine_torch_compiled_max_abs_diff"] = float(diff)
+        for name in ("engine_torch_plain", "engine_torch_compiled"):
+            if name in scores:
+                block[f"{name}_max_abs_diff"] = float(np.abs(scores[name] - ref).max())
         for name in ("job", "job_onnx"):
             if name in scores:
                 block[f"{name}_max_abs_diff_vs_st"] = float(
@@ -367,6 +379,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             n = min(len(ids), 400)
             block["engine_profile_cpu_share"] = _profile_engine(
                 engine, ids[:n], types[:n] if types else None
+            )
+            block["engine_plain_profile_cpu_share"] = _profile_engine(
+                plain.engine, ids[:n], types[:n] if types else None
             )
         result[model_name] = block
     result["tokenizer_pairs_per_s_per_core"] = round(_tokenizer_per_core(pairs), 1)

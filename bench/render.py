@@ -9,7 +9,8 @@ from typing import Any
 LABELS = {
     "st_predict": "CrossEncoder.predict (batch 32)",
     "local_torch": "crossenc LocalScorer, torch fp32 (incl. tokenization)",
-    "engine_torch": "crossenc engine, torch fp32 (pre-tokenized)",
+    "engine_torch": "crossenc engine, torch fp32, pre-packed weights (pre-tokenized)",
+    "engine_torch_plain": "crossenc engine, torch fp32, model.prepack off (pre-tokenized)",
     "engine_torch_compiled": "crossenc engine, torch fp32, model.compile (pre-tokenized)",
     "local_onnx": "crossenc LocalScorer, ONNX fp32",
     "local_onnx_int8": "crossenc LocalScorer, ONNX int8 (attention)",

@@ -123,10 +123,10 @@ def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig,
 
 
 def runner_label(described: dict[str, Any]) -> str:
-    """What a runner's describe() says, in words: "torch cpu float32 sdpa compiled"."""
+    """What a runner's describe() says, in words: "torch cpu float32 sdpa prepacked"."""
     keys = ("backend", "device", "dtype", "attention")
     words = [str(described[k]) for k in keys if k in described]
-    return " ".join(words + (["compiled"] if described.get("compiled") else []))
+    return " ".join(words + [flag for flag in ("compiled", "prepacked") if described.get(flag)])
 
 
 class ScoringEngine:

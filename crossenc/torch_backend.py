@@ -12,6 +12,7 @@ import torch
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine import cpu_threads
 from crossenc.model import load_model
+from crossenc.prepack import can_prepack, prepack_linears
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ class TorchRunner:
 
     On GPU: bfloat16/float16 weights (model.dtype), SDPA attention, inputs copied from pinned
     host memory with non-blocking copies. On CPU: float32 unless the config says otherwise,
-    intra-op threads set to the replica's CPUs. On both, torch.compile with model.compile.
+    intra-op threads set to the replica's CPUs, linear layers on pre-packed oneDNN weights
+    (model.prepack). On both, torch.compile with model.compile.
     ``uses_token_type_ids``: whether the engine's batches carry token_type_ids (the compile's
     warm-up batch must have the same inputs, or the first real batch compiles again).
     """
@@ -56,9 +58,12 @@ class TorchRunner:
         model = load_model(model_cfg, source, dtype=self.dtype)
         self.attn_implementation = _use_sdpa(model)
         self.model = model.to(self.device)
-        self.compiled = False
+        self.compiled = self.prepacked = False
         if model_cfg.compile:
             self._compile(model_cfg.name, runtime, uses_token_type_ids)
+        cpu_float32 = self.device.type == "cpu" and self.dtype == torch.float32
+        if model_cfg.prepack and cpu_float32 and not self.compiled:  # a failed compile too
+            self._prepack(model_cfg.name, uses_token_type_ids)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -80,17 +85,52 @@ class TorchRunner:
         self.model, self.compiled = torch.compile(eager, dynamic=True), True
         length = min(128, getattr(eager.config, "max_position_embeddings", 130) - 2)
         rows = max(2, min(runtime.max_batch_rows, runtime.batch_tokens // length))
-        warm_up = {
-            "input_ids": np.ones((rows, length), dtype=np.int64),
-            "attention_mask": np.ones((rows, length), dtype=np.int64),
-        }
-        if uses_token_type_ids:
-            warm_up["token_type_ids"] = np.zeros((rows, length), dtype=np.int64)
         try:
-            self(warm_up)
+            self(self._sample_batch(rows, length, uses_token_type_ids))
         except Exception as err:  # noqa: BLE001 - any failure to compile means: run eagerly
             log.warning("torch.compile of %s failed, running it eagerly: %s", name, err)
             self.model, self.compiled = eager, False
+
+    def _sample_batch(
+        self, rows: int, length: int, uses_token_type_ids: bool
+    ) -> dict[str, np.ndarray]:
+        """Seeded token ids from the model's vocabulary; the last row half padding."""
+        vocab = int(getattr(self.model.config, "vocab_size", 0) or 100)
+        ids = np.random.default_rng(0).integers(0, vocab, size=(rows, length), dtype=np.int64)
+        mask = np.ones((rows, length), dtype=np.int64)
+        mask[-1, max(1, length // 2) :] = 0
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if uses_token_type_ids:
+            batch["token_type_ids"] = np.zeros((rows, length), dtype=np.int64)
+        return batch
+
+    def _prepack(self, name: str, uses_token_type_ids: bool) -> None:
+        """Run the linear layers on pre-packed oneDNN weights (:mod:`crossenc.prepack`), if
+        this PyTorch can and the packed model scores a sample batch as the plain one does."""
+        if not can_prepack():
+            log.info("this PyTorch has no oneDNN packed linear ops: %s runs plain", name)
+            return
+        sample = self._sample_batch(4, 24, uses_token_type_ids)
+        plain = self(sample)
+        packed = prepack_linears(self.model)
+        try:
+            diff = float(np.abs(self(sample) - plain).max())
+        except Exception as err:  # noqa: BLE001 - an op this build lacks: keep the plain model
+            diff, why = float("nan"), f"{type(err).__name__}: {err}"
+        else:
+            why = f"its logits differ from the plain model's by {diff:.2e}"
+        if not diff <= 1e-4 * max(1.0, float(np.abs(plain).max())):
+            packed.undo()
+            log.warning("pre-packed weights for %s refused (%s): it runs plain", name, why)
+            return
+        self.prepacked = True
+        log.info(
+            "%s: %d linear layers on pre-packed weights, %d GELUs fused (logits within %.1e)",
+            name,
+            packed.linears,
+            packed.fused_gelus,
+            diff,
+        )
 
     @torch.inference_mode()
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -111,6 +151,7 @@ class TorchRunner:
             "dtype": str(self.dtype).replace("torch.", ""),
             "attention": self.attn_implementation,
             "compiled": self.compiled,
+            "prepacked": self.prepacked,
         }
 
 

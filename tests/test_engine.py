@@ -145,6 +145,7 @@ def test_torch_runner_uses_sdpa_float32_on_cpu(models):
         "dtype": "float32",
         "attention": "sdpa",
         "compiled": False,
+        "prepacked": True,
     }
 
 
@@ -192,6 +193,7 @@ def test_a_model_that_fails_to_compile_runs_eagerly(models, inductor_config, cap
         scorer = LocalScorer(ModelConfig(name=folder, compile=True), RuntimeConfig())
     assert scorer.engine.stats.extra["compiled"] is False
     assert "torch.compile of" in caplog.text and "running it eagerly" in caplog.text
+    assert scorer.engine.runs == "torch cpu float32 sdpa prepacked"  # as without compile
     eager = LocalScorer(ModelConfig(name=folder), RuntimeConfig())
     np.testing.assert_allclose(scorer.predict(_nine_pairs()), eager.predict(_nine_pairs()))
 

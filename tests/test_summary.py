@@ -199,7 +199,7 @@ def test_nightly_labelling_summary_report_and_drift(ray_local, models, pairs_dir
     assert sum(r["rows"] for r in summary["replicas"]) == rows
     # each replica reports its model load, once, and it fits in the run
     assert all(0 < r["load_seconds"] < summary["wall_seconds"] for r in summary["replicas"])
-    assert {r["runs"] for r in summary["replicas"]} == {"torch cpu float32 sdpa"}
+    assert {r["runs"] for r in summary["replicas"]} == {"torch cpu float32 sdpa prepacked"}
     assert 0 < summary["padding_efficiency"] <= 1
     assert summary["throughput"][-1]["rows"] == rows
     assert summary["drift"] is None
