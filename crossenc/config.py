@@ -135,12 +135,12 @@ class ModelConfig(_Strict):
     compile: bool = Field(
         False,
         description="torch backend: torch.compile the model with frozen weights when the replica "
-        "starts (CPU: 1.2x the eager model, after a one-off compile of 20-60 s per replica).",
+        "starts (CPU: 1.02x the default pre-packed model, after a one-off compile of 20-60 s).",
     )
     prepack: bool = Field(
         True,
         description="torch backend, CPU float32, without compile: linear layers on oneDNN's "
-        "pre-packed weights, GELU fused (about 1.25x plain PyTorch; checked against it at load).",
+        "pre-packed weights, GELU fused (1.15-1.2x plain PyTorch; checked against it at load).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: float32 on CPU, bfloat16/float16 on GPUs that support it."
