@@ -5,7 +5,7 @@ can lay it out once, in the blocked format its kernels read, and fuse the exact 
 feed-forward layer into the same call: the two things that made inductor's frozen graph faster
 than eager (see ``TorchRunner._compile``), here at load time, in milliseconds, with no compiler.
 On the benchmark's MiniLM-L6 (2-core AMD EPYC) each projection runs 1.15-1.25x faster, the
-whole engine 1.15-1.18x, with scores within 1.2e-7 of the plain model.
+whole engine 1.15-1.2x, with scores within 1.2e-7 of the plain model.
 
 The ops (``torch.ops.mkldnn._reorder_linear_weight`` / ``_linear_pointwise``) are the ones
 inductor itself emits for frozen linear layers; they are internal to PyTorch, so
