@@ -95,3 +95,17 @@ def test_speed_switches_leave_the_run_fingerprint_alone():
     base = fingerprint()
     assert fingerprint(prepack=False) == fingerprint(compile=True) == base
     assert fingerprint(backend="onnx") != base  # another backend is another run
+
+
+def test_bias_free_layers_and_other_activations_are_packed_without_fusing():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.GELU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        want = model(x)
+        packed = prepack_linears(model)
+        got = model(x)
+    assert (packed.linears, packed.fused_gelus) == (2, 0)  # no dense/intermediate_act_fn pair
+    assert [type(m) for m in model] == [PackedLinear, nn.GELU, PackedLinear]
+    assert model[0].bias is None and model[0].weight.is_meta  # shape and dtype only
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
