@@ -82,13 +82,23 @@ class Prepacked:
 def prepack_linears(model: nn.Module) -> Prepacked:
     """Swap every float32 ``nn.Linear`` of ``model`` for a :class:`PackedLinear`, in place, and
     fuse the GELU of feed-forward blocks that apply one right after their ``dense`` projection
-    (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa-v2: ``dense`` then ``intermediate_act_fn``)."""
+    (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa-v2: ``dense`` then ``intermediate_act_fn``).
+    If packing a layer raises, the layers already swapped are put back before it propagates."""
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype == torch.float32:
-                swaps.append((parent, name, child))
-                setattr(parent, name, PackedLinear(child))
+
+    def undo() -> None:
+        for parent, name, original in reversed(swaps):
+            setattr(parent, name, original)
+
+    try:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Linear and child.weight.dtype == torch.float32:
+                    setattr(parent, name, PackedLinear(child))
+                    swaps.append((parent, name, child))
+    except Exception:
+        undo()
+        raise
     fused = 0
     for parent in list(model.modules()):
         dense, act = getattr(parent, "dense", None), getattr(parent, "intermediate_act_fn", None)
@@ -97,9 +107,4 @@ def prepack_linears(model: nn.Module) -> Prepacked:
             parent.intermediate_act_fn = nn.Identity()
             swaps.append((parent, "intermediate_act_fn", act))
             fused += 1
-
-    def undo() -> None:
-        for parent, name, original in reversed(swaps):
-            setattr(parent, name, original)
-
     return Prepacked(len(swaps) - fused, fused, undo)

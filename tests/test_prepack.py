@@ -109,3 +109,25 @@ def test_bias_free_layers_and_other_activations_are_packed_without_fusing():
     assert [type(m) for m in model] == [PackedLinear, nn.GELU, PackedLinear]
     assert model[0].bias is None and model[0].weight.is_meta  # shape and dtype only
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_that_cannot_be_packed_leaves_the_whole_model_plain(models, monkeypatch, caplog):
+    folder = str(models[("roberta", 1)])
+    made = [0]
+    original_init = PackedLinear.__init__
+
+    def fails_on_the_fifth(self: PackedLinear, linear: nn.Linear) -> None:
+        made[0] += 1
+        if made[0] == 5:
+            raise RuntimeError("unsupported weight layout")
+        original_init(self, linear)
+
+    monkeypatch.setattr(PackedLinear, "__init__", fails_on_the_fifth)
+    with caplog.at_level("WARNING", logger="crossenc.torch_backend"):
+        scorer = LocalScorer(ModelConfig(name=folder))
+    assert "unsupported weight layout" in caplog.text and "it runs plain" in caplog.text
+    assert scorer.engine.runs == "torch cpu float32 sdpa"
+    assert set(_linears(scorer.engine.runner.model)) == {nn.Linear}  # the first four put back
+    monkeypatch.undo()
+    plain = LocalScorer(ModelConfig(name=folder, prepack=False))
+    np.testing.assert_array_equal(scorer.predict(_pairs()), plain.predict(_pairs()))
