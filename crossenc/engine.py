@@ -144,31 +144,50 @@ class ScoringEngine:
         self.runtime = runtime
         self.runner = runner or make_runner(model_cfg, info, runtime, source)
         self.stats = EngineStats()
+        # rows x padded length a batch may have: lowered when one runs out of memory
+        self.max_tokens = runtime.batch_tokens
         describe = getattr(self.runner, "describe", None)
         self.stats.extra.update(describe() if describe else {})
         self.runs = runner_label(self.stats.extra)
 
     def _forward(self, ids: list[np.ndarray], type_ids: list[np.ndarray] | None) -> np.ndarray:
+        longest = max(len(s) for s in ids)
+        if len(ids) > 1 and len(ids) * longest > self.max_tokens:
+            return self._halves(ids, type_ids)  # as large as a batch that ran out of memory
         inputs = pad_batch(ids, type_ids, self.info.pad_token_id)
         try:
             logits = self.runner(inputs)
         except oom_errors():
             if len(ids) == 1:
                 raise
-            # Out of memory on a batch: split it and retry each half, never fail the run.
+            logits = None  # retried below: inside this block the error's traceback still holds
+            # the failed pass's tensors, so the cache could not release them
+        if logits is None:
+            # Out of memory on a batch: split it and retry each half, never fail the run; and
+            # split every later batch as large before trying it, not after another failure.
             _release_gpu_cache()
             self.stats.oom_splits += 1
-            half = len(ids) // 2
-            log.warning("out of memory on a batch of %d rows; retrying as two halves", len(ids))
-            return np.concatenate(
-                [
-                    self._forward(ids[:half], type_ids[:half] if type_ids else None),
-                    self._forward(ids[half:], type_ids[half:] if type_ids else None),
-                ]
+            self.max_tokens = (len(ids) + 1) // 2 * longest
+            log.warning(
+                "out of memory on a batch of %d rows x %d tokens: retrying it as two halves; "
+                "batches above %d tokens are split from now on",
+                len(ids),
+                longest,
+                self.max_tokens,
             )
+            return self._halves(ids, type_ids)
         self.stats.forward_passes += 1
         self.stats.computed_tokens += int(inputs["input_ids"].size)
         return np.asarray(logits, dtype=np.float32)
+
+    def _halves(self, ids: list[np.ndarray], type_ids: list[np.ndarray] | None) -> np.ndarray:
+        half = len(ids) // 2
+        return np.concatenate(
+            [
+                self._forward(ids[:half], type_ids[:half] if type_ids else None),
+                self._forward(ids[half:], type_ids[half:] if type_ids else None),
+            ]
+        )
 
     def score(
         self, ids: Sequence[np.ndarray], type_ids: Sequence[np.ndarray] | None = None

@@ -31,13 +31,15 @@ class LengthRunner:
     """A fake model whose logit is the row's real length (from the attention mask) plus the
     first token id / 1000, so both order and content of every row can be checked."""
 
-    def __init__(self, oom_above: int | None = None) -> None:
-        self.oom_above = oom_above
+    def __init__(self, oom_above: int | None = None, oom_above_tokens: int | None = None) -> None:
+        self.oom_above, self.oom_above_tokens = oom_above, oom_above_tokens
         self.shapes: list[tuple[int, int]] = []
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> torch.Tensor:
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        if self.oom_above is not None and len(ids) > self.oom_above:
+        if (self.oom_above is not None and len(ids) > self.oom_above) or (
+            self.oom_above_tokens is not None and ids.size > self.oom_above_tokens
+        ):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         self.shapes.append(ids.shape)
         real = mask.sum(axis=1).astype(np.float32)
@@ -127,6 +129,49 @@ def test_out_of_memory_splits_the_batch_and_retries():
     assert engine.stats.oom_splits > 0
     assert max(r for r, _ in runner.shapes) <= 8
     assert engine.stats.rows == 80
+
+
+def test_out_of_memory_lowers_the_budget_for_later_batches(caplog):
+    lengths = [40] * 1000  # ten 4,080-token batches; memory for 1,000 tokens
+    ids, types = _rows(lengths)
+    runner = LengthRunner(oom_above_tokens=1000)
+    engine = ScoringEngine(
+        ModelConfig(), _info(), RuntimeConfig(batch_tokens=4096, max_batch_rows=256), "", runner
+    )
+    out = engine.score(ids, types)
+    np.testing.assert_allclose(out[:, 0], _expected(lengths), rtol=0, atol=1e-5)
+    # 4,080 tokens fail, then 2,040, then 1,040; every later batch is split to 520 before it is
+    # tried (without the lowered budget each of the ten batches fails three times: 30)
+    assert engine.stats.oom_splits == 3
+    assert engine.max_tokens == 13 * 40
+    assert max(rows * n for rows, n in runner.shapes) <= 1000
+    assert "batches above 520 tokens are split from now on" in caplog.text
+    engine.score(ids, types)  # the next block starts from the lowered budget
+    assert engine.stats.oom_splits == 3
+
+
+def test_a_batch_that_ran_out_of_memory_is_freed_before_its_halves_run():
+    """On a GPU the failed pass's tensors live in its frames, which the error's traceback keeps
+    alive until the except block ends: retrying inside it would run the halves next to them."""
+    import weakref
+
+    class Activations:  # stands for the tensors of a forward pass
+        pass
+
+    alive: list[weakref.ref] = []
+
+    def runner(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        held = Activations()
+        assert all(ref() is None for ref in alive), "a failed pass's memory is still held"
+        alive.append(weakref.ref(held))
+        if len(inputs["input_ids"]) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return np.zeros((len(inputs["input_ids"]), 1), dtype=np.float32)
+
+    ids, types = _rows([5] * 8)
+    engine = ScoringEngine(ModelConfig(), _info(), RuntimeConfig(), "", runner)
+    assert engine.score(ids, types).shape == (8, 1)
+    assert engine.stats.oom_splits == 2
 
 
 def test_out_of_memory_on_a_single_row_is_raised():
