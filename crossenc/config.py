@@ -243,10 +243,17 @@ class RuntimeConfig(_Strict):
     torch_threads: int | None = Field(
         None, ge=1, description="Intra-op threads per CPU scorer (None: cpus_per_replica)."
     )
-    batch_tokens: int = Field(
-        16384, ge=64, description="Token budget of one forward pass (rows x padded length)."
+    batch_tokens: int | None = Field(
+        None,
+        ge=64,
+        description="Token budget of one forward pass (rows x padded length; None: 16384 on "
+        "CPU, 65536 on a GPU).",
     )
-    max_batch_rows: int = Field(256, ge=1, description="Upper bound on rows in one forward pass.")
+    max_batch_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Upper bound on rows in one forward pass (None: 256 on CPU, 1024 on a GPU).",
+    )
     block_rows: int = Field(
         4096, ge=1, description="Rows handed to a tokenizer task or scorer call at a time."
     )
@@ -260,6 +267,13 @@ class RuntimeConfig(_Strict):
     cache_dir: str | None = Field(
         None, description="Local cache for models copied from object stores (None: ~/.cache)."
     )
+
+    def batch_budget(self, gpu: bool) -> tuple[int, int]:
+        """(batch_tokens, max_batch_rows), unset ones by device. On an H200 the GPU defaults ran
+        the bf16 engine 1.8x (MiniLM-L6) and 1.15x (BERT-base) faster than the CPU's, which
+        would leave the card waiting on Python between batches."""
+        tokens, rows = (65536, 1024) if gpu else (16384, 256)
+        return self.batch_tokens or tokens, self.max_batch_rows or rows
 
     def object_store_budget(self) -> int:
         """The pipeline's object-store budget in bytes (object_store_mb, or its default)."""

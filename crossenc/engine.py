@@ -144,10 +144,11 @@ class ScoringEngine:
         self.runtime = runtime
         self.runner = runner or make_runner(model_cfg, info, runtime, source)
         self.stats = EngineStats()
-        # rows x padded length a batch may have: lowered when one runs out of memory
-        self.max_tokens = runtime.batch_tokens
         describe = getattr(self.runner, "describe", None)
         self.stats.extra.update(describe() if describe else {})
+        on_gpu = str(self.stats.extra.get("device", "cpu")).startswith("cuda")
+        self.batch_tokens, self.max_batch_rows = runtime.batch_budget(on_gpu)
+        self.max_tokens = self.batch_tokens  # lowered when a batch runs out of memory
         self.runs = runner_label(self.stats.extra)
 
     def _forward(self, ids: list[np.ndarray], type_ids: list[np.ndarray] | None) -> np.ndarray:
@@ -198,7 +199,7 @@ class ScoringEngine:
         if n == 0:
             return out
         lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=n)
-        for batch in plan_batches(lengths, self.runtime.batch_tokens, self.runtime.max_batch_rows):
+        for batch in plan_batches(lengths, self.batch_tokens, self.max_batch_rows):
             logits = self._forward(
                 [ids[i] for i in batch], [type_ids[i] for i in batch] if type_ids else None
             )

@@ -85,7 +85,8 @@ class TorchRunner:
         eager = self.model
         self.model, self.compiled = torch.compile(eager, dynamic=True), True
         length = min(128, getattr(eager.config, "max_position_embeddings", 130) - 2)
-        rows = max(2, min(runtime.max_batch_rows, runtime.batch_tokens // length))
+        tokens, max_rows = runtime.batch_budget(self.device.type == "cuda")
+        rows = max(2, min(max_rows, tokens // length))
         try:
             self(self._sample_batch(rows, length, uses_token_type_ids))
         except Exception as err:  # noqa: BLE001 - any failure to compile means: run eagerly

@@ -249,3 +249,22 @@ def test_compile_needs_the_torch_backend(models):
         make_runner(
             ModelConfig(name=folder, backend="onnx", compile=True), _info(), RuntimeConfig(), folder
         )
+
+
+@pytest.mark.parametrize(
+    ("device", "runtime", "budget"),
+    [
+        ("cpu", RuntimeConfig(), (16384, 256)),
+        ("cuda", RuntimeConfig(), (65536, 1024)),
+        ("cuda", RuntimeConfig(batch_tokens=8192), (8192, 1024)),
+        ("cpu", RuntimeConfig(max_batch_rows=32), (16384, 32)),
+    ],
+)
+def test_unset_batch_budget_follows_the_runners_device(device, runtime, budget):
+    runner = LengthRunner()
+    runner.describe = lambda: {"backend": "torch", "device": device}  # type: ignore[attr-defined]
+    engine = ScoringEngine(ModelConfig(), _info(), runtime, "", runner)
+    assert (engine.batch_tokens, engine.max_batch_rows) == budget
+    lengths = [100] * 700
+    engine.score(*_rows(lengths))
+    assert max(rows for rows, _ in runner.shapes) == min(budget[1], budget[0] // 100)
