@@ -20,6 +20,13 @@ LABELS = {
     "st_predict_bf16": "CrossEncoder.predict bf16 (batch 32)",
     "local_torch_auto_dtype": "crossenc LocalScorer, bf16",
 }
+# On a GPU the engine contender runs model.dtype auto (bf16), and the CPU's float32 matmul peak
+# says nothing about the card.
+GPU_LABELS = {
+    "local_torch": "crossenc LocalScorer, fp32 (incl. tokenization)",
+    "local_torch_auto_dtype": "crossenc LocalScorer, bf16 (incl. tokenization)",
+    "engine_torch": "crossenc engine, bf16 (pre-tokenized)",
+}
 
 
 def _markdown(header: list[str], rows: list[list[Any]]) -> str:
@@ -30,20 +37,23 @@ def _markdown(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def throughput_table(result: dict[str, Any], model: str = "minilm-l6") -> str:
-    """One row per contender: median pairs/s, every repetition, ratio, GFLOP/s, peak share."""
+    """One row per contender: median pairs/s, every repetition, ratio, GFLOP/s, and on CPU the
+    share of the machine's float32 matmul peak."""
     block = result[model]
-    peak = block.get("fraction_of_matmul_peak_float32", {})
-    header = ["contender", "pairs/s (median)", "each repetition", "vs predict"]
-    header += ["useful GFLOP/s", "of fp32 matmul peak"]
+    gpu = "st_predict_bf16" in block["pairs_per_s"]  # only GPU runs have it
+    labels = LABELS | GPU_LABELS if gpu else LABELS
+    peak = {} if gpu else block.get("fraction_of_matmul_peak_float32", {})
+    header = ["contender", "pairs/s (median)", "each repetition", "vs predict", "useful GFLOP/s"]
+    header += [] if gpu else ["of fp32 matmul peak"]
     rows = [
         [
-            LABELS.get(name, name),
+            labels.get(name, name),
             rate,
             ", ".join(str(r) for r in block["pairs_per_s_all_reps"][name]),
             f"{block['ratio_to_st_predict'][name]}×",
             block["useful_gflop_per_s"][name],
-            f"{peak[name]:.3f}" if name in peak else "—",
         ]
+        + ([] if gpu else [f"{peak[name]:.3f}" if name in peak else "—"])
         for name, rate in block["pairs_per_s"].items()
     ]
     return _markdown(header, rows)
@@ -91,8 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     with open(args[0]) as f:
         result = json.load(f)
-    print(throughput_table(result))
-    print()
+    for model in ("minilm-l6", "bert-base"):
+        if model in result:
+            print(throughput_table(result, model))
+            print()
     print(job_time_table(result))
     if len(args) > 1:
         with open(args[1]) as f:
