@@ -71,7 +71,8 @@ class ScorerReplica:
         ids = _ragged(batch.column(IDS))
         types = _ragged(batch.column(TYPE_IDS)) if TYPE_IDS in batch.column_names else None
         scores = np.zeros((batch.num_rows, self.info.num_labels), dtype=np.float32)
-        computed, started = self.engine.stats.computed_tokens, time.perf_counter()
+        stats = self.engine.stats
+        computed, splits, started = stats.computed_tokens, stats.oom_splits, time.perf_counter()
         scores[idx] = self.engine.score(
             [ids[i] for i in idx], [types[i] for i in idx] if types else None
         )
@@ -83,10 +84,11 @@ class ScorerReplica:
             self.replica,
             busy,
             tokens,
-            self.engine.stats.computed_tokens - computed,
+            stats.computed_tokens - computed,
             valid,
             self.load_seconds,
             self.engine.runs,
+            stats.oom_splits - splits,
         )
         if len(idx):
             self.load_seconds = 0.0

@@ -196,6 +196,7 @@ def _replica_table(replicas: list[dict[str, Any]]) -> str:
             _fmt(r.get("rows_per_second")),
             _pct(r.get("utilization")),
             _fmt(r.get("load_seconds")),
+            _fmt(r.get("oom_splits")),
         ]
         for r in replicas
     ]
@@ -207,6 +208,7 @@ def _replica_table(replicas: list[dict[str, Any]]) -> str:
         "rows / s",
         "utilization",
         "model load (s)",
+        "out-of-memory splits",
     ]
     return _table(header, rows, "replicas", text=2)  # replica and what it runs
 

@@ -33,7 +33,8 @@ TOKENS = "_tokens"  # real tokens of the row
 COMPUTED = "_computed"  # the row's share of the tokens computed (with padding) for its batch
 LOAD = "_load_s"  # the replica's model-load seconds, on the first row it scored, else 0
 RUNS = "_runs"  # what the replica runs: backend, device, dtype... ("torch cuda bfloat16 sdpa")
-METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED, LOAD, RUNS)
+OOM = "_oom_splits"  # batches of the block split after running out of memory, on its first row
+METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED, LOAD, RUNS, OOM)
 
 SAMPLE = 512  # scores kept per part for quantiles
 MERGED_SAMPLE = 200_000  # scores the driver keeps per column while merging parts
@@ -50,14 +51,19 @@ def metric_columns(
     valid: np.ndarray,
     load_seconds: float = 0.0,
     runs: str = "",
+    oom_splits: int = 0,
 ) -> dict[str, pa.Array]:
     """The per-row metric columns of one scored block: busy time and computed tokens are shared
-    out equally over the block's scored (``valid``) rows; ``load_seconds`` goes on the first;
-    ``runs`` says what the replica runs (a one-entry dictionary column, as the replica's name)."""
+    out equally over the block's scored (``valid``) rows; ``load_seconds`` and ``oom_splits``
+    go on the first; ``runs`` says what the replica runs (a one-entry dictionary column, as the
+    replica's name)."""
     n, scored = len(tokens), max(int(valid.sum()), 1)
-    load = np.zeros(n)
-    if valid.any():
-        load[int(np.argmax(valid))] = load_seconds
+
+    def on_first(value: float, dtype: type) -> pa.Array:
+        out = np.zeros(n, dtype=dtype)
+        if valid.any():
+            out[int(np.argmax(valid))] = value
+        return pa.array(out)
 
     def constant(value: str) -> pa.DictionaryArray:
         return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), [value])
@@ -67,8 +73,9 @@ def metric_columns(
         BUSY: pa.array(np.where(valid, busy_seconds / scored, 0.0)),
         TOKENS: pa.array(tokens.astype(np.int32)),
         COMPUTED: pa.array(np.where(valid, computed_tokens / scored, 0.0)),
-        LOAD: pa.array(load),
+        LOAD: on_first(load_seconds, np.float64),
         RUNS: constant(runs),
+        OOM: on_first(oom_splits, np.int32),
     }
 
 
@@ -94,6 +101,7 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
     computed = scored.column(COMPUTED).to_numpy()
     load = scored.column(LOAD).to_numpy()  # metric_columns writes it and RUNS beside REPLICA
     runs = scored.column(RUNS).combine_chunks().dictionary_decode().to_numpy(False)
+    oom = scored.column(OOM).to_numpy()
     for name in np.unique(replicas):
         sel = replicas == name
         out["runs"][str(name)] = str(runs[np.argmax(sel)])
@@ -103,6 +111,7 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
             int(tokens[sel].sum()),
             float(computed[sel].sum()),
             float(load[sel].sum()),
+            int(oom[sel].sum()),
         ]
     lengths, counts = np.unique(tokens, return_counts=True)
     out["tokens"] = {str(int(k)): int(v) for k, v in zip(lengths, counts, strict=True)}
@@ -200,7 +209,7 @@ class RunMetrics:
         """Fold in one part's metrics record; ``rows``: the input rows the part accounts for."""
         if mine:
             for name, values in record.get("replicas", {}).items():
-                acc = self.replicas.setdefault(name, [0, 0.0, 0, 0.0, 0.0])
+                acc = self.replicas.setdefault(name, [0, 0.0, 0, 0.0, 0.0, 0])
                 for i, v in enumerate(values):
                     acc[i] += v
             self.runs.update(record.get("runs", {}))
@@ -268,8 +277,9 @@ def build_summary(
                 "rows_per_second": round(n / busy, 1) if busy else None,
                 "utilization": round(busy / wall_seconds, 3) if wall_seconds else None,
                 "load_seconds": round(load, 3),
+                "oom_splits": int(oom),
             }
-            for name, (n, busy, _, _, load) in sorted(metrics.replicas.items())
+            for name, (n, busy, _, _, load, oom) in sorted(metrics.replicas.items())
         ],
         "padding_efficiency": round(real / computed, 4) if computed else None,
         "scores": {col: stats.summary() for col, stats in sorted(metrics.scores.items())},
@@ -364,7 +374,8 @@ def summary_table(summary: dict[str, Any]) -> str:
             (
                 f"replica {r['replica']}",
                 f"{r.get('runs') or '?'}: {r['rows']} rows, {r['rows_per_second']} rows/s busy, "
-                f"utilization {r['utilization']}, model load {r.get('load_seconds', 0)} s",
+                f"utilization {r['utilization']}, model load {r.get('load_seconds', 0)} s"
+                + (f", {r['oom_splits']} out-of-memory splits" if r.get("oom_splits") else ""),
             )
         )
     for col, s in summary["scores"].items():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from crossenc.report import render_report, write_report
+from crossenc.summary import summary_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL_LABEL = "<script>alert('x')</script>"
@@ -66,6 +67,7 @@ def classify_summary() -> dict[str, Any]:
                 "busy_seconds": 9.1,
                 "rows_per_second": 57.1,
                 "utilization": 0.74,
+                "oom_splits": 1234,
             },
             {
                 "replica": "10.0.0.6:4243",
@@ -186,6 +188,8 @@ def test_classify_report_shows_run_drift_and_escapes_user_data(classify_page):
     assert "20261120T031500-ffee0011" in classify_page  # previous run id
     assert "2026-11-27" in classify_page
     assert "<td>torch cuda bfloat16 sdpa compiled</td>" in classify_page  # what replicas run
+    assert "out-of-memory splits" in classify_page and ">1,234</td>" in classify_page
+    assert "1234 out-of-memory splits" in summary_table(classify_summary())  # the terminal's
     assert "script" not in page.tags
     assert "<script" not in classify_page.lower()
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in classify_page

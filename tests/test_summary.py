@@ -31,7 +31,7 @@ from tests.helpers import job_config, read_input, read_output
 
 
 def _scored_block(
-    scores: np.ndarray, labels: list[str], bad: set[int], load: float = 0.0
+    scores: np.ndarray, labels: list[str], bad: set[int], load: float = 0.0, oom: int = 0
 ) -> pa.Table:
     n = len(scores)
     valid = np.array([i not in bad for i in range(n)])
@@ -45,7 +45,7 @@ def _scored_block(
     )
     tokens = np.where(valid, np.arange(n) % 50 + 5, 0)
     cols = metric_columns(
-        "node:1", 2.0, tokens, int(tokens.sum() * 1.25), valid, load, "torch cpu float32 sdpa"
+        "node:1", 2.0, tokens, int(tokens.sum() * 1.25), valid, load, "torch cpu float32 sdpa", oom
     )
     for name, col in cols.items():
         table = table.append_column(name, col)
@@ -59,7 +59,8 @@ def test_part_metrics_merge_to_exact_counts_and_quantiles():
         scores = rng.normal(size=size).astype(np.float32)  # as scores are
         labels = [("yes" if s > 0.5 else "no") for s in scores]
         bad = {0, 3, 17}  # row 0 dead-lettered: the load lands on the first scored row
-        blocks.append(_scored_block(scores, labels, bad, load))
+        oom = 3 if size == 500 else 0  # one block's batches ran out of memory three times
+        blocks.append(_scored_block(scores, labels, bad, load, oom))
         everything.append(np.delete(scores, sorted(bad)))
     records = [part_metrics(b) for b in blocks]
     metrics = RunMetrics()
@@ -89,6 +90,7 @@ def test_part_metrics_merge_to_exact_counts_and_quantiles():
     (replica,) = summary["replicas"]
     assert replica["rows"] == 991 and replica["busy_seconds"] == pytest.approx(6.0)
     assert replica["load_seconds"] == pytest.approx(1.5)
+    assert replica["oom_splits"] == 3
     assert replica["runs"] == "torch cpu float32 sdpa"
     assert summary["padding_efficiency"] == pytest.approx(0.8)
     assert sum(summary["token_lengths"]["counts"]) == 991
@@ -200,6 +202,7 @@ def test_nightly_labelling_summary_report_and_drift(ray_local, models, pairs_dir
     # each replica reports its model load, once, and it fits in the run
     assert all(0 < r["load_seconds"] < summary["wall_seconds"] for r in summary["replicas"])
     assert {r["runs"] for r in summary["replicas"]} == {"torch cpu float32 sdpa prepacked"}
+    assert all(r["oom_splits"] == 0 for r in summary["replicas"])
     assert 0 < summary["padding_efficiency"] <= 1
     assert summary["throughput"][-1]["rows"] == rows
     assert summary["drift"] is None
