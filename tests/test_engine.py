@@ -117,36 +117,36 @@ def test_activation_is_applied_once_in_the_shared_engine():
     np.testing.assert_allclose(out, 1 / (1 + np.exp(-_expected([2, 3]))), rtol=1e-6)
 
 
-def test_out_of_memory_splits_the_batch_and_retries():
-    lengths = [50] * 40 + [10] * 40
-    ids, types = _rows(lengths)
-    runner = LengthRunner(oom_above=8)
+def _scored_through(runner: LengthRunner, lengths: list[int]) -> ScoringEngine:
+    """An engine (4,096-token batches) that has scored ``lengths`` through ``runner``, every
+    score checked."""
     engine = ScoringEngine(
         ModelConfig(), _info(), RuntimeConfig(batch_tokens=4096, max_batch_rows=256), "", runner
     )
-    out = engine.score(ids, types)
+    out = engine.score(*_rows(lengths))
     np.testing.assert_allclose(out[:, 0], _expected(lengths), rtol=0, atol=1e-5)
+    return engine
+
+
+def test_out_of_memory_splits_the_batch_and_retries():
+    runner = LengthRunner(oom_above=8)
+    engine = _scored_through(runner, [50] * 40 + [10] * 40)
     assert engine.stats.oom_splits > 0
     assert max(r for r, _ in runner.shapes) <= 8
     assert engine.stats.rows == 80
 
 
 def test_out_of_memory_lowers_the_budget_for_later_batches(caplog):
-    lengths = [40] * 1000  # ten 4,080-token batches; memory for 1,000 tokens
-    ids, types = _rows(lengths)
     runner = LengthRunner(oom_above_tokens=1000)
-    engine = ScoringEngine(
-        ModelConfig(), _info(), RuntimeConfig(batch_tokens=4096, max_batch_rows=256), "", runner
-    )
-    out = engine.score(ids, types)
-    np.testing.assert_allclose(out[:, 0], _expected(lengths), rtol=0, atol=1e-5)
+    # ten 4,080-token batches; memory for 1,000 tokens
+    engine = _scored_through(runner, [40] * 1000)
     # 4,080 tokens fail, then 2,040, then 1,040; every later batch is split to 520 before it is
     # tried (without the lowered budget each of the ten batches fails three times: 30)
     assert engine.stats.oom_splits == 3
     assert engine.max_tokens == 13 * 40
     assert max(rows * n for rows, n in runner.shapes) <= 1000
     assert "batches above 520 tokens are split from now on" in caplog.text
-    engine.score(ids, types)  # the next block starts from the lowered budget
+    engine.score(*_rows([40] * 1000))  # the next block starts from the lowered budget
     assert engine.stats.oom_splits == 3
 
 
