@@ -149,24 +149,32 @@ class ScoringEngine:
         on_gpu = str(self.stats.extra.get("device", "cpu")).startswith("cuda")
         self.batch_tokens, self.max_batch_rows = runtime.batch_budget(on_gpu)
         self.max_tokens = self.batch_tokens  # lowered when a batch runs out of memory
+        self.unfit: list[int] = []  # rows of the last score() that did not fit even alone
         self.runs = runner_label(self.stats.extra)
 
-    def _forward(self, ids: list[np.ndarray], type_ids: list[np.ndarray] | None) -> np.ndarray:
+    def _forward(
+        self, rows: np.ndarray, ids: list[np.ndarray], type_ids: list[np.ndarray] | None
+    ) -> np.ndarray:
+        """Logits of one batch: ``rows`` (their positions in the scored block) with their ids."""
         longest = max(len(s) for s in ids)
         if len(ids) > 1 and len(ids) * longest > self.max_tokens:
-            return self._halves(ids, type_ids)  # as large as a batch that ran out of memory
+            return self._halves(rows, ids, type_ids)  # as large as a batch that ran out of memory
         inputs = pad_batch(ids, type_ids, self.info.pad_token_id)
         try:
             logits = self.runner(inputs)
         except oom_errors():
-            if len(ids) == 1:
-                raise
-            logits = None  # retried below: inside this block the error's traceback still holds
+            logits = None  # handled below: inside this block the error's traceback still holds
             # the failed pass's tensors, so the cache could not release them
         if logits is None:
+            _release_gpu_cache()
+            if len(ids) == 1:
+                # A row that does not fit even alone: left unscored (NaN; a job dead-letters it
+                # with its reason), not a failed run.
+                self.unfit.append(int(rows[0]))
+                log.warning("out of memory on one row of %d tokens alone: left unscored", longest)
+                return np.full((1, self.info.num_labels), np.nan, dtype=np.float32)
             # Out of memory on a batch: split it and retry each half, never fail the run; and
             # split every later batch as large before trying it, not after another failure.
-            _release_gpu_cache()
             self.stats.oom_splits += 1
             self.max_tokens = (len(ids) + 1) // 2 * longest
             log.warning(
@@ -176,34 +184,41 @@ class ScoringEngine:
                 longest,
                 self.max_tokens,
             )
-            return self._halves(ids, type_ids)
+            return self._halves(rows, ids, type_ids)
         self.stats.forward_passes += 1
         self.stats.computed_tokens += int(inputs["input_ids"].size)
         return np.asarray(logits, dtype=np.float32)
 
-    def _halves(self, ids: list[np.ndarray], type_ids: list[np.ndarray] | None) -> np.ndarray:
-        half = len(ids) // 2
+    def _halves(
+        self, rows: np.ndarray, ids: list[np.ndarray], type_ids: list[np.ndarray] | None
+    ) -> np.ndarray:
+        h = len(ids) // 2
         return np.concatenate(
             [
-                self._forward(ids[:half], type_ids[:half] if type_ids else None),
-                self._forward(ids[half:], type_ids[half:] if type_ids else None),
+                self._forward(rows[:h], ids[:h], type_ids[:h] if type_ids else None),
+                self._forward(rows[h:], ids[h:], type_ids[h:] if type_ids else None),
             ]
         )
 
     def score(
         self, ids: Sequence[np.ndarray], type_ids: Sequence[np.ndarray] | None = None
     ) -> np.ndarray:
-        """Activated scores, shape (rows, outputs), float32, in the order the rows were given."""
+        """Activated scores, shape (rows, outputs), float32, in the order the rows were given.
+
+        A row that runs out of memory even alone scores NaN; ``self.unfit`` lists such rows.
+        """
         n = len(ids)
         out = np.empty((n, self.info.num_labels), dtype=np.float32)
+        self.unfit = []
         if n == 0:
             return out
         lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=n)
         for batch in plan_batches(lengths, self.batch_tokens, self.max_batch_rows):
             logits = self._forward(
-                [ids[i] for i in batch], [type_ids[i] for i in batch] if type_ids else None
+                batch, [ids[i] for i in batch], [type_ids[i] for i in batch] if type_ids else None
             )
-            out[batch] = activate(logits, self.info.activation)
+            with np.errstate(invalid="ignore"):  # NaN: rows that did not fit even alone
+                out[batch] = activate(logits, self.info.activation)
         self.stats.rows += n
         self.stats.real_tokens += int(lengths.sum())
         return out
@@ -222,7 +237,8 @@ class LocalScorer:
         self.engine = ScoringEngine(model_cfg, self.info, self.runtime, self.info.source)
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """Scores of shape (pairs,) for single-output models, (pairs, outputs) otherwise."""
+        """Scores of shape (pairs,) for single-output models, (pairs, outputs) otherwise; NaN
+        for a pair that runs out of memory even alone (``engine.unfit`` lists them)."""
         from crossenc.tokenize import encode_pairs
 
         ids, type_ids, _ = encode_pairs(

@@ -77,6 +77,12 @@ class ScorerReplica:
             [ids[i] for i in idx], [types[i] for i in idx] if types else None
         )
         busy = time.perf_counter() - started
+        if self.engine.unfit:  # rows that ran out of memory even alone: dead letters
+            errors = batch.column(ERROR).to_pylist()
+            for i in idx[self.engine.unfit]:
+                errors[i], valid[i] = f"out_of_memory:{len(ids[i])}_tokens", False
+            column = batch.schema.get_field_index(ERROR)
+            batch = batch.set_column(column, ERROR, pa.array(errors, type=pa.string()))
         tokens = np.zeros(batch.num_rows, dtype=np.int64)
         tokens[idx] = [len(ids[i]) for i in idx]
         out = batch.drop_columns([c for c in (IDS, TYPE_IDS) if c in batch.column_names])

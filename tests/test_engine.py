@@ -174,11 +174,57 @@ def test_a_batch_that_ran_out_of_memory_is_freed_before_its_halves_run():
     assert engine.stats.oom_splits == 2
 
 
-def test_out_of_memory_on_a_single_row_is_raised():
-    ids, types = _rows([5])
-    engine = ScoringEngine(ModelConfig(), _info(), RuntimeConfig(), "", LengthRunner(oom_above=0))
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        engine.score(ids, types)
+def test_a_row_that_does_not_fit_alone_is_left_unscored(caplog):
+    lengths = [5, 30, 5, 5]
+    engine = ScoringEngine(
+        ModelConfig(), _info(), RuntimeConfig(), "", LengthRunner(oom_above_tokens=20)
+    )
+    out = engine.score(*_rows(lengths))[:, 0]
+    assert engine.unfit == [1] and np.isnan(out[1])
+    np.testing.assert_allclose(np.delete(out, 1), np.delete(_expected(lengths), 1), atol=1e-5)
+    assert "out of memory on one row of 30 tokens alone: left unscored" in caplog.text
+    engine.score(*_rows([5, 5]))
+    assert engine.unfit == []  # per call
+
+
+def test_replica_dead_letters_a_row_that_does_not_fit_alone(models, tmp_path):
+    """The scorer replica turns such a row into a dead letter with its reason; the rest of the
+    block is scored as usual."""
+    import pyarrow as pa
+
+    from crossenc.model import describe_model
+    from crossenc.pipeline import ScorerReplica
+    from crossenc.summary import OOM
+    from crossenc.tokenize import ERROR, IDS, ROW, SOURCE, tokenize_batch
+    from tests.helpers import job_config
+
+    cfg = job_config(tmp_path / "in", tmp_path / "out", models[("bert", 1)])
+    info = describe_model(cfg.model, None)
+    block = pa.table(
+        {
+            "query": ["short", "short", "", "short"],
+            "passage": ["a b", " ".join(["word"] * 60), "a b", "c d"],
+            "qid": [1, 2, 3, 4],
+            "doc_id": ["d1", "d2", "d3", "d4"],
+            SOURCE: ["f.parquet"] * 4,
+            ROW: [0, 1, 2, 3],
+        }
+    )
+    tokenized = tokenize_batch(block, cfg, info)
+    replica = ScorerReplica(cfg, info)
+    plain = replica(tokenized)
+    replica.engine.runner = LengthRunner(oom_above_tokens=40)  # the 60-word row: no room
+    out = replica(tokenized)
+    assert out.column(ERROR).to_pylist() == [
+        None,
+        f"out_of_memory:{len(tokenized.column(IDS)[1])}_tokens",
+        "empty_text:query",
+        None,
+    ]
+    scores = out.column("score").to_pylist()
+    assert scores[1] is None and scores[2] is None
+    assert plain.column("score").to_pylist()[1] is not None  # it scored with memory to spare
+    assert out.column(OOM).to_pylist()[0] >= 1  # the splits that led there
 
 
 def test_torch_runner_uses_sdpa_float32_on_cpu(models):
