@@ -269,9 +269,9 @@ class RuntimeConfig(_Strict):
     )
 
     def batch_budget(self, gpu: bool) -> tuple[int, int]:
-        """(batch_tokens, max_batch_rows), unset ones by device. On an H200 the GPU defaults ran
-        the bf16 engine 1.8x (MiniLM-L6) and 1.15x (BERT-base) faster than the CPU's, which
-        would leave the card waiting on Python between batches."""
+        """(batch_tokens, max_batch_rows), unset ones by device. On an H200 (two runs) the GPU
+        defaults ran the bf16 engine 1.6-1.8x (MiniLM-L6) and 1.09-1.13x (BERT-base) faster than
+        the CPU's, which leave the card waiting on Python between batches."""
         tokens, rows = (65536, 1024) if gpu else (16384, 256)
         return self.batch_tokens or tokens, self.max_batch_rows or rows
 
