@@ -256,9 +256,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         info = torch_scorer.info
         if model_name == "minilm-l6":
             result["token_stats"] = token_stats(tok, table)
-        ids, types, _ = encode_pairs(tok, info, [a for a, _ in pairs], [b for _, b in pairs])
-        ids = [np.asarray(s, dtype=np.int64) for s in ids]
-        types = [np.asarray(s, dtype=np.int64) for s in types] if types else None
+        ids, types = torch_scorer.encode(pairs)
         lengths = np.array([len(s) for s in ids])
         flops = _useful_flops(lengths, coef)
 

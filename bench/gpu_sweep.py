@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> None:
     from bench.__main__ import _build_bert_base
     from bench.data import write_pairs
     from crossenc.testing import build_minilm_cross_encoder
-    from crossenc.tokenize import encode_pairs
 
     p = argparse.ArgumentParser(prog="python -m bench.gpu_sweep")
     p.add_argument("--pairs", type=int, default=10000)
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="crossenc-gpu-sweep-"))
     write_pairs(work / "pairs", args.pairs)
     table = pq.read_table(work / "pairs")
-    texts = table["query"].to_pylist(), table["passage"].to_pylist()
+    pairs = list(zip(table["query"].to_pylist(), table["passage"].to_pylist(), strict=True))
     models = {"minilm-l6": build_minilm_cross_encoder(work / "minilm-l6")}
     _build_bert_base(work / "bert-base")
     models["bert-base"] = work / "bert-base"
@@ -69,9 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, folder in models.items():
         scorers = {s: _engine(folder, *s, args.device) for s in SETTINGS}
         first = next(iter(scorers.values()))
-        ids, types, _ = encode_pairs(first.tokenizer, first.info, *texts)
-        ids = [np.asarray(s, dtype=np.int64) for s in ids]
-        types = [np.asarray(s, dtype=np.int64) for s in types] if types else None
+        ids, types = first.encode(pairs)
         times: dict[tuple[int, int], list[float]] = {s: [] for s in scorers}
         peak: dict[tuple[int, int], int] = {}
         for scorer in scorers.values():
@@ -102,11 +99,11 @@ def main(argv: list[str] | None = None) -> None:
         ]
         del scorers, first  # free the card for the next model
     if cuda:
-        out["out_of_memory"] = _oom_check(models["bert-base"], texts, args.oom_gib)
+        out["out_of_memory"] = _oom_check(models["bert-base"], pairs, args.oom_gib)
     print(json.dumps(out, indent=1))
 
 
-def _oom_check(folder: Path, texts: tuple[list[str], list[str]], gib: float) -> dict[str, Any]:
+def _oom_check(folder: Path, pairs: list[tuple[str, str]], gib: float) -> dict[str, Any]:
     """Score with a budget of ~1M tokens in ``gib`` GiB of the card: counts the splits."""
     import gc
 
@@ -114,17 +111,17 @@ def _oom_check(folder: Path, texts: tuple[list[str], list[str]], gib: float) -> 
 
     gc.collect()
     torch.cuda.empty_cache()
-    fits = _engine(folder, 65536, 1024, "cuda").predict(list(zip(*texts, strict=True)))
+    fits = _engine(folder, 65536, 1024, "cuda").predict(pairs)
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(gib * 2**30 / total)
     try:
         scorer = _engine(folder, 1 << 20, 8192, "cuda")
         t0 = time.perf_counter()
-        scores = scorer.predict(list(zip(*texts, strict=True)))
+        scores = scorer.predict(pairs)
         seconds, splits = time.perf_counter() - t0, scorer.engine.stats.oom_splits
         t0 = time.perf_counter()
-        scorer.predict(list(zip(*texts, strict=True)))  # the next call: from the lowered budget
+        scorer.predict(pairs)  # the next call: from the lowered budget
         again = time.perf_counter() - t0
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)

@@ -236,9 +236,11 @@ class LocalScorer:
         self.tokenizer = load_tokenizer(model_cfg, self.info.source)
         self.engine = ScoringEngine(model_cfg, self.info, self.runtime, self.info.source)
 
-    def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """Scores of shape (pairs,) for single-output models, (pairs, outputs) otherwise; NaN
-        for a pair that runs out of memory even alone (``engine.unfit`` lists them)."""
+    def encode(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Token ids, and type ids where the model takes them, one array per pair: what a job's
+        tokenizer stage hands its scorers."""
         from crossenc.tokenize import encode_pairs
 
         ids, type_ids, _ = encode_pairs(
@@ -250,5 +252,10 @@ class LocalScorer:
         )
         arrays = [np.asarray(s, dtype=np.int64) for s in ids]
         types = [np.asarray(s, dtype=np.int64) for s in type_ids] if type_ids else None
-        scores = self.engine.score(arrays, types)
+        return arrays, types
+
+    def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Scores of shape (pairs,) for single-output models, (pairs, outputs) otherwise; NaN
+        for a pair that runs out of memory even alone (``engine.unfit`` lists them)."""
+        scores = self.engine.score(*self.encode(pairs))
         return scores[:, 0] if self.info.num_labels == 1 else scores
