@@ -141,7 +141,6 @@ class ScoringEngine:
         runner: Runner | None = None,
     ) -> None:
         self.info = info
-        self.runtime = runtime
         self.runner = runner or make_runner(model_cfg, info, runtime, source)
         self.stats = EngineStats()
         describe = getattr(self.runner, "describe", None)
