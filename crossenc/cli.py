@@ -31,6 +31,7 @@ EXIT_FAILED = 4  # the run failed while scoring; nothing was committed
 # output.max_dead_letter_fraction went to the dead letters.
 EXIT_PARTIAL = 5
 EXIT_DRIFT = 6  # the run committed, but moved past output.drift's thresholds (on_drift: fail)
+EXIT_CONCURRENT = 7  # another run committed to the same output first; this one committed nothing
 
 log = logging.getLogger("crossenc")
 
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(describe_plan(cfg, plan))
         print("config OK")
         return EXIT_OK
+    from crossenc.output.commit import ConcurrentRunError
     from crossenc.pipeline import run_job, summary_lines
 
     try:
@@ -139,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"crossenc: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except ConcurrentRunError as err:
+        print(f"crossenc: concurrent run: {err}", file=sys.stderr)
+        return EXIT_CONCURRENT
     except Exception as err:  # a failure during scoring: report it plainly, not a traceback
         log.exception("run failed")
         print(f"crossenc: run failed: {type(err).__name__}: {err}", file=sys.stderr)

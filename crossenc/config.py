@@ -155,6 +155,13 @@ class RerankConfig(_Strict):
 
     group_by: str = Field("qid", description="Column whose equal values form one group.")
     top_k: int | None = Field(None, ge=1, description="Write only the best k rows of each group.")
+    within_files: bool | None = Field(
+        None,
+        description="Every group's rows sit in one input file: rank inside each file as it is "
+        "written (streaming, memory flat, resumable). None: decided from the group column's "
+        "min/max in the Parquet footers (files whose ranges do not overlap); false: a shuffle "
+        "across the whole input (memory grows with it, no resume).",
+    )
 
 
 class ClassifyConfig(_Strict):
@@ -183,6 +190,19 @@ class DriftConfig(_Strict):
     )
     on_drift: Literal["warn", "fail"] = Field(
         "fail", description="warn: log and report it; fail: also exit with code 6."
+    )
+
+
+class FilesConfig(_Strict):
+    """How large an output file grows before the writer closes it and starts the next."""
+
+    max_rows: int = Field(1_000_000, ge=1, description="Rows (data and dead letters) per file.")
+    max_mib: float = Field(256, gt=0, description="Size of a file, in MiB.")
+    max_seconds: float = Field(
+        120,
+        gt=0,
+        description="Seconds a file stays open: what a killed run loses at most, per writer, "
+        "since only closed files survive a crash.",
     )
 
 
@@ -222,6 +242,10 @@ class OutputConfig(_Strict):
     )
     drift: DriftConfig = Field(
         default_factory=DriftConfig, description="Thresholds of the compare_to check."
+    )
+    files: FilesConfig = Field(
+        default_factory=FilesConfig,
+        description="Output file size: a file closes at whichever bound it reaches first.",
     )
 
     def dead_letter_path(self) -> str:
@@ -266,6 +290,11 @@ class RuntimeConfig(_Strict):
     )
     cache_dir: str | None = Field(
         None, description="Local cache for models copied from object stores (None: ~/.cache)."
+    )
+    writers: int | None = Field(
+        None,
+        ge=1,
+        description="Output writer actors; each keeps one file open (None: one per replica).",
     )
 
     def batch_budget(self, gpu: bool) -> tuple[int, int]:
@@ -314,7 +343,8 @@ class JobConfig(_Strict):
             # compile and prepack change speed, not scores (within 1e-6): a resume may flip them
             "model": self.model.model_dump(mode="json", exclude={"storage", "compile", "prepack"}),
             "task": self.task,
-            "rerank": self.rerank.model_dump(mode="json"),
+            # within_files changes how ranks are computed (in files or by shuffle), not them
+            "rerank": self.rerank.model_dump(mode="json", exclude={"within_files"}),
             "classify": self.classify.model_dump(mode="json"),
             "text_a": self.input.text_a,
             "text_b": self.input.text_b,

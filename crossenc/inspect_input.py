@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,6 +14,8 @@ import pyarrow.parquet as pq
 from crossenc.config import ConfigError, JobConfig
 from crossenc.model import ModelInfo, check_task, describe_model
 from crossenc.storage import Location, list_parquet_files, resolve
+
+log = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -24,6 +29,36 @@ class InputFile:
     path: str
     rows: int
     row_groups: tuple[int, ...] = ()
+    group_range: tuple[Any, Any] | None = None  # rerank: the group column's min and max
+
+
+def group_range(meta: pq.FileMetaData, column: str) -> tuple[Any, Any] | None:
+    """The min and max of a column over a file's row groups, from the footer's statistics;
+    None when some row group has none (or holds nulls: a null group spans files freely)."""
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    if column not in names:
+        return None
+    index = names.index(column)
+    lo = hi = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(index).statistics
+        if stats is None or not stats.has_min_max or (stats.null_count or 0) > 0:
+            return None
+        lo = stats.min if lo is None else min(lo, stats.min)
+        hi = stats.max if hi is None else max(hi, stats.max)
+    return None if lo is None else (lo, hi)
+
+
+def groups_within_files(files: tuple[InputFile, ...] | list[InputFile]) -> bool:
+    """True when no two files' group-key ranges overlap, so no group spans two files."""
+    ranges = [f.group_range for f in files if f.rows]
+    if any(r is None for r in ranges):
+        return False
+    try:
+        ordered = sorted(ranges)  # type: ignore[type-var]
+    except TypeError:
+        return False
+    return all(a[1] < b[0] for a, b in zip(ordered, ordered[1:], strict=False))
 
 
 @dataclass(frozen=True)
@@ -41,6 +76,8 @@ class JobPlan:
     files: tuple[InputFile, ...]
     info: ModelInfo
     skipped: tuple[BadFile, ...] = ()
+    rerank_within_files: bool = False  # rank inside each file as it is written, no shuffle
+    inspect_seconds: float = 0.0  # listing and footers
 
     @property
     def rows(self) -> int:
@@ -71,7 +108,8 @@ def _inspect_file(loc: Location, path: str, cfg: JobConfig) -> tuple[InputFile, 
                 f"{where}: text column {col!r} has type {schema.field(col).type}, not string"
             )
     groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-    return InputFile(path=path, rows=meta.num_rows, row_groups=groups), schema
+    span = group_range(meta, cfg.rerank.group_by) if cfg.task == "rerank" else None
+    return InputFile(path, meta.num_rows, groups, span), schema
 
 
 def inspect_input(cfg: JobConfig) -> tuple[tuple[InputFile, ...], tuple[BadFile, ...]]:
@@ -141,13 +179,34 @@ def check_paths(cfg: JobConfig) -> None:
 
 def plan_job(cfg: JobConfig) -> JobPlan:
     """Every check that can be made before scoring; raises ConfigError or InputError."""
+    started = time.monotonic()
     check_paths(cfg)
     info = describe_model(cfg.model, cfg.runtime.cache_dir)
     check_task(cfg, info)
-    if cfg.output.mode == "resume" and cfg.task == "rerank":
-        raise ConfigError(
-            "output.mode resume is not available for task rerank: ranks span the whole "
-            "dataset, so an interrupted rerank must run again (output.mode=overwrite)"
-        )
     files, skipped = inspect_input(cfg)
-    return JobPlan(files=files, info=info, skipped=skipped)
+    within = False
+    if cfg.task == "rerank":
+        within = cfg.rerank.within_files
+        if within is None:
+            within = groups_within_files(files)
+            if within:
+                log.info(
+                    "rerank: no group spans two input files (footer statistics of %r): "
+                    "ranking inside each file, no shuffle",
+                    cfg.rerank.group_by,
+                )
+            else:
+                log.info(
+                    "rerank: groups may span input files: ranking after a shuffle of the whole "
+                    "input (memory grows with it; set rerank.within_files=true if every group "
+                    "sits in one file)"
+                )
+        if cfg.output.mode == "resume" and not within:
+            raise ConfigError(
+                "output.mode resume is not available for a rerank whose groups span input "
+                "files (ranks then span the whole dataset): run again with "
+                "output.mode=overwrite, or set rerank.within_files=true if every group sits "
+                "in one file"
+            )
+    seconds = time.monotonic() - started
+    return JobPlan(files, info, skipped, rerank_within_files=within, inspect_seconds=seconds)

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -15,25 +15,35 @@ import pyarrow.compute as pc
 import ray
 
 from crossenc import __version__
-from crossenc.commit import (
-    Manifest,
-    PartStats,
-    RunRecord,
-    check_output_mode,
-    check_same_run,
-    commit,
-    completed_inputs,
-    new_run_id,
-    read_manifest,
-    write_part,
-    write_run_record,
-)
 from crossenc.config import ConfigError, JobConfig, OutputConfig
 from crossenc.engine import ScoringEngine
 from crossenc.inspect_input import InputFile, JobPlan, plan_job
 from crossenc.model import ModelInfo, model_fingerprint, model_source
+from crossenc.output.commit import (
+    Manifest,
+    RunRecord,
+    check_output_mode,
+    check_same_run,
+    commit,
+    read_manifest,
+    roll_forward,
+    staged_parts,
+    staging_dir,
+    write_run_record,
+    write_summary,
+)
+from crossenc.output.journal import Journal
+from crossenc.output.parts import (
+    PartStats,
+    merge_ranges,
+    missing_ranges,
+    new_run_id,
+    overlaps,
+)
+from crossenc.output.writer import WriterOptions, write_block, writer_actor
 from crossenc.postprocess import rank_group, score_columns
 from crossenc.read import read_row_groups, read_units
+from crossenc.storage import resolve, retried_requests
 from crossenc.summary import (
     RunMetrics,
     build_summary,
@@ -105,11 +115,17 @@ class ScorerReplica:
 
 
 def build_dataset(
-    cfg: JobConfig, files: list[InputFile], info: ModelInfo, run_id: str
+    cfg: JobConfig,
+    units: list[dict[str, object]],
+    info: ModelInfo,
+    run_id: str,
+    writers: list[Any],
+    options: WriterOptions,
+    rerank_shuffle: bool = False,
 ) -> ray.data.Dataset:
-    """The lazy Ray Data pipeline; executing it writes staged parts and yields their stats."""
+    """The lazy Ray Data pipeline; executing it hands scored rows to the writers and yields
+    one progress row per block (rows handed over, and the parts of files that closed)."""
     rt = cfg.runtime
-    units = read_units(files)
     ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 1000)))
     ds = ds.map_batches(
         read_row_groups,
@@ -139,23 +155,28 @@ def build_dataset(
         num_gpus=rt.gpus_per_replica,
         resources=rt.resources_per_replica or None,
     )  # Ray restarts a dead scorer and retries its batch (max_restarts=-1 by default)
-    if cfg.task == "rerank":
-        rows = sum(f.rows for f in files)
+    if rerank_shuffle:
+        rows = sum(int(u["end"]) - int(u["start"]) for u in units)  # type: ignore[call-overload]
         partitions = max(1, min(200, rows // rt.block_rows + 1))
         ds = ds.groupby(cfg.rerank.group_by, num_partitions=partitions).map_groups(
             rank_group, fn_kwargs={"top_k": cfg.rerank.top_k}, batch_format="pyarrow"
         )
     ds = ds.map_batches(
-        write_part,
-        fn_kwargs={"out": cfg.output, "run_id": run_id},
-        batch_size=rt.block_rows,  # parts land as scoring goes: progress survives a crash
+        write_block,
+        fn_kwargs={
+            "writers": writers,
+            "out": cfg.output,
+            "run_id": run_id,
+            "options": replace(options, expected_rows={}),  # only the writers need those
+        },
+        batch_size=rt.block_rows,
         num_cpus=0.25,  # I/O-bound: must not wait for a whole CPU beside the scorers
         batch_format="pyarrow",
     )
     # Reading and tokenizing outrun the scorers; without a budget of its own the queue ahead of
     # them grows with the input up to half of the cluster's object store.
-    options = ds.context.execution_options
-    options.resource_limits = options.resource_limits.copy(
+    options_ = ds.context.execution_options
+    options_.resource_limits = options_.resource_limits.copy(
         object_store_memory=rt.object_store_budget()
     )
     return ds
@@ -197,22 +218,62 @@ class InvariantError(RuntimeError):
     """Rows read differ from rows written + dead-lettered + dropped: nothing is committed."""
 
 
+def coverage(parts: list[PartStats]) -> dict[str, list[list[int]]]:
+    """Per input file, the row ranges the parts hold (not merged: overlaps stay visible)."""
+    out: dict[str, list[list[int]]] = {}
+    for part in parts:
+        out.setdefault(part.input_file, []).extend(part.row_ranges())
+    return out
+
+
 def check_accounted(files: list[InputFile], parts: list[PartStats], run_id: str) -> None:
-    """Per input file: rows read = rows written + dead-lettered + dropped by top_k."""
+    """Per input file: the parts' row ranges tile its rows exactly once, and rows read = rows
+    written + dead-lettered + dropped by top_k."""
     accounted: dict[str, int] = {}
     for part in parts:
         accounted[part.input_file] = accounted.get(part.input_file, 0) + part.accounted
-    wrong = [
-        f"{f.path}: read {f.rows}, accounted {accounted.get(f.path, 0)}"
-        for f in files
-        if accounted.pop(f.path, 0) != f.rows
-    ]
+    ranges = coverage(parts)
+    wrong = []
+    for f in files:
+        got = ranges.pop(f.path, [])
+        n = accounted.pop(f.path, 0)
+        if n != f.rows or overlaps(got) or missing_ranges(got, f.rows) or (
+            got and max(e for _, e in got) > f.rows
+        ):
+            wrong.append(f"{f.path}: read {f.rows}, accounted {n}, ranges {merge_ranges(got)}")
     wrong += [f"{path}: not an input file, {n} rows" for path, n in accounted.items()]
     if wrong:
         raise InvariantError(
             f"rows read != rows written + dead-lettered + dropped; nothing committed "
-            f"(staging kept, run {run_id}): " + "; ".join(wrong[:5])
+            f"(run {run_id}): " + "; ".join(wrong[:5])
         )
+
+
+def usable_parts(staged: list[PartStats], files: tuple[InputFile, ...]) -> list[PartStats]:
+    """The staged parts a resume can take over: whole output files (every part of a file, as
+    many as each part says it has, or none), whose input files are all still in the input
+    with the same row counts, holding no row that an already kept file holds."""
+    rows = {f.path: f.rows for f in files}
+    by_file: dict[str, list[PartStats]] = {}
+    for part in staged:
+        name = (part.file or part.dead_file or "").rsplit("/", 1)[-1]
+        by_file.setdefault(name, []).append(part)
+    kept: list[PartStats] = []
+    taken: dict[str, list[list[int]]] = {}
+    for name in sorted(by_file):  # run ids sort by start: the earliest run's files first
+        group = list({(p.input_file, p.ranges): p for p in by_file[name]}.values())
+        fits = bool(name) and all(len(group) == p.siblings for p in group) and all(
+            p.input_file in rows
+            and (p.input_rows in (-1, rows[p.input_file]))
+            and not overlaps(taken.get(p.input_file, []) + p.row_ranges())
+            and max((e for _, e in p.row_ranges()), default=0) <= rows[p.input_file]
+            for p in group
+        )
+        if fits:
+            kept += group
+            for p in group:
+                taken.setdefault(p.input_file, []).extend(p.row_ranges())
+    return kept
 
 
 def ensure_ray() -> None:
@@ -279,59 +340,141 @@ def previous_summary(cfg: JobConfig) -> dict[str, Any] | None:
     return manifest["summary"]
 
 
+def _todo(files: tuple[InputFile, ...], parts: list[PartStats]) -> dict[str, list[list[int]]]:
+    """Per input file, the row ranges no part holds yet."""
+    have = coverage(parts)
+    todo = {f.path: missing_ranges(have.get(f.path, []), f.rows) for f in files}
+    return {path: ranges for path, ranges in todo.items() if ranges}
+
+
+def _score_pass(
+    cfg: JobConfig,
+    plan: JobPlan,
+    todo: dict[str, list[list[int]]],
+    run_id: str,
+    attempt: int,
+    on_parts: Any,
+    on_progress: Any,
+) -> None:
+    """One pass of the pipeline over the todo ranges: writers started, the stream consumed,
+    the writers flushed (a writer that died loses its open file: the next pass redoes it)."""
+    ensure_ray()
+    within = cfg.task == "rerank" and plan.rerank_within_files
+    files = cfg.output.files
+    options = WriterOptions(
+        max_rows=files.max_rows,
+        max_bytes=int(files.max_mib * 2**20),
+        max_seconds=files.max_seconds,
+        rerank_by=cfg.rerank.group_by if within else None,
+        top_k=cfg.rerank.top_k if within else None,
+        expected_rows={f.path: f.rows for f in plan.files if f.path in todo} if within else {},
+    )
+    actor = writer_actor()
+    count = cfg.runtime.writers or cfg.runtime.replicas
+    prefix = f"r{attempt}" if attempt else ""
+    writers = [actor.remote(cfg.output, run_id, f"{prefix}w{i}", options) for i in range(count)]
+    try:
+        units = read_units(plan.files, todo)
+        ds = build_dataset(
+            cfg, units, plan.info, run_id, writers, options, cfg.task == "rerank" and not within
+        )
+        for row in ds.iter_rows():
+            on_progress(row["t"], row["accounted"])
+            on_parts([PartStats(**p) for p in json.loads(row["parts"])])
+        for writer in writers:
+            try:
+                on_parts(ray.get(writer.flush.remote()))
+            except ray.exceptions.RayActorError:
+                log.warning("an output writer died: its open file is scored again")
+    finally:
+        for writer in writers:
+            ray.kill(writer)
+
+
 def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     """Run the whole job and commit its output; returns the counts and the run summary."""
     started, wall_started = time.monotonic(), time.time()
-    check_output_mode(cfg.output)
+    retried = retried_requests()
+    base, committed = roll_forward(cfg.output)
+    check_output_mode(cfg.output, committed)
     previous = previous_summary(cfg)
     plan = plan or plan_job(cfg)
-    record = RunRecord(new_run_id(), cfg.fingerprint(), model_fingerprint(cfg.model, plan.info))
-    kept: dict[str, list[PartStats]] = {}
+    phases: dict[str, float | None] = {"inspect": round(plan.inspect_seconds, 3)}
+    record = RunRecord(
+        new_run_id(), cfg.fingerprint(), model_fingerprint(cfg.model, plan.info), base
+    )
+    kept: list[PartStats] = []
     if cfg.output.mode == "resume":
-        committed = read_manifest(cfg.output)
-        if committed is not None:
+        after = committed["run_id"] if committed is not None else None
+        staged = staged_parts(cfg.output, record, after)  # runs interrupted since the commit
+        if committed is not None and not staged:
             check_same_run(committed, record, "the committed run")
             log.info("resume: %s already holds the committed run", cfg.output.path)
             return _already_committed(committed, time.monotonic() - started, cfg.output.path)
-        kept = completed_inputs(cfg.output, record, {f.path: f.rows for f in plan.files})
-    todo = [f for f in plan.files if f.path not in kept]
+        kept = usable_parts(staged, plan.files)
+    todo = _todo(plan.files, kept)
     write_run_record(cfg.output, record)
-    rows_scored = sum(f.rows for f in todo)
+    rows_scored = sum(end - start for ranges in todo.values() for start, end in ranges)
+    files_resumed = sum(1 for f in plan.files if f.path not in todo)
     log.info(
-        "run %s: %d rows in %d files -> %s (%d files taken over from interrupted runs, %d skipped)",
+        "run %s: %d rows of %d files -> %s (%d rows of %d files taken over from interrupted "
+        "runs, %d skipped)",
         record.run_id,
         rows_scored,
         len(todo),
         cfg.output.path,
-        len(kept),
+        plan.rows - rows_scored,
+        files_resumed,
         len(plan.skipped),
     )
-    parts = [p for file_parts in kept.values() for p in file_parts]
+    loc = resolve(cfg.output.path, cfg.output.storage)
+    journal = Journal(loc, staging_dir(loc, record.run_id))
+    parts = list(kept)
     metrics = RunMetrics()
     for part in parts:
         metrics.add(json.loads(part.metrics), part.accounted, mine=False)
         part.metrics = ""  # folded in: the driver keeps only what the commit needs
-    if todo:
-        ensure_ray()
-        progress = Progress(rows_scored)
-        for row in build_dataset(cfg, todo, plan.info, record.run_id).iter_rows():
-            part = PartStats(**row)
+    progress = Progress(rows_scored)
+
+    def on_parts(new: list[PartStats]) -> None:
+        for part in new:
             metrics.add(json.loads(part.metrics), part.accounted, mine=True)
+        journal.add(new)  # the journal keeps the metrics (a resume folds them in)
+        for part in new:
             part.metrics = ""
-            parts.append(part)
-            progress.add(part.accounted)
+        parts.extend(new)
+
+    def on_progress(t: float, rows: int) -> None:
+        metrics.progress(t, rows)
+        progress.add(rows)
+
+    score_started = time.monotonic()
+    for attempt in range(3):
+        if not todo:
+            break
+        if attempt:
+            log.warning(
+                "%d rows of %d files were not written (a writer died): scoring them again",
+                sum(e - s for r in todo.values() for s, e in r),
+                len(todo),
+            )
+        _score_pass(cfg, plan, todo, record.run_id, attempt, on_parts, on_progress)
+        todo = _todo(plan.files, parts)
+    journal.flush()
+    staged_at = time.monotonic()
+    phases["score"] = round(staged_at - score_started, 3)
     check_accounted(list(plan.files), parts, record.run_id)
     written = sum(p.rows for p in parts)
     dead = sum(p.dead_rows for p in parts)
     dropped = sum(p.dropped_rows for p in parts)
-    seconds = time.monotonic() - started
+    phases["commit"] = None  # known once committed: _summary.json and the report carry it
     summary = build_summary(
         metrics,
         run_id=record.run_id,
         task=cfg.task,
         model=cfg.model.name,
         started=wall_started,
-        wall_seconds=seconds,
+        wall_seconds=staged_at - started,
         rows={
             "read": plan.rows,
             "scored": rows_scored,
@@ -343,9 +486,10 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         files={
             "input": len(plan.files),
             "skipped": len(plan.skipped),
-            "written": sum(1 for p in parts if p.file),
+            "written": len({p.file for p in parts if p.file}),
         },
     )
+    summary["phases"] = phases
     if previous is not None:
         drift = cfg.output.drift
         summary["drift"] = compare_runs(
@@ -367,10 +511,16 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         config_hash=record.config_hash,
         config=cfg.redacted(),
         crossenc_version=__version__,
-        resumed_from=sorted({p.run_id for ps in kept.values() for p in ps}),
+        resumed_from=sorted({p.run_id for p in kept}),
         summary=summary,
     )
-    commit(cfg.output, manifest, parts)
+    committed_at = commit(cfg.output, manifest, parts, base)
+    phases["commit"] = round(committed_at - staged_at, 3)
+    phases["cleanup"] = round(time.monotonic() - committed_at, 3)
+    seconds = time.monotonic() - started
+    summary["wall_seconds"] = round(seconds, 3)
+    summary["store"]["retried_requests"] += retried_requests() - retried  # the driver's own
+    write_summary(cfg.output, summary)
     result = RunResult(
         run_id=record.run_id,
         rows_read=plan.rows,
@@ -379,7 +529,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         rows_dropped_top_k=dropped,
         rows_scored=rows_scored,
         rows_resumed=plan.rows - rows_scored,
-        files_resumed=len(kept),
+        files_resumed=files_resumed,
         files_skipped=len(plan.skipped),
         files_written=summary["files"]["written"],
         seconds=seconds,
@@ -387,11 +537,15 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         summary=summary,
     )
     log.info(
-        "run %s committed: %d rows written, %d dead-lettered, %.1f s",
+        "run %s committed: %d rows written, %d dead-lettered, %.1f s (inspect %.1f s, score "
+        "%.1f s, commit %.1f s)",
         record.run_id,
         written,
         dead,
         seconds,
+        phases["inspect"],
+        phases["score"],
+        phases["commit"],
     )
     if cfg.output.report:
         from crossenc.report import write_report

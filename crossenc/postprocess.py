@@ -58,3 +58,26 @@ def rank_group(group: pa.Table, top_k: int | None) -> pa.Table:
     dropped = ok & (rank > top_k) if top_k is not None else np.zeros(n, dtype=bool)
     group = group.append_column(RANK, pa.array(rank, mask=~ok))
     return group.append_column(DROPPED, pa.array(dropped))
+
+
+def rank_within(table: pa.Table, group_by: str, top_k: int | None) -> pa.Table:
+    """:func:`rank_group` for every group of a table at once (vectorised): the rank of each
+    scored row within its ``group_by`` group (a null key is a group of its own), and rows past
+    top_k marked dropped."""
+    n = table.num_rows
+    keys = table.column(group_by).combine_chunks()
+    codes = pc.dictionary_encode(keys, null_encoding="encode").indices.to_numpy(
+        zero_copy_only=False
+    )
+    scores = table.column(SCORE).to_numpy(zero_copy_only=False)
+    ok = pc.is_null(table.column(ERROR)).to_numpy(zero_copy_only=False)
+    idx = np.flatnonzero(ok)
+    order = idx[np.lexsort((-scores[idx], codes[idx]))]  # by group, best score first (stable)
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    rank = np.zeros(n, dtype=np.int64)
+    rank[order] = np.arange(len(order)) - np.repeat(starts, sizes) + 1
+    dropped = ok & (rank > top_k) if top_k is not None else np.zeros(n, dtype=bool)
+    table = table.append_column(RANK, pa.array(rank, mask=~ok))
+    return table.append_column(DROPPED, pa.array(dropped))

@@ -1,8 +1,8 @@
 """Read stage: Parquet row groups to Ray blocks, each row tagged with its file and position.
 
 Reading by row group (rather than with ``ray.data.read_parquet``) gives every row a stable
-identity, ``(file, row)``, which is what lets a resumed run tell exactly which rows an
-interrupted run already committed to staging, with bookkeeping per row group, not per row.
+identity, ``(file, row)``, which is what lets a resumed run score exactly the rows an
+interrupted run did not write, with bookkeeping per row range, not per row.
 """
 
 from __future__ import annotations
@@ -15,20 +15,36 @@ import pyarrow.parquet as pq
 
 from crossenc.config import InputConfig
 from crossenc.inspect_input import InputFile
-from crossenc.storage import resolve
+from crossenc.storage import resolve, retried_requests
+from crossenc.summary import STORE_RETRIES
 from crossenc.tokenize import ROW, SOURCE
 
-UNIT_SCHEMA = ("file", "row_group", "offset")
+UNIT_SCHEMA = ("file", "row_group", "offset", "start", "end")
 
 
-def read_units(files: list[InputFile]) -> list[dict[str, object]]:
-    """One work unit per non-empty row group: its file, index and first row's position."""
+def read_units(
+    files: list[InputFile] | tuple[InputFile, ...], todo: dict[str, list[list[int]]] | None = None
+) -> list[dict[str, object]]:
+    """One work unit per row group with rows to read: its file, index, first row's position
+    and the [start, end) positions to read in it (all of it, or what ``todo`` asks of that
+    file; a file absent from ``todo`` is read whole when ``todo`` is None, else skipped)."""
     units = []
     for f in files:
+        wanted = [[0, f.rows]] if todo is None else todo.get(f.path, [])
         offset = 0
         for index, rows in enumerate(f.row_groups):
-            if rows:
-                units.append({"file": f.path, "row_group": index, "offset": offset})
+            for start, end in wanted:
+                lo, hi = max(start, offset), min(end, offset + rows)
+                if lo < hi:
+                    units.append(
+                        {
+                            "file": f.path,
+                            "row_group": index,
+                            "offset": offset,
+                            "start": lo,
+                            "end": hi,
+                        }
+                    )
             offset += rows
     return units
 
@@ -39,15 +55,26 @@ def read_row_groups(
     """Read the given row groups' needed columns in slices of at most block_rows rows, adding
     the source file and row position; a large row group never becomes one large block."""
     loc = resolve(storage.path, storage.storage)
+    retried = retried_requests()
     for unit in units.to_pylist():
         parquet = pq.ParquetFile(unit["file"], filesystem=loc.arrow_fs)
-        start = unit["offset"]
+        offset, start, end = unit["offset"], unit["start"], unit["end"]
+        position = offset
         for batch in parquet.iter_batches(
             batch_size=block_rows, row_groups=[unit["row_group"]], columns=columns
         ):
-            table = pa.Table.from_batches([batch])
-            n = table.num_rows
-            table = table.append_column(SOURCE, pa.array([unit["file"]] * n, pa.string()))
-            table = table.append_column(ROW, pa.array(np.arange(n) + start, pa.int64()))
-            start += n
-            yield table
+            lo, hi = max(start, position), min(end, position + batch.num_rows)
+            if lo < hi:
+                table = pa.Table.from_batches([batch.slice(lo - position, hi - lo)])
+                n = table.num_rows
+                table = table.append_column(SOURCE, pa.array([unit["file"]] * n, pa.string()))
+                table = table.append_column(ROW, pa.array(np.arange(lo, hi), pa.int64()))
+                now = retried_requests()  # this read's retries ride on its first row
+                table = table.append_column(
+                    STORE_RETRIES, pa.array(np.r_[now - retried, np.zeros(n - 1)], pa.int32())
+                )
+                retried = now
+                yield table
+            position += batch.num_rows
+            if position >= end:
+                break

@@ -39,6 +39,31 @@ class Location:
         return "/".join([self.path.rstrip("/"), *parts])
 
 
+RETRIED = [0]  # object-store requests this process retried (botocore's RetryAttempts)
+
+
+def retried_requests() -> int:
+    """Object-store requests this process has retried so far (throttling, 5xx, timeouts)."""
+    return RETRIED[0]
+
+
+def _count_retries(parsed: dict | None = None, **_: object) -> None:
+    if parsed:
+        RETRIED[0] += int(parsed.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
+
+
+def _watch_retries(fs: object) -> None:
+    """Count the retries of every request of an s3fs filesystem (once per client)."""
+    from fsspec.asyn import sync
+
+    if getattr(fs, "_crossenc_watched", None) is getattr(fs, "_s3", None) is not None:
+        return
+    client = sync(fs.loop, fs.set_session)  # type: ignore[attr-defined]
+    if getattr(fs, "_crossenc_watched", None) is not client:
+        client.meta.events.register("after-call.s3", _count_retries)
+        fs._crossenc_watched = client  # type: ignore[attr-defined]
+
+
 def resolve(uri: str, storage: StorageConfig | None = None) -> Location:
     """Resolve a local path or s3:// URI to a filesystem and an fs-relative path."""
     if is_remote(uri):
@@ -46,6 +71,7 @@ def resolve(uri: str, storage: StorageConfig | None = None) -> Location:
 
         kwargs = (storage or StorageConfig()).s3fs_kwargs()
         fs = s3fs.S3FileSystem(**kwargs)
+        _watch_retries(fs)
         path = uri.split("://", 1)[1].rstrip("/")
         return Location(uri=uri, fs=fs, path=path)
     return Location(uri=uri, fs=LocalFileSystem(), path=os.path.abspath(os.path.expanduser(uri)))

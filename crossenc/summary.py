@@ -34,7 +34,8 @@ COMPUTED = "_computed"  # the row's share of the tokens computed (with padding) 
 LOAD = "_load_s"  # the replica's model-load seconds, on the first row it scored, else 0
 RUNS = "_runs"  # what the replica runs: backend, device, dtype... ("torch cuda bfloat16 sdpa")
 OOM = "_oom_splits"  # batches of the block split after running out of memory, on its first row
-METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED, LOAD, RUNS, OOM)
+STORE_RETRIES = "_store_retries"  # object-store requests the read task retried, on a first row
+METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED, LOAD, RUNS, OOM, STORE_RETRIES)
 
 SAMPLE = 512  # scores kept per part for quantiles
 MERGED_SAMPLE = 200_000  # scores the driver keeps per column while merging parts
@@ -92,6 +93,8 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
         "tokens": {},
         "scores": {},
     }
+    if STORE_RETRIES in rows.column_names:
+        out["store_retries"] = int(pc.sum(rows.column(STORE_RETRIES)).as_py() or 0)
     if REPLICA not in rows.column_names:
         return out
     scored = rows.filter(pc.is_null(rows.column(ERROR)))
@@ -133,6 +136,51 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
     if LABEL in scored.column_names:
         labels = scored.column(LABEL).to_pylist()
         out["labels"] = {str(k): v for k, v in Counter(labels).items()}
+    return out
+
+
+def merge_part_metrics(records: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """One metrics record from several of :func:`part_metrics` (the blocks of one part): counts
+    and sums added, score samples merged into one of at most ``SAMPLE`` values, each drawn with
+    the weight of the rows it stands for."""
+    if len(records) == 1:
+        return records[0]
+    out: dict[str, Any] = {"replicas": {}, "runs": {}, "tokens": Counter(), "scores": {}}
+    labels: Counter[str] = Counter()
+    truncated, has_truncated = 0, False
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[tuple[list[float], float]]] = {}
+    for record in records:
+        for name, values in record.get("replicas", {}).items():
+            acc = out["replicas"].setdefault(name, [0, 0.0, 0, 0.0, 0.0, 0])
+            for i, v in enumerate(values):
+                acc[i] += v
+        out["runs"].update(record.get("runs", {}))
+        out["tokens"].update({k: v for k, v in record.get("tokens", {}).items()})
+        if "truncated" in record:
+            truncated, has_truncated = truncated + record["truncated"], True
+        if record.get("store_retries"):
+            out["store_retries"] = out.get("store_retries", 0) + record["store_retries"]
+        labels.update(record.get("labels", {}))
+        for col, part in record.get("scores", {}).items():
+            acc = out["scores"].setdefault(
+                col, {"n": 0, "sum": 0.0, "min": float("inf"), "max": float("-inf")}
+            )
+            acc["n"] += part["n"]
+            acc["sum"] += part["sum"]
+            acc["min"], acc["max"] = min(acc["min"], part["min"]), max(acc["max"], part["max"])
+            samples.setdefault(col, []).append((part["sample"], part["n"] / len(part["sample"])))
+    for col, pieces in samples.items():
+        values = np.concatenate([np.asarray(s, dtype=np.float64) for s, _ in pieces])
+        weights = np.concatenate([np.full(len(s), w) for s, w in pieces])
+        if len(values) > SAMPLE:
+            values = rng.choice(values, SAMPLE, replace=False, p=weights / weights.sum())
+        out["scores"][col]["sample"] = [float(v) for v in values]
+    out["tokens"] = dict(out["tokens"])
+    if has_truncated:
+        out["truncated"] = truncated
+    if labels:
+        out["labels"] = dict(labels)
     return out
 
 
@@ -201,6 +249,7 @@ class RunMetrics:
         self.tokens: Counter[int] = Counter()
         self.labels: Counter[str] = Counter()
         self.truncated = 0
+        self.store_retries = 0  # object-store requests retried by this run's workers
         self.scores: dict[str, _ScoreStats] = {}
         self.timeline: list[tuple[float, int]] = []
         self._rng = np.random.default_rng(seed)
@@ -213,6 +262,7 @@ class RunMetrics:
                 for i, v in enumerate(values):
                     acc[i] += v
             self.runs.update(record.get("runs", {}))
+            self.store_retries += record.get("store_retries", 0)
             if "t" in record:
                 self.timeline.append((record["t"], rows))
         self.tokens.update({int(k): v for k, v in record.get("tokens", {}).items()})
@@ -220,6 +270,10 @@ class RunMetrics:
         self.truncated += record.get("truncated", 0)
         for col, part in record.get("scores", {}).items():
             self.scores.setdefault(col, _ScoreStats()).add(part, self._rng)
+
+    def progress(self, t: float, rows: int) -> None:
+        """Record ``rows`` of this run handed to the writers at time ``t`` (the timeline)."""
+        self.timeline.append((t, rows))
 
     def token_histogram(self) -> dict[str, list[float]]:
         """Token lengths in at most ~40 equal bins."""
@@ -282,6 +336,7 @@ def build_summary(
             for name, (n, busy, _, _, load, oom) in sorted(metrics.replicas.items())
         ],
         "padding_efficiency": round(real / computed, 4) if computed else None,
+        "store": {"retried_requests": metrics.store_retries},
         "scores": {col: stats.summary() for col, stats in sorted(metrics.scores.items())},
         "labels": dict(sorted(metrics.labels.items())) if task == "classify" else None,
         "token_lengths": metrics.token_histogram(),
@@ -369,6 +424,16 @@ def summary_table(summary: dict[str, Any]) -> str:
         ("rows/s overall", summary["rows_per_second"]),
         ("padding efficiency", summary["padding_efficiency"]),
     ]
+    phases = summary.get("phases") or {}
+    if phases:
+        lines.append(
+            (
+                "phases (s)",
+                ", ".join(f"{k} {v if v is not None else '?'}" for k, v in phases.items()),
+            )
+        )
+    if summary.get("store"):
+        lines.append(("store requests retried", summary["store"]["retried_requests"]))
     for r in summary["replicas"]:
         lines.append(
             (

@@ -27,6 +27,7 @@ def main(inp: str, out: str, model: str) -> None:
         out,
         model,
         input={"keep": ["pair_id"]},
+        output={"files": {"max_rows": 40}},  # files close (and are journaled) as the run goes
         runtime={"block_rows": 20, "resources_per_replica": {"scorer": 1}},
     )
     events: list[str] = []
@@ -36,7 +37,7 @@ def main(inp: str, out: str, model: str) -> None:
     job.start()
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and job.is_alive():
-        if list(Path(out).glob("_temporary/*/parts/*.json")):
+        if list(Path(out).glob("_temporary/*/journal/*.parquet")):
             cluster.remove_node(doomed, allow_graceful=False)
             events.append("removed")
             cluster.add_node(num_cpus=1, resources={"scorer": 1})

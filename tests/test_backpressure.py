@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from crossenc.commit import new_run_id
 from crossenc.config import RuntimeConfig
 from crossenc.inspect_input import plan_job
+from crossenc.output.parts import new_run_id
+from crossenc.output.writer import WriterOptions
 from crossenc.pipeline import build_dataset, run_job
+from crossenc.read import read_units
 from tests.helpers import job_config, read_input, read_output
 
 MIB = 2**20
@@ -43,7 +45,11 @@ def test_small_budget_reaches_the_executor_and_every_row_lands(
         runtime={"object_store_mb": 64, "block_rows": 20},
     )
     plan = plan_job(cfg)
-    ds = build_dataset(cfg, plan.files, plan.info, new_run_id())
+    assert not plan.rerank_within_files  # the sample's groups span files: a shuffle
+    units = read_units(plan.files)
+    ds = build_dataset(
+        cfg, units, plan.info, new_run_id(), [], WriterOptions(), rerank_shuffle=task == "rerank"
+    )
     assert ds.context.execution_options.resource_limits.object_store_memory == 64 * MIB
     result = run_job(cfg, plan)
     out = read_output(tmp_path / "out")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import s3fs
@@ -14,19 +15,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crossenc.cli import EXIT_INPUT, EXIT_PARTIAL, main
-from crossenc.commit import (
+from crossenc.config import ConfigError, OutputConfig, StorageConfig
+from crossenc.inspect_input import InputFile
+from crossenc.output.commit import (
     MANIFEST,
     Manifest,
     RunRecord,
     commit,
-    completed_inputs,
     read_manifest,
+    staged_parts,
     staging_dir,
-    write_part,
     write_run_record,
 )
-from crossenc.config import ConfigError, OutputConfig, StorageConfig
-from crossenc.pipeline import run_job
+from crossenc.output.journal import Journal
+from crossenc.output.parts import PartStats, missing_ranges, new_run_id
+from crossenc.output.writer import RollingWriter, WriterOptions
+from crossenc.pipeline import check_accounted, run_job, usable_parts
 from crossenc.storage import resolve
 from crossenc.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from tests.helpers import job_config, read_output
@@ -203,13 +207,24 @@ def _block(source: str, ids: list[int], first: int) -> pa.Table:
 
 
 def _check_bookkeeping(
-    out: OutputConfig, sizes: list[int], block: int, crash_after: int, torn: bool, retried: bool
+    out: OutputConfig,
+    sizes: list[int],
+    block: int,
+    crash_after: int,
+    torn: bool,
+    retried: bool,
+    file_rows: int = 5,
+    journaled: float = 0.5,
 ) -> None:
-    """Run 1 writes blocks until it crashes (maybe mid-part, maybe after a retried write);
-    the resume takes over what run 1 finished exactly and writes the rest; the commit must
-    hold every input row exactly once."""
+    """Run 1 writes blocks through a rolling writer (files close every ``file_rows`` rows)
+    until it crashes: its open file is lost, only the first ``journaled`` share of its closed
+    files reached the journal (the rest are orphans), maybe a journal object is torn, maybe a
+    block was sent twice. The resume takes over what run 1 journaled, scores the missing row
+    ranges, commits; every input row must then be committed exactly once, in the manifest and
+    in a plain listing of the folder."""
     loc = resolve(out.path, out.storage)
     files = {f"in/file-{i}.parquet": n for i, n in enumerate(sizes)}
+    inputs = tuple(InputFile(name, n, (n,)) for name, n in files.items())
     start, ids = 0, {}
     for name, n in files.items():
         ids[name] = list(range(start, start + n))
@@ -218,44 +233,57 @@ def _check_bookkeeping(
         (name, ids[name][i : i + block]) for name in files for i in range(0, len(ids[name]), block)
     ]
     crash_after = min(crash_after, len(blocks))
-    record = RunRecord("run-1", "cfg", {"name": "m"})
+    options = WriterOptions(max_rows=file_rows)
+    record = RunRecord(new_run_id(), "cfg", {"name": "m"})
     write_run_record(out, record)
+    writer = RollingWriter(out, record.run_id, "w0", options)
+    closed: list[PartStats] = []
     for name, chunk in blocks[:crash_after]:
-        write_part(_block(name, chunk, ids[name][0]), out, "run-1")
+        closed += writer.append(_block(name, chunk, ids[name][0]))
     if retried and crash_after:
-        name, chunk = blocks[crash_after - 1]
-        write_part(
-            _block(name, chunk, ids[name][0]), out, "run-1"
-        )  # a retried task whose first try landed
-    if torn and crash_after < len(blocks):
-        name, chunk = blocks[crash_after]  # data written, cut off before its sidecar
-        path = f"{staging_dir(loc, 'run-1')}/data/part-torn.parquet"
-        loc.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        pq.write_table(_block(name, chunk, ids[name][0]), path, filesystem=loc.arrow_fs)
+        name, chunk = blocks[crash_after - 1]  # a retried task whose first try landed
+        closed += writer.append(_block(name, chunk, ids[name][0]))
+    journal = Journal(loc, staging_dir(loc, record.run_id))
+    journal.add(closed[: int(len(closed) * journaled)])
+    journal.flush()  # the driver dies here: later closed files are orphans, the open one lost
+    if torn:
+        loc.fs.makedirs(f"{staging_dir(loc, record.run_id)}/journal", exist_ok=True)
+        torn_path = f"{staging_dir(loc, record.run_id)}/journal/000099.parquet"
+        loc.fs.pipe_file(torn_path, b"PAR1 cut off")
 
-    resumed = RunRecord("run-2", "cfg", {"name": "m"})
-    kept = completed_inputs(out, resumed, files)
-    for name in kept:
-        assert sum(p.accounted for p in kept[name]) == files[name]
+    resumed = RunRecord(new_run_id(), "cfg", {"name": "m"})
+    kept = usable_parts(staged_parts(out, resumed), inputs)
     write_run_record(out, resumed)
-    parts = [p for ps in kept.values() for p in ps]
-    for name, chunk in blocks:
-        if name not in kept:
-            table = write_part(_block(name, chunk, ids[name][0]), out, "run-2")
-            from crossenc.commit import PartStats
-
-            parts += [PartStats(**row) for row in table.to_pylist()]
-    manifest = Manifest("run-2", [], [], [], [], start, 0, 0, 0, {}, "cfg", {}, "test")
-    commit(out, manifest, parts)
+    todo = {
+        name: missing_ranges([r for p in kept if p.input_file == name for r in p.row_ranges()], n)
+        for name, n in files.items()
+    }
+    second = RollingWriter(out, resumed.run_id, "w0", options)
+    parts = list(kept)
+    for name, ranges in todo.items():
+        for lo, hi in ranges:
+            chunk = ids[name][lo:hi]
+            parts += second.append(_block(name, chunk, ids[name][0]))
+    parts += second.flush()
+    check_accounted(list(inputs), parts, resumed.run_id)
+    manifest = Manifest(resumed.run_id, [], [], [], [], start, 0, 0, 0, {}, "cfg", {}, "test")
+    commit(out, manifest, parts, 0)
 
     committed = read_manifest(out)
-    assert committed is not None and not loc.fs.exists(loc.join("_temporary"))
+    assert committed is not None and committed["run_id"] == resumed.run_id
+    assert not loc.fs.exists(loc.join("_temporary"))
     seen: list[int] = []
     for f in committed["files"]:
         seen += pq.read_table(loc.join(f["path"]), filesystem=loc.arrow_fs)["pair_id"].to_pylist()
     for f in committed["dead_letter_files"]:
         seen += pq.read_table(f["path"], filesystem=loc.arrow_fs)["pair_id"].to_pylist()
     assert sorted(seen) == list(range(start))  # every row, exactly once
+    plain: list[int] = []
+    for folder in (loc, resolve(out.dead_letter_path(), out.storage)):
+        listed = pads.dataset(folder.path, filesystem=folder.arrow_fs, format="parquet")
+        if "pair_id" in listed.schema.names:
+            plain += listed.to_table()["pair_id"].to_pylist()
+    assert sorted(plain) == list(range(start))  # orphans and lost files removed at commit
 
 
 CRASHES = dict(
@@ -264,6 +292,8 @@ CRASHES = dict(
     crash_after=st.integers(0, 12),
     torn=st.booleans(),
     retried=st.booleans(),
+    file_rows=st.integers(1, 12),
+    journaled=st.sampled_from([0.0, 0.5, 1.0]),
 )
 
 
@@ -272,17 +302,19 @@ CRASHES = dict(
 )
 @given(**CRASHES)
 def test_bookkeeping_random_crashes_local(
-    tmp_path_factory, sizes, block, crash_after, torn, retried
+    tmp_path_factory, sizes, block, crash_after, torn, retried, file_rows, journaled
 ):
     out = OutputConfig(path=str(tmp_path_factory.mktemp("out")))
-    _check_bookkeeping(out, sizes, block, crash_after, torn, retried)
+    _check_bookkeeping(out, sizes, block, crash_after, torn, retried, file_rows, journaled)
 
 
 @settings(
     max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(**CRASHES)
-def test_bookkeeping_random_crashes_s3(s3_server, sizes, block, crash_after, torn, retried):
+def test_bookkeeping_random_crashes_s3(
+    s3_server, sizes, block, crash_after, torn, retried, file_rows, journaled
+):
     import uuid
 
     storage = StorageConfig(endpoint_url=s3_server, key="testing", secret="testing")
@@ -297,6 +329,8 @@ def test_bookkeeping_random_crashes_s3(s3_server, sizes, block, crash_after, tor
             crash_after,
             torn,
             retried,
+            file_rows,
+            journaled,
         )
     finally:
         fs.rm(bucket, recursive=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ import s3fs
 
 from crossenc.config import ModelConfig
 from crossenc.engine import LocalScorer
+from crossenc.faultproxy import FaultProxy
 from crossenc.pipeline import run_job
 from crossenc.storage import resolve
+from crossenc.testing import write_pairs
 from tests.helpers import job_config
 
 SECRET = "s3cr3t-DO-NOT-PRINT-4242"
@@ -74,3 +77,47 @@ def test_job_reads_model_and_pairs_from_s3_and_writes_back(
     logs = [p for p in (session / "logs").rglob("*") if p.is_file()]
     assert logs, "no Ray logs found to check"
     assert not [p for p in logs if SECRET.encode() in p.read_bytes()]
+
+
+def test_job_through_a_store_that_fails_now_and_then(ray_local, models, s3_server, tmp_path):
+    """5% of requests answered 503 SlowDown / 500, or cut off mid-body after the server acted
+    (a proxy on loopback in front of moto): the job still commits every row exactly once, and
+    the summary counts the retried requests."""
+    write_pairs(tmp_path / "in", rows=240, files=12, seed=11)
+    direct = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=s3_server)
+    bucket = f"faulty-{uuid.uuid4().hex[:8]}"
+    direct.mkdir(bucket)
+    direct.put(str(tmp_path / "in") + "/", f"{bucket}/in/", recursive=True)
+    with FaultProxy(s3_server, fault_rate=0.0, seed=5) as proxy:
+        storage = {"endpoint_url": proxy.url, "key": "testing", "secret": "testing"}
+        cfg = job_config(
+            f"s3://{bucket}/in/",
+            f"s3://{bucket}/out/",
+            models[("bert", 1)],
+            input={"keep": ["pair_id"], "storage": storage},
+            output={"storage": storage, "files": {"max_rows": 30}},
+            runtime={"block_rows": 20},
+        )
+        proxy.fault_rate = 0.05
+        try:
+            result = run_job(cfg)
+        finally:
+            proxy.fault_rate = 0.0
+        faults = proxy.total_faults
+    try:
+        assert result.rows_written == 240
+        assert faults > 0, "the proxy injected no fault"
+        retried = result.summary["store"]["retried_requests"]
+        assert 1 <= retried <= faults
+        manifest = json.loads(direct.cat(f"{bucket}/out/_manifest.json"))
+        got = []
+        for f in manifest["files"]:
+            got += pq.read_table(f"{bucket}/out/{f['path']}", filesystem=direct)[
+                "pair_id"
+            ].to_pylist()
+        assert sorted(got) == list(range(240))  # every row once, through the manifest
+        listed = pads.dataset(f"{bucket}/out/", filesystem=direct, format="parquet").to_table()
+        assert sorted(listed["pair_id"].to_pylist()) == list(range(240))  # and in a listing
+        assert not direct.exists(f"{bucket}/out/_temporary")
+    finally:
+        direct.rm(bucket, recursive=True)

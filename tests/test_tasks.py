@@ -8,11 +8,12 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from crossenc.commit import MANIFEST, SUCCESS, SUMMARY
 from crossenc.config import ConfigError
 from crossenc.engine import LocalScorer
+from crossenc.inspect_input import plan_job
+from crossenc.output.commit import MANIFEST, SUCCESS, SUMMARY
 from crossenc.pipeline import run_job
-from crossenc.testing import NLI_LABELS
+from crossenc.testing import NLI_LABELS, write_parquet_files
 from tests.helpers import job_config, read_input, read_output
 
 
@@ -121,19 +122,36 @@ def test_classify_threshold_single_output(ray_local, models, pairs_dir, tmp_path
     assert 0 < pc.sum(out.column("label")).as_py() < out.num_rows
 
 
-@pytest.mark.parametrize("top_k", [None, 3])
-def test_rerank(ray_local, models, pairs_dir, tmp_path, top_k):
+@pytest.fixture(scope="module")
+def grouped_dir(pairs_dir, tmp_path_factory):
+    """The sample pairs sorted by query into 3 files, so that no group spans two files."""
+    table = read_input(pairs_dir).sort_by("qid")
+    root = tmp_path_factory.mktemp("grouped")
+    write_parquet_files(table, root, 3)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("top_k", "layout"), [(None, "shuffle"), (3, "shuffle"), (None, "in_files"), (3, "in_files")]
+)
+def test_rerank(ray_local, models, pairs_dir, grouped_dir, tmp_path, top_k, layout):
+    """Ranks as pandas computes them, whether groups span files (a shuffle) or sit in one file
+    each (ranked as each file is written; detected from the footers, resume allowed)."""
+    inp_dir = pairs_dir if layout == "shuffle" else grouped_dir
     cfg = job_config(
-        pairs_dir,
+        inp_dir,
         tmp_path / "out",
         models[("bert", 1)],
         task="rerank",
         rerank={"group_by": "qid", "top_k": top_k},
+        output={"mode": "resume" if layout == "in_files" else "error", "files": {"max_rows": 70}},
     )
-    result = run_job(cfg)
+    plan = plan_job(cfg)
+    assert plan.rerank_within_files == (layout == "in_files")
+    result = run_job(cfg, plan)
     out = read_output(tmp_path / "out").to_pandas()
-    inp = read_input(pairs_dir).to_pandas()
-    inp["score"] = _expected(cfg, read_input(pairs_dir))
+    inp = read_input(inp_dir).to_pandas()
+    inp["score"] = _expected(cfg, read_input(inp_dir))
     inp = inp.sort_values(["qid", "score"], ascending=[True, False])
     inp["rank"] = inp.groupby("qid").cumcount() + 1
     if top_k is not None:
@@ -144,6 +162,18 @@ def test_rerank(ray_local, models, pairs_dir, tmp_path, top_k):
     assert (merged["rank_want"] == merged["rank_got"]).all()
     np.testing.assert_allclose(merged["score_got"], merged["score_want"], atol=1e-5)
     assert out.groupby("qid")["rank"].max().max() == (top_k or 10)
+
+
+def test_rerank_resume_is_refused_when_groups_span_files(models, pairs_dir, tmp_path):
+    cfg = job_config(
+        pairs_dir,
+        tmp_path / "out",
+        models[("bert", 1)],
+        task="rerank",
+        output={"mode": "resume"},
+    )
+    with pytest.raises(ConfigError, match="rerank whose groups span input files"):
+        plan_job(cfg)
 
 
 def test_output_mode(ray_local, models, pairs_dir, tmp_path):

@@ -1,0 +1,349 @@
+"""Rolling output files: scored blocks in, right-sized Parquet files out, each written once.
+
+A :class:`RollingWriter` appends the scored blocks it is given to one open output file (and one
+dead-letter file) and closes it when it holds ``output.files.max_rows`` rows, about
+``max_mib`` MiB, or has been open ``max_seconds``: the last bound is what a killed run can lose
+per writer. Files are written under their final, run-unique names (on local disk under a hidden
+temporary name, renamed when complete; on S3 built in memory and uploaded whole at close), so a
+commit moves nothing. Closing a file returns its :class:`PartStats`, one per input file in it.
+
+A block's rows are identified by ``(input file, row position)``: a writer drops rows it has
+already taken (a retried task sending the same block twice), so an output file never holds a
+row twice. With ``rerank.within_files`` the writer holds each input file's rows until all of
+them have arrived, ranks the groups inside it, then writes: a rerank with no shuffle.
+
+In a job, writers are Ray actors (:data:`WriterActor`) owned by the driver, which asks each to
+:meth:`~RollingWriter.flush` when the stream ends; :func:`write_block` is the pipeline stage that
+hands each block to the writer of its input file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from crossenc.config import OutputConfig
+from crossenc.output.parts import PartStats, in_ranges, merge_ranges, part_file_name, row_ranges
+from crossenc.postprocess import DROPPED, LABEL, RANK, SCORE, rank_within
+from crossenc.storage import Location, resolve, retried_requests
+from crossenc.summary import METRIC_COLUMNS, merge_part_metrics, part_metrics
+from crossenc.tokenize import ERROR, IDS, ROW, SOURCE, TRUNCATED, TYPE_IDS
+
+INTERNAL = (ERROR, DROPPED, IDS, TYPE_IDS, SOURCE, ROW, *METRIC_COLUMNS)
+ROW_GROUP_ROWS = 128 * 1024  # rows buffered before a row group is written
+
+
+@dataclass
+class WriterOptions:
+    """What a writer needs besides the output: size bounds and the in-file rerank, if any."""
+
+    max_rows: int = 1_000_000
+    max_bytes: int = 256 * 2**20
+    max_seconds: float = 120.0
+    rerank_by: str | None = None  # rank within each input file by this group column
+    top_k: int | None = None
+    expected_rows: dict[str, int] = field(default_factory=dict)  # for the in-file rerank
+
+
+class _Sink:
+    """One Parquet file being written under its final name (hidden until closed on disk)."""
+
+    def __init__(self, loc: Location, name: str, schema: pa.Schema) -> None:
+        self.loc, self.schema = loc, schema
+        self.path = loc.join(name)
+        self.local = isinstance(loc.fs, LocalFileSystem)
+        loc.fs.makedirs(loc.path, exist_ok=True)
+        if self.local:
+            self.tmp = loc.join(f".{name}.inprogress")
+            self.stream: Any = pa.OSFile(self.tmp, "wb")
+        else:
+            # Built in memory (compressed; max_mib bounds it) and uploaded at close: an object
+            # store file is never visible unfinished, and one dropped without close (a killed
+            # writer, a garbage-collected one) uploads nothing.
+            self.stream = pa.BufferOutputStream()
+        self.writer = pq.ParquetWriter(self.stream, schema)
+        self.buffered: list[pa.Table] = []
+        self.buffered_rows = 0
+        self.buffered_bytes = 0
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        table = table.select(self.schema.names).cast(self.schema)
+        self.buffered.append(table)
+        self.buffered_rows += table.num_rows
+        self.buffered_bytes += table.nbytes
+        self.rows += table.num_rows
+        if self.buffered_rows >= ROW_GROUP_ROWS:
+            self._write_row_group()
+
+    def _write_row_group(self) -> None:
+        if self.buffered:
+            table = pa.concat_tables(self.buffered)
+            self.writer.write_table(table, row_group_size=table.num_rows)
+        self.buffered, self.buffered_rows, self.buffered_bytes = [], 0, 0
+
+    @property
+    def bytes(self) -> int:
+        """Bytes written so far, plus the rows still buffered (uncompressed)."""
+        return self.stream.tell() + self.buffered_bytes
+
+    def close(self) -> str:
+        self._write_row_group()
+        self.writer.close()
+        if self.local:
+            self.stream.close()
+            os.replace(self.tmp, self.path)
+        else:
+            self.loc.fs.pipe_file(self.path, self.stream.getvalue().to_pybytes())
+        return self.path
+
+
+@dataclass
+class _Piece:
+    """What the open file holds of one input file."""
+
+    ranges: list[list[int]] = field(default_factory=list)
+    rows: int = 0
+    dead_rows: int = 0
+    dropped_rows: int = 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    input_rows: int = -1
+
+
+def visible_columns(columns: list[str]) -> list[str]:
+    """The columns an output file holds: every non-internal one, ``truncated`` last."""
+    return [c for c in columns if c not in (*INTERNAL, TRUNCATED)] + [TRUNCATED]
+
+
+def dead_columns(columns: list[str]) -> list[str]:
+    """The columns a dead-letter file holds (the reason is appended)."""
+    outputs = (SCORE, LABEL, RANK, TRUNCATED)
+    return [
+        c for c in visible_columns(columns) if c not in outputs and not c.startswith(f"{SCORE}_")
+    ]
+
+
+class RollingWriter:
+    """Appends scored blocks to right-sized output files; see the module docstring."""
+
+    def __init__(
+        self, out: OutputConfig, run_id: str, name: str, options: WriterOptions | None = None
+    ) -> None:
+        self.out, self.run_id, self.name = out, run_id, name
+        self.options = options or WriterOptions()
+        self.loc = resolve(out.path, out.storage)
+        self.dead_loc = resolve(out.dead_letter_path(), out.storage)
+        self.seq = 0
+        self.retried = retried_requests()
+        self.seen: dict[str, list[list[int]]] = {}  # rows taken so far, per input file
+        self.held: dict[str, list[pa.Table]] = {}  # in-file rerank: rows waiting for their file
+        self.held_rows: dict[str, int] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.data: _Sink | None = None
+        self.dead: _Sink | None = None
+        self.pieces: dict[str, _Piece] = {}
+        self.opened = time.monotonic()
+
+    # -- appending ---------------------------------------------------------------------------
+
+    def append(self, block: pa.Table) -> list[PartStats]:
+        """Take a scored block; returns the parts of any file this closed."""
+        closed: list[PartStats] = []
+        if not self.pieces:
+            self.opened = time.monotonic()
+        sources = block.column(SOURCE)
+        for source in pc.unique(sources).to_pylist():
+            rows = block.filter(pc.equal(sources, source))
+            rows = self._new_rows(source, rows)
+            if rows.num_rows == 0:
+                continue
+            if self.options.rerank_by is not None:
+                rows = self._hold(source, rows)
+                if rows is None:
+                    continue
+                self._add(source, rows)  # a ranked file is never split: a resume takes it whole
+                if self._full():
+                    closed += self.close_file()
+                continue
+            while rows.num_rows:
+                room = max(1, self.options.max_rows - self._rows())
+                self._add(source, rows.slice(0, room))
+                rows = rows.slice(room)
+                if self._full():
+                    closed += self.close_file()
+        if self.pieces and time.monotonic() - self.opened >= self.options.max_seconds:
+            closed += self.close_file()
+        return closed
+
+    def _new_rows(self, source: str, rows: pa.Table) -> pa.Table:
+        positions = rows.column(ROW).to_numpy()
+        seen = self.seen.setdefault(source, [])
+        fresh = ~in_ranges(positions, seen)
+        if not fresh.all():
+            rows = rows.filter(pa.array(fresh))
+            positions = positions[fresh]
+        self.seen[source] = merge_ranges(seen + row_ranges(positions))
+        return rows
+
+    def _hold(self, source: str, rows: pa.Table) -> pa.Table | None:
+        """In-file rerank: keep the rows until the whole input file is here, then rank it."""
+        self.held.setdefault(source, []).append(rows)
+        self.held_rows[source] = self.held_rows.get(source, 0) + rows.num_rows
+        if self.held_rows[source] < self.options.expected_rows.get(source, 0):
+            return None
+        table = pa.concat_tables(self.held.pop(source))
+        del self.held_rows[source]
+        return rank_within(table, self.options.rerank_by, self.options.top_k)
+
+    def _add(self, source: str, rows: pa.Table) -> None:
+        piece = self.pieces.setdefault(source, _Piece())
+        positions = rows.column(ROW).to_numpy()
+        piece.ranges = merge_ranges(piece.ranges + row_ranges(positions))
+        if "_input_rows" in rows.column_names:
+            piece.input_rows = int(rows.column("_input_rows")[0].as_py())
+        record = part_metrics(rows, seed=int(positions[0]))
+        record.pop("t", None)
+        piece.metrics.append(record)
+        bad = pc.is_valid(rows.column(ERROR))
+        dropped = (
+            rows.column(DROPPED)
+            if DROPPED in rows.column_names
+            else pa.array(np.zeros(rows.num_rows, dtype=bool))
+        )
+        piece.dropped_rows += int(pc.sum(dropped).as_py() or 0)
+        good = rows.filter(pc.and_(pc.invert(bad), pc.invert(dropped)))
+        if good.num_rows:
+            good = good.select(visible_columns(rows.column_names))
+            if self.data is None:
+                self.data = _Sink(self.loc, self._file_name(), good.schema)
+            self.data.write(good)
+            piece.rows += good.num_rows
+        dead = rows.filter(bad)
+        if dead.num_rows:
+            dead = dead.select(dead_columns(rows.column_names)).append_column(
+                "reason", dead.column(ERROR)
+            )
+            if self.dead is None:
+                self.dead = _Sink(self.dead_loc, self._file_name(), dead.schema)
+            self.dead.write(dead)
+            piece.dead_rows += dead.num_rows
+
+    def _file_name(self) -> str:
+        return part_file_name(self.run_id, self.name, self.seq)
+
+    def _rows(self) -> int:
+        return sum(s.rows for s in (self.data, self.dead) if s is not None)
+
+    def _full(self) -> bool:
+        sinks = [s for s in (self.data, self.dead) if s is not None]
+        return self._rows() >= self.options.max_rows or sum(s.bytes for s in sinks) >= (
+            self.options.max_bytes
+        )
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close_file(self) -> list[PartStats]:
+        """Close the open output (and dead-letter) file; one PartStats per input file in it."""
+        if not self.pieces:
+            return []
+        data = self.data.close() if self.data is not None else None
+        dead = self.dead.close() if self.dead is not None else None
+        first = next(iter(self.pieces.values()))  # the writes' retries count once, here
+        first.metrics.append({"store_retries": retried_requests() - self.retried})
+        self.retried = retried_requests()
+        parts = [
+            PartStats(
+                input_file=source,
+                file=data if piece.rows else None,
+                rows=piece.rows,
+                dead_file=dead if piece.dead_rows else None,
+                dead_rows=piece.dead_rows,
+                dropped_rows=piece.dropped_rows,
+                run_id=self.run_id,
+                ranges=json.dumps(piece.ranges),
+                metrics=json.dumps(merge_part_metrics(piece.metrics)),
+                input_rows=piece.input_rows,
+                siblings=len(self.pieces),
+            )
+            for source, piece in self.pieces.items()
+        ]
+        self.seq += 1
+        self._reset()
+        return parts
+
+    def flush(self) -> list[PartStats]:
+        """Close the open file at the end of the stream. Rows held for an in-file rerank whose
+        file never completed stay unwritten (the driver's accounting sees them missing)."""
+        return self.close_file()
+
+
+class WriterActorImpl(RollingWriter):
+    """A :class:`RollingWriter` as a Ray actor (no CPU reserved: it mostly waits on I/O)."""
+
+    def ready(self) -> str:
+        """Where the writer runs, once it has started."""
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+
+def writer_actor() -> Any:
+    """The Ray actor class of a writer (built lazily: importing this module needs no Ray)."""
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=0)(WriterActorImpl)
+
+
+def writer_for(source: str, writers: list[Any]) -> Any:
+    """The writer of an input file: every row of one file goes to the same writer."""
+    return writers[zlib.crc32(source.encode()) % len(writers)]
+
+
+PROGRESS_SCHEMA = pa.schema(
+    [("accounted", pa.int64()), ("t", pa.float64()), ("parts", pa.string())]
+)
+
+
+def write_block(
+    batch: pa.Table, writers: list[Any], out: OutputConfig, run_id: str, options: WriterOptions
+) -> pa.Table:
+    """The write stage: hand each input file's rows to its writer; a writer that has died is
+    replaced by writing the rows here, as a file of their own. Returns one progress row: the
+    rows handed over, when, and the parts of the files that closed."""
+    import ray
+
+    sources = batch.column(SOURCE)
+    calls = []
+    for source in pc.unique(sources).to_pylist():
+        rows = batch.filter(pc.equal(sources, source))
+        calls.append((rows, writer_for(source, writers).append.remote(rows)))
+    parts: list[PartStats] = []
+    for rows, ref in calls:
+        try:
+            parts += ray.get(ref)
+        except ray.exceptions.RayActorError:
+            if options.rerank_by is not None:
+                continue  # a partial file cannot be ranked here: the repair pass redoes it
+            local = RollingWriter(out, run_id, f"f{uuid.uuid4().hex[:6]}", options)
+            parts += local.append(rows) + local.flush()
+    return pa.table(
+        {
+            "accounted": [batch.num_rows],
+            "t": [time.time()],
+            "parts": [json.dumps([asdict(p) for p in parts])],
+        },
+        schema=PROGRESS_SCHEMA,
+    )

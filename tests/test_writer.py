@@ -1,0 +1,127 @@
+"""Rolling output files: size bounds, retried blocks, the time bound, the in-file rerank."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from crossenc.config import OutputConfig
+from crossenc.inspect_input import InputFile
+from crossenc.output.writer import RollingWriter, WriterOptions
+from crossenc.pipeline import usable_parts
+from crossenc.postprocess import DROPPED, RANK, rank_group
+from crossenc.summary import SAMPLE, merge_part_metrics, metric_columns, part_metrics
+from crossenc.tokenize import ERROR, ROW, SOURCE, TRUNCATED
+
+
+def _block(source: str, start: int, n: int, qid_every: int = 4, bad: tuple = ()) -> pa.Table:
+    rows = np.arange(start, start + n)
+    return pa.table(
+        {
+            "qid": pa.array(rows // qid_every),
+            "pair_id": pa.array(rows),
+            "score": pa.array(np.sin(rows).astype(np.float32)),
+            TRUNCATED: pa.array([False] * n),
+            SOURCE: pa.array([source] * n),
+            ROW: pa.array(rows),
+            ERROR: pa.array(["empty_text:query" if r in bad else None for r in rows], pa.string()),
+        }
+    )
+
+
+def test_files_close_at_max_rows_and_parts_say_which_rows(tmp_path):
+    out = OutputConfig(path=str(tmp_path / "out"))
+    writer = RollingWriter(out, "20261201T000000000-0000abcd", "w0", WriterOptions(max_rows=30))
+    parts = []
+    for start in range(0, 95, 10):
+        parts += writer.append(_block("a.parquet", start, min(10, 95 - start), bad=(13,)))
+    parts += writer.flush()
+    sizes = [pq.read_metadata(p.file).num_rows for p in parts]
+    dead = [p.dead_rows for p in parts]
+    assert [s + d for s, d in zip(sizes, dead, strict=True)] == [30, 30, 30, 5]
+    assert [json.loads(p.ranges) for p in parts] == [[[0, 30]], [[30, 60]], [[60, 90]], [[90, 95]]]
+    assert dead == [1, 0, 0, 0] and parts[0].dead_file.endswith(parts[0].file.rsplit("/")[-1])
+    assert not list((tmp_path / "out").glob(".*inprogress"))  # every file renamed when done
+
+
+def test_a_block_sent_twice_is_written_once(tmp_path):
+    out = OutputConfig(path=str(tmp_path / "out"))
+    writer = RollingWriter(out, "20261201T000000000-0000abcd", "w0")
+    writer.append(_block("a.parquet", 0, 10))
+    writer.append(_block("a.parquet", 0, 10))  # a retried task whose first try landed
+    writer.append(_block("a.parquet", 5, 10))  # overlapping: only rows 10..14 are new
+    (part,) = writer.flush()
+    assert part.rows == 15 and json.loads(part.ranges) == [[0, 15]]
+    assert sorted(pq.read_table(part.file)["pair_id"].to_pylist()) == list(range(15))
+
+
+def test_a_file_open_longer_than_max_seconds_closes(tmp_path):
+    out = OutputConfig(path=str(tmp_path / "out"))
+    writer = RollingWriter(out, "20261201T000000000-0000abcd", "w0", WriterOptions(max_seconds=0.2))
+    assert writer.append(_block("a.parquet", 0, 5)) == []
+    time.sleep(0.3)
+    closed = writer.append(_block("a.parquet", 5, 5))
+    assert [p.rows for p in closed] == [10]
+
+
+def _ranks(table: pa.Table) -> dict[int, int]:
+    return dict(zip(table["pair_id"].to_pylist(), table[RANK].to_pylist(), strict=True))
+
+
+def test_in_file_rerank_holds_a_file_until_complete_and_ranks_as_the_shuffle(tmp_path):
+    out = OutputConfig(path=str(tmp_path / "out"))
+    options = WriterOptions(rerank_by="qid", top_k=2, expected_rows={"a.parquet": 20})
+    writer = RollingWriter(out, "20261201T000000000-0000abcd", "w0", options)
+    blocks = [_block("a.parquet", 0, 12, bad=(3,)), _block("a.parquet", 12, 8)]
+    assert writer.append(blocks[0]) == []
+    assert writer.pieces == {}  # held, not written
+    writer.append(blocks[1])
+    (part,) = writer.flush()
+    whole = pa.concat_tables(blocks)
+    want: dict[int, int] = {}
+    for q in range(5):  # what the shuffle path does, one group at a time
+        ranked = rank_group(whole.filter(pc.equal(whole["qid"], q)), top_k=2)
+        keep = pc.and_(pc.is_null(ranked[ERROR]), pc.invert(ranked[DROPPED]))
+        want |= _ranks(ranked.filter(keep))
+    assert _ranks(pq.read_table(part.file)) == want
+    assert part.rows == 10 and part.dead_rows == 1 and part.dropped_rows == 9
+
+
+def test_merged_metrics_keep_exact_counts():
+    blocks = []
+    for s in range(0, 1000, 50):
+        block = _block("a.parquet", s, 50)
+        valid = np.ones(50, dtype=bool)
+        for name, col in metric_columns("r", 1.0, np.full(50, 9), 500, valid).items():
+            block = block.append_column(name, col)
+        blocks.append(block)
+    merged = merge_part_metrics([part_metrics(b, seed=i) for i, b in enumerate(blocks)])
+    whole = pa.concat_tables(blocks)["score"].to_numpy()
+    score = merged["scores"]["score"]
+    assert score["n"] == 1000 and score["sum"] == pytest.approx(
+        float(whole.astype(np.float64).sum()), abs=1e-9
+    )
+    assert score["min"] == pytest.approx(whole.min()) and score["max"] == pytest.approx(whole.max())
+    assert len(score["sample"]) == SAMPLE  # 20 x 50 scores, subsampled by weight
+    assert set(score["sample"]) <= {float(f"{v:.7g}") for v in whole}
+    assert merged["replicas"]["r"][0] == 1000 and merged["tokens"] == {"9": 1000}
+
+
+def test_a_resume_takes_output_files_whole_or_not_at_all(tmp_path):
+    out = OutputConfig(path=str(tmp_path / "out"))
+    writer = RollingWriter(out, "20261201T000000000-0000abcd", "w0", WriterOptions(max_rows=8))
+    parts = writer.append(pa.concat_tables([_block("a", 0, 6), _block("b", 0, 6)])) + writer.flush()
+    files = (InputFile("a", 6, (6,)), InputFile("b", 6, (6,)))
+    assert {p.siblings for p in parts} == {2, 1}
+    assert len(usable_parts(parts, files)) == len(parts)
+    first_file = [p for p in parts if p.file == parts[0].file]
+    assert len(first_file) == 2
+    assert usable_parts([first_file[0]], files) == []  # its sibling is missing: none of it
+    shrunk = (InputFile("a", 5, (5,)), InputFile("b", 6, (6,)))
+    assert all(p.input_file == "b" for p in usable_parts(parts, shrunk) if p.file != parts[0].file)
