@@ -16,6 +16,10 @@ median of interleaved repetitions (the order of the contenders rotates every rep
 - ``job_onnx``: the same job on the ONNX Runtime float32 backend (its export cached beforehand,
   as it is on a node after the first run).
 
+Scale mode (``--mode scale``): the control plane (stage, resume, commit, inspect) at 10^3,
+10^4 and 10^5 parts on moto's S3 server and local disk, seconds and requests per phase (see
+:mod:`bench.scale`).
+
 Memory mode (``--mode memory``): the full job with a tiny model on 10^5 and 10^6 rows, reporting
 the peak memory of the driver and every Ray process it started (see :class:`TreeMemory`).
 """
@@ -640,7 +644,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--mode", choices=("throughput", "memory"), default="throughput")
+    p.add_argument("--mode", choices=("throughput", "memory", "scale"), default="throughput")
     p.add_argument(
         "--pairs",
         type=int,
@@ -663,11 +667,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-batch-rows", type=int, default=256)
     p.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--work", help="folder for data, models and caches (default: a temp dir)")
+    p.add_argument(
+        "--parts", type=int, nargs="+", default=[1000, 10_000, 100_000], help="scale mode sizes"
+    )
+    p.add_argument("--stores", nargs="+", default=["s3", "local"], choices=("s3", "local"))
+    p.add_argument(
+        "--max-inspect-files",
+        type=int,
+        default=10_000,
+        help="scale mode: inspect input files too, up to this many",
+    )
     args = p.parse_args(argv)
     own = args.work is None
     args.work = args.work or tempfile.mkdtemp(prefix="crossenc-bench-")
     try:
-        res = throughput(args) if args.mode == "throughput" else memory(args)
+        if args.mode == "scale":
+            from bench.scale import scale
+
+            res = scale(args)
+        else:
+            res = throughput(args) if args.mode == "throughput" else memory(args)
     finally:
         if own:
             shutil.rmtree(args.work, ignore_errors=True)

@@ -1,0 +1,251 @@
+"""``python -m bench --mode scale``: the control plane's cost as the number of parts grows.
+
+A *part* is the bookkeeping record of one input file's rows in one output file: a run over
+10^5 input files writes 10^5 parts, whatever the model. Scoring costs nothing here (the
+output rows are made up), so what is measured is the store: for 10^3, 10^4 and 10^5 parts
+(100 input files to an output file, as a billion rows in 10^5 files of 10^4 rows with
+1,000,000-row output files), on the moto S3 server behind a request-counting proxy and on local
+disk, the seconds and requests of each phase:
+
+- ``stage``: the output files written (one PUT each, 16 at a time) and journaled as the driver
+  does (one object a second);
+- ``resume``: what a resume of that interrupted run reads and decides (staged_parts +
+  usable_parts: which files and row ranges it keeps);
+- ``commit``: the commit (record, manifest, summary, _SUCCESS, cleanup);
+- ``inspect``: listing and footer checks of the input files (``inspect_input``), for 10^3 and
+  10^4 input files (written first, not timed).
+
+Each size runs in its own process, so its peak resident memory (``driver_peak_mib``) is its own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+INPUTS_PER_FILE = 100  # input files whose rows one output file holds
+
+
+def _counts(proxy: Any) -> dict[str, int]:
+    return dict(proxy.requests_by_method()) if proxy is not None else {}
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    out = {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after)}
+    return {k: v for k, v in sorted(out.items()) if v}
+
+
+class Phases:
+    """Seconds and requests of each phase."""
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy, self.out = proxy, {}
+
+    def run(self, name: str, fn: Any) -> Any:
+        before, t = _counts(self.proxy), time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t
+        requests = _delta(before, _counts(self.proxy))
+        self.out[name] = {"seconds": round(seconds, 3), "requests": sum(requests.values())}
+        if requests:
+            self.out[name]["by_method"] = requests
+        return result
+
+
+def one(store: str, parts: int, endpoint: str | None, inspect_files: int) -> dict[str, Any]:
+    """Stage, resume-read and commit ``parts`` parts on one store; returns the phases."""
+    from crossenc.config import OutputConfig, StorageConfig, build_config
+    from crossenc.faultproxy import FaultProxy
+    from crossenc.inspect_input import InputFile, inspect_input
+    from crossenc.output.commit import (
+        Manifest,
+        RunRecord,
+        commit,
+        staged_parts,
+        staging_dir,
+        write_run_record,
+    )
+    from crossenc.output.journal import Journal
+    from crossenc.output.parts import PartStats, new_run_id, part_file_name
+    from crossenc.pipeline import check_accounted, usable_parts
+    from crossenc.storage import resolve
+
+    proxy = FaultProxy(endpoint).start() if store == "s3" else None
+    work = Path(tempfile.mkdtemp(prefix="crossenc-scale-"))
+    try:
+        if proxy is not None:
+            storage = StorageConfig(endpoint_url=proxy.url, key="k", secret="s")
+            bucket = f"scale-{uuid.uuid4().hex[:8]}"
+            resolve(f"s3://{bucket}", storage).fs.mkdir(bucket)
+            out = OutputConfig(path=f"s3://{bucket}/out", storage=storage)
+            inp_uri = f"s3://{bucket}/in"
+        else:
+            storage = StorageConfig()
+            out = OutputConfig(path=str(work / "out"))
+            inp_uri = str(work / "in")
+        loc = resolve(out.path, out.storage)
+        phases = Phases(proxy)
+        files = parts // INPUTS_PER_FILE
+        inputs = tuple(InputFile(f"in/{i:06d}.parquet", 1, (1,)) for i in range(parts))
+        buffer = io.BytesIO()
+        pq.write_table(
+            pa.table({"pair_id": np.arange(INPUTS_PER_FILE), "score": np.zeros(100)}), buffer
+        )
+        blob = buffer.getvalue()
+        run_id = new_run_id()
+        write_run_record(out, RunRecord(run_id, "cfg", {}, 0))
+        loc.fs.makedirs(loc.path, exist_ok=True)
+        journal = Journal(loc, staging_dir(loc, run_id))
+
+        def write(k: int) -> list[PartStats]:
+            path = loc.join(part_file_name(run_id, "w0", k))
+            loc.fs.pipe_file(path, blob)
+            return [
+                PartStats(
+                    f"in/{k * INPUTS_PER_FILE + j:06d}.parquet",
+                    path,
+                    1,
+                    None,
+                    0,
+                    0,
+                    run_id,
+                    "[[0, 1]]",
+                    "{}",
+                    1,
+                    INPUTS_PER_FILE,
+                )
+                for j in range(INPUTS_PER_FILE)
+            ]
+
+        def stage() -> list[PartStats]:
+            staged: list[PartStats] = []
+            with ThreadPoolExecutor(16) as pool:
+                for new in pool.map(write, range(files)):
+                    journal.add(new)
+                    staged += new
+            journal.flush()
+            return staged
+
+        phases.run("stage", stage)
+        resumed = RunRecord(new_run_id(), "cfg", {}, 0)
+        kept = phases.run("resume", lambda: usable_parts(staged_parts(out, resumed), inputs))
+        assert len(kept) == parts, (len(kept), parts)
+        check_accounted(list(inputs), kept, resumed.run_id)
+        manifest = Manifest(
+            resumed.run_id,
+            [],
+            [],
+            [{"path": f.path, "rows": 1} for f in inputs],
+            [],
+            parts,
+            parts,
+            0,
+            0,
+            {},
+            "cfg",
+            {},
+            "bench",
+            [run_id],
+        )
+        phases.run("commit", lambda: commit(out, manifest, kept, 0))
+        result: dict[str, Any] = {
+            "parts": parts,
+            "output_files": files,
+            "journal_objects": journal.writes,
+            "phases": phases.out,
+        }
+        if inspect_files:
+            fs = resolve(inp_uri, storage).fs
+            small = io.BytesIO()
+            pq.write_table(pa.table({"query": ["q"] * 4, "passage": ["p"] * 4}), small)
+            data = small.getvalue()
+            base = inp_uri.split("://", 1)[-1]
+            fs.makedirs(base, exist_ok=True)
+            fs.pipe({f"{base}/{i:06d}.parquet": data for i in range(inspect_files)})
+            cfg = build_config(
+                {
+                    "input": {"path": inp_uri, "storage": storage.model_dump(mode="json")},
+                    "output": {"path": str(work / "unused")},
+                }
+            )
+            found = phases.run("inspect", lambda: inspect_input(cfg)[0])
+            assert len(found) == inspect_files
+            result["input_files"] = inspect_files
+        for name, phase in phases.out.items():
+            per = result["parts"] if name != "inspect" else inspect_files
+            phase["requests_per_part" if name != "inspect" else "requests_per_file"] = round(
+                phase["requests"] / per, 4
+            )
+            phase["ms_per_part" if name != "inspect" else "ms_per_file"] = round(
+                1000 * phase["seconds"] / per, 4
+            )
+        result["driver_peak_mib"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        )
+        return result
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def scale(args: Any) -> dict[str, Any]:
+    """Every (store, size) in a fresh process; moto runs in this one."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    results: dict[str, Any] = {"sizes": args.parts, "stores": {}}
+    try:
+        for store in args.stores:
+            results["stores"][store] = []
+            for parts in args.parts:
+                inspect = parts if parts <= args.max_inspect_files else 0
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "bench.scale",
+                    store,
+                    str(parts),
+                    f"http://127.0.0.1:{port}",
+                    str(inspect),
+                ]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if proc.returncode:
+                    raise RuntimeError(proc.stderr[-3000:])
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(json.dumps({store: row}), file=sys.stderr)
+                results["stores"][store].append(row)
+    finally:
+        server.stop()
+    return results
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.disable(logging.WARNING)
+    store, parts, endpoint, inspect = sys.argv[1:5]
+    print(json.dumps(one(store, int(parts), endpoint, int(inspect))))
