@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import ConfigError, JobConfig
 from crossenc.model import ModelInfo, check_task, describe_model
@@ -89,13 +89,71 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
 
 
-def _inspect_file(loc: Location, path: str, cfg: JobConfig) -> tuple[InputFile, pa.Schema]:
+TAIL = 64 * 1024  # bytes read from the end of each file: the footer, for all but huge schemas
+
+
+def _parse_footer(tail: bytes, size: int) -> pq.FileMetaData | int:
+    """The footer in a file's last bytes, or the number of bytes needed when it is longer."""
+    if size < 12 or tail[-4:] != b"PAR1":
+        raise pa.ArrowInvalid(f"not a Parquet file ({size} bytes, no PAR1 footer magic)")
+    length = int.from_bytes(tail[-8:-4], "little")
+    if length + 8 > size - 4:
+        raise pa.ArrowInvalid(f"footer of {length} bytes in a file of {size}")
+    if length + 8 > len(tail):
+        return length + 8
+    return pq.read_metadata(pa.BufferReader(tail[-(length + 8) :]))
+
+
+def read_footers(loc: Location, sizes: dict[str, int]) -> dict[str, Any]:
+    """Every file's Parquet footer (FileMetaData), or the error reading it.
+
+    On an object store this is one ranged GET per file (the last 64 KiB, sizes from the
+    listing), all issued at once through s3fs's asynchronous client (many in flight, no
+    thread per file); a footer longer than that costs one more. Local files are read as usual.
+    """
+    paths = sorted(sizes)
+    if isinstance(loc.fs, LocalFileSystem):
+        out: dict[str, Any] = {}
+        for path in paths:
+            try:
+                out[path] = pq.read_metadata(path)
+            except (pa.ArrowInvalid, OSError) as err:
+                out[path] = err
+        return out
+    out = {}
+    for path in paths:
+        if sizes[path] < 12:  # no room for a footer: no request needed to say so
+            out[path] = pa.ArrowInvalid(f"not a Parquet file ({sizes[path]} bytes)")
+    todo = {p: TAIL for p in paths if p not in out}
+    while todo:
+        names = sorted(todo)
+        starts = [max(0, sizes[p] - todo[p]) for p in names]
+        tails = loc.fs.cat_ranges(names, starts, [sizes[p] for p in names], on_error="return")
+        todo = {}
+        for path, tail in zip(names, tails, strict=True):
+            if isinstance(tail, Exception):
+                out[path] = OSError(str(tail))
+                continue
+            try:
+                found = _parse_footer(tail, sizes[path])
+            except (pa.ArrowInvalid, OSError) as err:
+                out[path] = err
+                continue
+            if isinstance(found, int):
+                todo[path] = found
+            else:
+                out[path] = found
+    return out
+
+
+def _inspect_file(
+    loc: Location, path: str, cfg: JobConfig, footer: Any
+) -> tuple[InputFile, pa.Schema]:
     """Row count and schema from the footer; raises InputError naming the file."""
     where = f"{loc.uri.split('://')[0]}://{path}" if "://" in loc.uri else path
-    try:
-        meta = pq.read_metadata(path, filesystem=loc.arrow_fs)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(f"{where}: not a readable Parquet file ({err})") from None
+    if isinstance(footer, Exception):
+        raise InputError(f"{where}: not a readable Parquet file ({footer})") from None
+    meta = footer
     schema = meta.schema.to_arrow_schema()
     for col in cfg.needed_columns():
         if col not in schema.names:
@@ -121,20 +179,20 @@ def inspect_input(cfg: JobConfig) -> tuple[tuple[InputFile, ...], tuple[BadFile,
     """
     loc = resolve(cfg.input.path, cfg.input.storage)
     try:
-        paths = list_parquet_files(loc)
+        sizes = list_parquet_files(loc)
     except FileNotFoundError as err:
         raise InputError(str(err)) from None
-    if not paths:
+    if not sizes:
         raise InputError(f"no Parquet files under {cfg.input.path}")
+    footers = read_footers(loc, sizes)
 
     def check(path: str) -> tuple[InputFile, pa.Schema] | BadFile:
         try:
-            return _inspect_file(loc, path, cfg)
+            return _inspect_file(loc, path, cfg, footers[path])
         except InputError as err:
             return BadFile(path=path, reason=str(err))
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        results = list(pool.map(check, paths))
+    results = [check(path) for path in sorted(sizes)]
     good: list[InputFile] = []
     bad: list[BadFile] = []
     reference: dict[str, pa.DataType] = {}

@@ -121,3 +121,45 @@ def test_job_through_a_store_that_fails_now_and_then(ray_local, models, s3_serve
         assert not direct.exists(f"{bucket}/out/_temporary")
     finally:
         direct.rm(bucket, recursive=True)
+
+
+def test_footers_on_s3_one_ranged_read_each(s3_server):
+    """inspect reads each footer with one ranged GET of the file's end (sizes from the
+    listing); a footer longer than that read is fetched whole; bad files come back as errors."""
+    import io
+
+    import pyarrow as pa
+
+    from crossenc.config import StorageConfig
+    from crossenc.inspect_input import TAIL, read_footers
+    from crossenc.storage import list_parquet_files
+
+    with FaultProxy(s3_server) as proxy:
+        storage = StorageConfig(endpoint_url=proxy.url, key="testing", secret="testing")
+        bucket = f"footers-{uuid.uuid4().hex[:8]}"
+        loc = resolve(f"s3://{bucket}/in", storage)
+        loc.fs.mkdir(bucket)
+        small, wide = io.BytesIO(), io.BytesIO()
+        pq.write_table(pa.table({"query": ["q"] * 4, "passage": ["p"] * 4}), small)
+        pq.write_table(pa.table({f"column_{i}": [1] for i in range(3000)}), wide)
+        assert int.from_bytes(wide.getvalue()[-8:-4], "little") > TAIL
+        blobs = {f"{bucket}/in/{i:03d}.parquet": small.getvalue() for i in range(40)}
+        blobs |= {
+            f"{bucket}/in/wide.parquet": wide.getvalue(),
+            f"{bucket}/in/corrupt.parquet": b"PAR1 not parquet PAR1",
+            f"{bucket}/in/empty.parquet": b"",
+        }
+        loc.fs.pipe(blobs)
+        proxy.reset_counts()
+        footers = read_footers(loc, list_parquet_files(loc))
+        gets = proxy.requests_by_method().get("GET", 0)
+    direct = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=s3_server)
+    try:
+        assert len(footers) == 43
+        assert footers[f"{bucket}/in/000.parquet"].num_rows == 4
+        assert footers[f"{bucket}/in/wide.parquet"].num_columns == 3000
+        assert isinstance(footers[f"{bucket}/in/corrupt.parquet"], pa.ArrowInvalid)
+        assert isinstance(footers[f"{bucket}/in/empty.parquet"], pa.ArrowInvalid)
+        assert gets <= 42 + 1 + 3  # one read per non-empty file, one more for wide, listings
+    finally:
+        direct.rm(bucket, recursive=True)
