@@ -608,16 +608,21 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
         "model": "tiny BERT (2 layers, hidden 32) with the BERT tokenizer",
         "sizes": {},
     }
+    # Sorted by query: each file holds whole query groups, as logs written per query are, so
+    # a rerank ranks inside each file (no shuffle); a score run reads the same files.
+    unique = unique.sort_by("qid")
+    out["task"] = args.task
     for rows in args.rows:
-        data = work / f"mem-pairs-{rows}"
+        per_file = args.rows_per_file
+        data = work / f"mem-pairs-{rows}-{per_file}"
         if not data.exists():
             data.mkdir(parents=True)
-            per_file = 50_000
             for i, start in enumerate(range(0, rows, per_file)):
                 n = min(per_file, rows - start)
                 idx = np.arange(start, start + n) % unique.num_rows
                 part = unique.take(pa.array(idx))
                 part = part.set_column(0, "pair_id", pa.array(np.arange(start, start + n)))
+                part = part.set_column(1, "qid", pa.array(np.arange(start, start + n) // 10))
                 pq.write_table(part, data / f"part-{i:05d}.parquet")
         dest = work / f"mem-out-{rows}"
         shutil.rmtree(dest, ignore_errors=True)
@@ -625,6 +630,8 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "input": {"path": str(data), "keep": ["pair_id"]},
                 "model": {"name": str(folder)},
+                "task": args.task,
+                "rerank": {"group_by": "qid"},
                 "output": {"path": str(dest)},
                 "runtime": {"replicas": 1, "cpus_per_replica": 1, "torch_threads": 1},
             }
@@ -633,7 +640,9 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
         with TreeMemory(interval=0.5) as mem:
             res = run_job(cfg)
         out["sizes"][str(rows)] = {
+            "input_files": -(-rows // per_file),
             "rows_written": res.rows_written,
+            "output_files": res.files_written,
             "seconds": round(time.perf_counter() - t0, 1),
             "peak_memory_driver_and_workers_mib": round(mem.peak / 2**20, 1),
             "at_peak": mem.at_peak,
@@ -666,6 +675,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--max-batch-rows", type=int, default=256)
     p.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--rows-per-file", type=int, default=50_000, help="memory mode input files")
+    p.add_argument("--task", choices=("score", "rerank"), default="score", help="memory mode")
     p.add_argument("--work", help="folder for data, models and caches (default: a temp dir)")
     p.add_argument(
         "--parts", type=int, nargs="+", default=[1000, 10_000, 100_000], help="scale mode sizes"

@@ -20,8 +20,11 @@ Each size runs in its own process, so its peak resident memory (``driver_peak_mi
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import io
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -216,8 +219,18 @@ def scale(args: Any) -> dict[str, Any]:
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    results: dict[str, Any] = {"sizes": args.parts, "stores": {}}
+    with contextlib.redirect_stdout(sys.stderr):  # moto announces itself on stdout
+        server.start()
+    from bench.__main__ import cpu_model
+
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "store_s3": "moto server on loopback, behind a request-counting proxy",
+        "inputs_per_output_file": INPUTS_PER_FILE,
+        "sizes": args.parts,
+        "stores": {},
+    }
     try:
         for store in args.stores:
             results["stores"][store] = []

@@ -116,6 +116,7 @@ class _Server(http.server.ThreadingHTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; parse_request answers "Expect: 100-continue"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms stall
     timeout = 300  # an idle keep-alive connection is closed after this many seconds
     server: _Server
 
