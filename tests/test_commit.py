@@ -59,8 +59,9 @@ def output(request, tmp_path, s3_server):
     fs.rm(bucket, recursive=True)
 
 
-def _stage(out: OutputConfig, run_id: str, tag: int, rows: int = 30):
-    """Write one run's parts (3 input files, files of 7 rows) as a job's writer does."""
+def _stage(out: OutputConfig, run_id: str, tag: int, rows: int = 30, bad: int = 0):
+    """Write one run's parts (3 input files, files of 7 rows) as a job's writer does; the
+    first ``bad`` rows of each input file are dead letters."""
     writer = RollingWriter(out, run_id, "w0", WriterOptions(max_rows=7))
     parts = []
     for f in range(3):
@@ -73,7 +74,7 @@ def _stage(out: OutputConfig, run_id: str, tag: int, rows: int = 30):
                 TRUNCATED: pa.array([False] * n),
                 SOURCE: pa.array([f"in/{f}.parquet"] * n),
                 ROW: pa.array(np.arange(n)),
-                ERROR: pa.array([None] * n, pa.string()),
+                ERROR: pa.array(["empty_text:query"] * bad + [None] * (n - bad), pa.string()),
             }
         )
         parts += writer.append(block)
@@ -285,3 +286,20 @@ def test_output_of_the_previous_layout_is_read_resumed_and_replaced(
     assert read_manifest(OutputConfig(path=str(out)))["run_id"] == again.run_id
     assert not legacy_files & {p.name for p in out.iterdir()}
     assert read_output(out).num_rows == 300
+
+
+def test_a_dead_letter_folder_shared_by_two_outputs_keeps_the_other_outputs_files(tmp_path):
+    shared = str(tmp_path / "dead")
+    a = OutputConfig(path=str(tmp_path / "a"), dead_letter=shared)
+    b = OutputConfig(path=str(tmp_path / "b"), dead_letter=shared)
+    runs = []
+    for out in (b, a, a):  # b commits, then a twice (the second replaces the first)
+        base, _ = latest_commit(out)
+        runs.append(new_run_id())
+        write_run_record(out, RunRecord(runs[-1], "cfg", {}, base))
+        commit(out, _manifest(runs[-1]), _stage(out, runs[-1], 0, bad=2), base)
+    listed = {p.name for p in (tmp_path / "dead").iterdir()}
+    kept = {Path(f["path"]).name for o in (a, b) for f in read_manifest(o)["dead_letter_files"]}
+    assert listed == kept
+    assert {n for n in listed if runs[0] in n} and {n for n in listed if runs[2] in n}
+    assert not {n for n in listed if runs[1] in n}  # a's first run's dead letters are gone

@@ -165,13 +165,8 @@ def test_rerank(ray_local, models, pairs_dir, grouped_dir, tmp_path, top_k, layo
 
 
 def test_rerank_resume_is_refused_when_groups_span_files(models, pairs_dir, tmp_path):
-    cfg = job_config(
-        pairs_dir,
-        tmp_path / "out",
-        models[("bert", 1)],
-        task="rerank",
-        output={"mode": "resume"},
-    )
+    model = models[("bert", 1)]
+    cfg = job_config(pairs_dir, tmp_path / "out", model, task="rerank", output={"mode": "resume"})
     with pytest.raises(ConfigError, match="rerank whose groups span input files"):
         plan_job(cfg)
 

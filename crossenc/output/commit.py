@@ -409,15 +409,21 @@ def cleanup(out: OutputConfig, manifest: dict[str, Any], previous: dict[str, Any
     if previous is not None:
         doomed += [loc.join(f["path"]) for f in previous.get("files", [])]
         doomed_dead += [f["path"] for f in previous.get("dead_letter_files", [])]
-    for folder, bucket in ((loc, doomed), (dead, doomed_dead)):
+    staged = staged_runs(out)
+    # The dead-letter folder may be shared with other outputs (output.dead_letter): there,
+    # only files of runs of this output are removed.
+    ours = {mine, *manifest.get("resumed_from", []), *staged}
+    if previous is not None:
+        ours.add(previous["run_id"])
+    for folder, bucket, only in ((loc, doomed, None), (dead, doomed_dead, ours)):
         for path in _listing(folder):
             name = path.rsplit("/", 1)[-1]
             run = run_of(name.removeprefix(".").removesuffix(".inprogress"))
-            if run is not None and run <= mine:
+            if run is not None and run <= mine and (only is None or run in only):
                 bucket.append(path)
     _remove(loc, sorted({p for p in doomed if p not in keep and p != loc.join(MANIFEST)}))
     _remove(dead, sorted({p for p in doomed_dead if p not in keep_dead}))
-    for run in staged_runs(out):
+    for run in staged:
         if run <= mine:
             _remove_tree(loc, staging_dir(loc, run))
     if isinstance(loc.fs, LocalFileSystem):  # object stores have no folders to remove
