@@ -686,7 +686,7 @@ def main(argv: list[str] | None = None) -> None:
         "--max-inspect-files",
         type=int,
         default=10_000,
-        help="scale mode: inspect input files too, up to this many",
+        help="scale mode: read every input footer too (inspect_all), up to this many files",
     )
     args = p.parse_args(argv)
     own = args.work is None

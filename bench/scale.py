@@ -12,8 +12,9 @@ disk, the seconds and requests of each phase:
 - ``resume``: what a resume of that interrupted run reads and decides (staged_parts +
   usable_parts: which files and row ranges it keeps);
 - ``commit``: the commit (record, manifest, summary, _SUCCESS, cleanup);
-- ``inspect``: listing and footer checks of the input files (``inspect_input``), for 10^3 and
-  10^4 input files (written first, not timed).
+- ``inspect``: the job's start (and ``validate``'s, ``plan``'s) over as many input files as
+  parts (written first, not timed): a listing and the footers of an even sample of
+  ``input.inspect_files`` (2,000); ``inspect_all``: every footer, up to 10^4 files.
 
 Each size runs in its own process, so its peak resident memory (``driver_peak_mib``) is its own.
 """
@@ -68,11 +69,22 @@ class Phases:
         return result
 
 
-def one(store: str, parts: int, endpoint: str | None, inspect_files: int) -> dict[str, Any]:
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not carried over from the
+    parent across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def one(
+    store: str, parts: int, endpoint: str | None, inspect_files: int, inspect_all: int = 0
+) -> dict[str, Any]:
     """Stage, resume-read and commit ``parts`` parts on one store; returns the phases."""
     from crossenc.config import OutputConfig, StorageConfig, build_config
     from crossenc.faultproxy import FaultProxy
-    from crossenc.inspect_input import InputFile, inspect_input
+    from crossenc.inspect_input import InputFile, inspect_input, inspect_start
     from crossenc.output.commit import (
         Manifest,
         RunRecord,
@@ -184,20 +196,21 @@ def one(store: str, parts: int, endpoint: str | None, inspect_files: int) -> dic
                     "output": {"path": str(work / "unused")},
                 }
             )
-            found = phases.run("inspect", lambda: inspect_input(cfg)[0])
-            assert len(found) == inspect_files
+            # The job's start (and validate's, plan's): a listing and the footers of an even
+            # sample of input.inspect_files; the rest are read while the run scores.
+            start = phases.run("inspect", lambda: inspect_start(cfg, cfg.input.inspect_files))
+            assert len(start[0]) + len(start[2]) == inspect_files
+            if inspect_files <= inspect_all:  # every footer, as a run reads them in the end
+                found = phases.run("inspect_all", lambda: inspect_input(cfg)[0])
+                assert len(found) == inspect_files
             result["input_files"] = inspect_files
         for name, phase in phases.out.items():
-            per = result["parts"] if name != "inspect" else inspect_files
-            phase["requests_per_part" if name != "inspect" else "requests_per_file"] = round(
-                phase["requests"] / per, 4
-            )
-            phase["ms_per_part" if name != "inspect" else "ms_per_file"] = round(
-                1000 * phase["seconds"] / per, 4
-            )
-        result["driver_peak_mib"] = round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
-        )
+            by_file = name.startswith("inspect")
+            per = inspect_files if by_file else result["parts"]
+            unit = "file" if by_file else "part"
+            phase[f"requests_per_{unit}"] = round(phase["requests"] / per, 4)
+            phase[f"ms_per_{unit}"] = round(1000 * phase["seconds"] / per, 4)
+        result["driver_peak_mib"] = _peak_rss_mib()
         return result
     finally:
         if proxy is not None:
@@ -235,7 +248,6 @@ def scale(args: Any) -> dict[str, Any]:
         for store in args.stores:
             results["stores"][store] = []
             for parts in args.parts:
-                inspect = parts if parts <= args.max_inspect_files else 0
                 cmd = [
                     sys.executable,
                     "-m",
@@ -243,7 +255,8 @@ def scale(args: Any) -> dict[str, Any]:
                     store,
                     str(parts),
                     f"http://127.0.0.1:{port}",
-                    str(inspect),
+                    str(parts),
+                    str(args.max_inspect_files),
                 ]
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode:
@@ -260,5 +273,5 @@ if __name__ == "__main__":
     import logging
 
     logging.disable(logging.WARNING)
-    store, parts, endpoint, inspect = sys.argv[1:5]
-    print(json.dumps(one(store, int(parts), endpoint, int(inspect))))
+    store, parts, endpoint, inspect, inspect_all = sys.argv[1:6]
+    print(json.dumps(one(store, int(parts), endpoint, int(inspect), int(inspect_all))))

@@ -77,9 +77,15 @@ def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
     """What a run with this config would do, in a few lines."""
     info = plan.info
     outputs = output_columns(cfg, info)
+    files = f"{len(plan.files)} Parquet file(s), {plan.rows} rows"
+    if plan.pending:
+        files = (
+            f"{len(plan.files) + len(plan.skipped) + len(plan.pending)} Parquet file(s), "
+            f"~{plan.rows_estimate} rows (footers of {len(plan.files) + len(plan.skipped)} "
+            "checked, an even sample; the rest are checked as the run reads them)"
+        )
     lines = [
-        f"input: {len(plan.files)} Parquet file(s), {plan.rows} rows, "
-        f"pairs ({cfg.input.text_a}, {cfg.input.text_b})",
+        f"input: {files}, pairs ({cfg.input.text_a}, {cfg.input.text_b})",
         f"model: {cfg.model.name} ({info.model_type}, {info.num_labels} output(s): "
         f"{', '.join(info.labels)}), activation {info.activation}, max_length {info.max_length}",
         f"task: {cfg.task}"
@@ -145,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crossenc: concurrent run: {err}", file=sys.stderr)
         return EXIT_CONCURRENT
     except Exception as err:  # a failure during scoring: report it plainly, not a traceback
+        bad = _cause(err, InputError)  # a bad file found while the run read it
+        if bad is not None:
+            print(f"crossenc: input error: {bad}", file=sys.stderr)
+            return EXIT_INPUT
         log.exception("run failed")
         print(f"crossenc: run failed: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -156,6 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     return exit_code(cfg, plan, result)
 
 
+def _cause(err: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of ``kind`` in err's chain (Ray wraps a task's error, keeping its
+    message), or None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return err
+        seen.add(id(err))
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return None
+
+
 def exit_code(cfg: JobConfig, plan: JobPlan, result: RunResult) -> int:
     """The exit code of a committed run: drift first, then skipped files or dead letters."""
     if result.drifted:
@@ -163,8 +185,8 @@ def exit_code(cfg: JobConfig, plan: JobPlan, result: RunResult) -> int:
             print(f"crossenc: drift: {reason}", file=sys.stderr)
         if cfg.output.drift.on_drift == "fail":
             return EXIT_DRIFT
-    for bad in plan.skipped:
-        print(f"crossenc: skipped bad file: {bad.reason}", file=sys.stderr)
+    for reason in result.skipped:
+        print(f"crossenc: skipped bad file: {reason}", file=sys.stderr)
     dead_fraction = result.rows_dead_lettered / max(result.rows_read, 1)
     too_many_dead = dead_fraction > cfg.output.max_dead_letter_fraction
     if too_many_dead:
@@ -174,7 +196,7 @@ def exit_code(cfg: JobConfig, plan: JobPlan, result: RunResult) -> int:
             f"{cfg.output.max_dead_letter_fraction:.2%})",
             file=sys.stderr,
         )
-    return EXIT_PARTIAL if plan.skipped or too_many_dead else EXIT_OK
+    return EXIT_PARTIAL if result.files_skipped or too_many_dead else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -76,6 +76,13 @@ class InputConfig(_Strict):
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Object-store options for the input."
     )
+    inspect_files: int = Field(
+        2000,
+        ge=1,
+        description="Footers checked before scoring starts: every file's when there are no more "
+        "(and always for a rerank), else an even sample of this many; the rest are read while "
+        "the run scores (the driver checks them, read tasks refuse bad ones).",
+    )
     on_bad_file: Literal["fail", "skip"] = Field(
         "fail",
         description="A corrupt or empty file, or one missing a column or with a wrong type: "

@@ -120,10 +120,10 @@ def estimate(
         pairs_per_second = known_throughput(cfg)
         source = "measured by an earlier run" if pairs_per_second else "unknown"
     replicas = cfg.runtime.replicas
-    hours = plan.rows / pairs_per_second / 3600 if pairs_per_second else None
+    hours = plan.rows_estimate / pairs_per_second / 3600 if pairs_per_second else None
     return RunEstimate(
-        files=len(plan.files),
-        rows=plan.rows,
+        files=len(plan.files) + len(plan.pending),
+        rows=plan.rows_estimate,  # extrapolated by bytes when footers were sampled
         skipped_files=len(plan.skipped),
         sample_rows=int(len(lengths)),
         token_length=quantiles,

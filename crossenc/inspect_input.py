@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -78,6 +78,18 @@ class JobPlan:
     skipped: tuple[BadFile, ...] = ()
     rerank_within_files: bool = False  # rank inside each file as it is written, no shuffle
     inspect_seconds: float = 0.0  # listing and footers
+    pending: tuple[tuple[str, int], ...] = ()  # (path, bytes) of files whose footers are unread
+    reference: tuple[tuple[str, Any], ...] = ()  # carried column -> type, from the footers read
+    sampled_bytes: int = 0  # bytes of the files in ``files``
+
+    @property
+    def rows_estimate(self) -> int:
+        """Rows of every input file: exact when no footer is pending, else extrapolated from
+        the files read by their bytes."""
+        if not self.pending:
+            return self.rows
+        per_byte = self.rows / max(self.sampled_bytes, 1)
+        return self.rows + round(per_byte * sum(size for _, size in self.pending))
 
     @property
     def rows(self) -> int:
@@ -146,6 +158,23 @@ def read_footers(loc: Location, sizes: dict[str, int]) -> dict[str, Any]:
     return out
 
 
+def schema_problem(
+    schema: pa.Schema, cfg: JobConfig, reference: dict[str, Any] | None = None
+) -> str | None:
+    """Why a file with this schema cannot be scored (a needed column missing, a text column
+    not a string, a carried column of another type than ``reference``), or None."""
+    for col in cfg.needed_columns():
+        if col not in schema.names:
+            return f"column {col!r} not found (columns: {', '.join(schema.names)})"
+    for col in (cfg.input.text_a, cfg.input.text_b):
+        if not _is_text(schema.field(col).type):
+            return f"text column {col!r} has type {schema.field(col).type}, not string"
+    for col, kind in (reference or {}).items():
+        if schema.field(col).type != kind:
+            return f"column {col!r} has type {schema.field(col).type}, other files {kind}"
+    return None
+
+
 def _inspect_file(
     loc: Location, path: str, cfg: JobConfig, footer: Any
 ) -> tuple[InputFile, pa.Schema]:
@@ -155,52 +184,28 @@ def _inspect_file(
         raise InputError(f"{where}: not a readable Parquet file ({footer})") from None
     meta = footer
     schema = meta.schema.to_arrow_schema()
-    for col in cfg.needed_columns():
-        if col not in schema.names:
-            raise InputError(
-                f"{where}: column {col!r} not found (columns: {', '.join(schema.names)})"
-            )
-    for col in (cfg.input.text_a, cfg.input.text_b):
-        if not _is_text(schema.field(col).type):
-            raise InputError(
-                f"{where}: text column {col!r} has type {schema.field(col).type}, not string"
-            )
+    problem = schema_problem(schema, cfg)
+    if problem:
+        raise InputError(f"{where}: {problem}")
     groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     span = group_range(meta, cfg.rerank.group_by) if cfg.task == "rerank" else None
     return InputFile(path, meta.num_rows, groups, span), schema
 
 
-def inspect_input(cfg: JobConfig) -> tuple[tuple[InputFile, ...], tuple[BadFile, ...]]:
-    """List the input files and check every footer: readable, needed columns present, texts
-    are strings, carried columns of one type across files.
-
-    With ``input.on_bad_file: fail`` the first bad file raises InputError; with ``skip`` the
-    bad files come back with their reasons.
-    """
-    loc = resolve(cfg.input.path, cfg.input.storage)
-    try:
-        sizes = list_parquet_files(loc)
-    except FileNotFoundError as err:
-        raise InputError(str(err)) from None
-    if not sizes:
-        raise InputError(f"no Parquet files under {cfg.input.path}")
+def check_footers(
+    loc: Location, cfg: JobConfig, sizes: dict[str, int], reference: dict[str, Any]
+) -> tuple[list[InputFile], list[BadFile]]:
+    """Read and check the footers of the given files; ``reference`` (carried column -> type)
+    is filled from the first good file and holds the others to it."""
     footers = read_footers(loc, sizes)
-
-    def check(path: str) -> tuple[InputFile, pa.Schema] | BadFile:
-        try:
-            return _inspect_file(loc, path, cfg, footers[path])
-        except InputError as err:
-            return BadFile(path=path, reason=str(err))
-
-    results = [check(path) for path in sorted(sizes)]
     good: list[InputFile] = []
     bad: list[BadFile] = []
-    reference: dict[str, pa.DataType] = {}
-    for result in results:
-        if isinstance(result, BadFile):
-            bad.append(result)
+    for path in sorted(sizes):
+        try:
+            info, schema = _inspect_file(loc, path, cfg, footers[path])
+        except InputError as err:
+            bad.append(BadFile(path=path, reason=str(err)))
             continue
-        info, schema = result
         mismatch = None
         for col in cfg.carried_columns():
             kind = schema.field(col).type
@@ -211,12 +216,68 @@ def inspect_input(cfg: JobConfig) -> tuple[tuple[InputFile, ...], tuple[BadFile,
             bad.append(BadFile(path=info.path, reason=f"{info.path}: {mismatch}"))
         else:
             good.append(info)
+    return good, bad
+
+
+def _refuse_bad(cfg: JobConfig, bad: list[BadFile]) -> None:
     if bad and cfg.input.on_bad_file == "fail":
         more = f" (and {len(bad) - 1} more bad file(s))" if len(bad) > 1 else ""
         raise InputError(bad[0].reason + more + "; set input.on_bad_file=skip to skip them")
+
+
+def inspect_input(
+    cfg: JobConfig, sample: int | None = None
+) -> tuple[tuple[InputFile, ...], tuple[BadFile, ...]]:
+    """List the input files and check every footer (or, with ``sample``, an even sample of at
+    most that many): readable, needed columns present, texts are strings, carried columns of
+    one type across files. See :func:`inspect_start` for the files left out.
+
+    With ``input.on_bad_file: fail`` the first bad file raises InputError; with ``skip`` the
+    bad files come back with their reasons.
+    """
+    good, bad, _, _, _ = inspect_start(cfg, sample)
+    return good, bad
+
+
+def inspect_start(
+    cfg: JobConfig, sample: int | None = None
+) -> tuple[tuple[InputFile, ...], tuple[BadFile, ...], dict[str, int], dict[str, Any], int]:
+    """:func:`inspect_input`, plus the (path -> bytes) of the files whose footers were left
+    for later, the carried columns' types the others must have, and the bytes of the files
+    checked."""
+    loc = resolve(cfg.input.path, cfg.input.storage)
+    try:
+        sizes = list_parquet_files(loc)
+    except FileNotFoundError as err:
+        raise InputError(str(err)) from None
+    if not sizes:
+        raise InputError(f"no Parquet files under {cfg.input.path}")
+    pending: dict[str, int] = {}
+    if sample is not None and len(sizes) > sample:
+        paths = sorted(sizes)
+        chosen = {paths[round(i * (len(paths) - 1) / max(sample - 1, 1))] for i in range(sample)}
+        pending = {p: n for p, n in sizes.items() if p not in chosen}
+        sizes = {p: sizes[p] for p in chosen}
+    reference: dict[str, Any] = {}
+    good, bad = check_footers(loc, cfg, sizes, reference)
+    _refuse_bad(cfg, bad)
     if not good:
         raise InputError(f"no readable Parquet file under {cfg.input.path}")
-    return tuple(good), tuple(bad)
+    return tuple(good), tuple(bad), pending, reference, sum(sizes.values())
+
+
+def finish_inspection(cfg: JobConfig, plan: JobPlan) -> JobPlan:
+    """The plan with every pending footer read and checked (what a run does in the background
+    while it scores); raises InputError for a bad file under ``input.on_bad_file: fail``."""
+    if not plan.pending:
+        return plan
+    loc = resolve(cfg.input.path, cfg.input.storage)
+    reference = dict(plan.reference)
+    good, bad = check_footers(loc, cfg, dict(plan.pending), reference)
+    _refuse_bad(cfg, bad)
+    files = tuple(sorted((*plan.files, *good), key=lambda f: f.path))
+    skipped = tuple(sorted((*plan.skipped, *bad), key=lambda b: b.path))
+    return replace(plan, files=files, skipped=skipped, pending=())
 
 
 def check_paths(cfg: JobConfig) -> None:
@@ -241,7 +302,9 @@ def plan_job(cfg: JobConfig) -> JobPlan:
     check_paths(cfg)
     info = describe_model(cfg.model, cfg.runtime.cache_dir)
     check_task(cfg, info)
-    files, skipped = inspect_input(cfg)
+    # A rerank reads every footer first: the in-file rank needs each file's row count.
+    sample = None if cfg.task == "rerank" else cfg.input.inspect_files
+    files, skipped, pending, reference, sampled = inspect_start(cfg, sample)
     within = False
     if cfg.task == "rerank":
         within = cfg.rerank.within_files
@@ -267,4 +330,21 @@ def plan_job(cfg: JobConfig) -> JobPlan:
                 "in one file"
             )
     seconds = time.monotonic() - started
-    return JobPlan(files, info, skipped, rerank_within_files=within, inspect_seconds=seconds)
+    sizes = list(pending.items())
+    if pending:
+        log.info(
+            "inspect: %d of %d input files checked before the start (input.inspect_files); "
+            "the rest are checked while the run scores",
+            len(files) + len(skipped),
+            len(files) + len(skipped) + len(pending),
+        )
+    return JobPlan(
+        files,
+        info,
+        skipped,
+        rerank_within_files=within,
+        inspect_seconds=seconds,
+        pending=tuple(sorted(sizes)),
+        reference=tuple(reference.items()),
+        sampled_bytes=sampled,
+    )

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,7 +18,7 @@ import ray
 from crossenc import __version__
 from crossenc.config import ConfigError, JobConfig, OutputConfig
 from crossenc.engine import ScoringEngine
-from crossenc.inspect_input import InputFile, JobPlan, plan_job
+from crossenc.inspect_input import InputFile, JobPlan, finish_inspection, plan_job
 from crossenc.model import ModelInfo, model_fingerprint, model_source
 from crossenc.output.commit import (
     Manifest,
@@ -42,7 +43,7 @@ from crossenc.output.parts import (
 )
 from crossenc.output.writer import WriterOptions, write_block, writer_actor
 from crossenc.postprocess import rank_group, score_columns
-from crossenc.read import read_row_groups, read_units
+from crossenc.read import pending_units, read_row_groups, read_units
 from crossenc.storage import resolve, retried_requests
 from crossenc.summary import (
     RunMetrics,
@@ -122,6 +123,7 @@ def build_dataset(
     writers: list[Any],
     options: WriterOptions,
     rerank_shuffle: bool = False,
+    reference: dict[str, Any] | None = None,
 ) -> ray.data.Dataset:
     """The lazy Ray Data pipeline; executing it hands scored rows to the writers and yields
     one progress row per block (rows handed over, and the parts of files that closed)."""
@@ -133,6 +135,8 @@ def build_dataset(
             "storage": cfg.input,
             "columns": cfg.needed_columns(),
             "block_rows": rt.block_rows,
+            "cfg": cfg,
+            "reference": reference,
         },
         batch_size=1,
         batch_format="pyarrow",
@@ -156,7 +160,7 @@ def build_dataset(
         resources=rt.resources_per_replica or None,
     )  # Ray restarts a dead scorer and retries its batch (max_restarts=-1 by default)
     if rerank_shuffle:
-        rows = sum(int(u["end"]) - int(u["start"]) for u in units)  # type: ignore[call-overload]
+        rows = sum(max(int(u["end"]) - int(u["start"]), 0) for u in units)  # type: ignore[call-overload]
         partitions = max(1, min(200, rows // rt.block_rows + 1))
         ds = ds.groupby(cfg.rerank.group_by, num_partitions=partitions).map_groups(
             rank_group, fn_kwargs={"top_k": cfg.rerank.top_k}, batch_format="pyarrow"
@@ -202,6 +206,7 @@ class RunResult:
     output_path: str
     already_committed: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # why each skipped input file was bad
 
     @property
     def rows_per_second(self) -> float:
@@ -237,8 +242,11 @@ def check_accounted(files: list[InputFile], parts: list[PartStats], run_id: str)
     for f in files:
         got = ranges.pop(f.path, [])
         n = accounted.pop(f.path, 0)
-        if n != f.rows or overlaps(got) or missing_ranges(got, f.rows) or (
-            got and max(e for _, e in got) > f.rows
+        if (
+            n != f.rows
+            or overlaps(got)
+            or missing_ranges(got, f.rows)
+            or (got and max(e for _, e in got) > f.rows)
         ):
             wrong.append(f"{f.path}: read {f.rows}, accounted {n}, ranges {merge_ranges(got)}")
     wrong += [f"{path}: not an input file, {n} rows" for path, n in accounted.items()]
@@ -262,12 +270,16 @@ def usable_parts(staged: list[PartStats], files: tuple[InputFile, ...]) -> list[
     taken: dict[str, list[list[int]]] = {}
     for name in sorted(by_file):  # run ids sort by start: the earliest run's files first
         group = list({(p.input_file, p.ranges): p for p in by_file[name]}.values())
-        fits = bool(name) and all(len(group) == p.siblings for p in group) and all(
-            p.input_file in rows
-            and (p.input_rows in (-1, rows[p.input_file]))
-            and not overlaps(taken.get(p.input_file, []) + p.row_ranges())
-            and max((e for _, e in p.row_ranges()), default=0) <= rows[p.input_file]
-            for p in group
+        fits = (
+            bool(name)
+            and all(len(group) == p.siblings for p in group)
+            and all(
+                p.input_file in rows
+                and (p.input_rows in (-1, rows[p.input_file]))
+                and not overlaps(taken.get(p.input_file, []) + p.row_ranges())
+                and max((e for _, e in p.row_ranges()), default=0) <= rows[p.input_file]
+                for p in group
+            )
         )
         if fits:
             kept += group
@@ -293,6 +305,7 @@ def _already_committed(manifest: dict[str, Any], seconds: float, path: str) -> R
         rows_resumed=manifest["rows_read"],
         files_resumed=len(manifest["input_files"]),
         files_skipped=len(manifest.get("skipped_files", [])),
+        skipped=[b["reason"] for b in manifest.get("skipped_files", [])],
         files_written=len(manifest["files"]),
         seconds=seconds,
         output_path=path,
@@ -374,9 +387,16 @@ def _score_pass(
     prefix = f"r{attempt}" if attempt else ""
     writers = [actor.remote(cfg.output, run_id, f"{prefix}w{i}", options) for i in range(count)]
     try:
-        units = read_units(plan.files, todo)
+        units = read_units(plan.files, todo) + pending_units([p for p, _ in plan.pending])
         ds = build_dataset(
-            cfg, units, plan.info, run_id, writers, options, cfg.task == "rerank" and not within
+            cfg,
+            units,
+            plan.info,
+            run_id,
+            writers,
+            options,
+            cfg.task == "rerank" and not within,
+            dict(plan.reference),
         )
         for row in ds.iter_rows():
             on_progress(row["t"], row["accounted"])
@@ -404,6 +424,13 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         new_run_id(), cfg.fingerprint(), model_fingerprint(cfg.model, plan.info), base
     )
     kept: list[PartStats] = []
+    pending = None
+    if plan.pending and cfg.output.mode == "resume":
+        plan = finish_inspection(cfg, plan)  # what to keep depends on every file's rows
+    elif plan.pending:  # the rest of the footers are read while the run scores
+        pending = ThreadPoolExecutor(1, thread_name_prefix="footers").submit(
+            finish_inspection, cfg, plan
+        )
     if cfg.output.mode == "resume":
         after = committed["run_id"] if committed is not None else None
         staged = staged_parts(cfg.output, record, after)  # runs interrupted since the commit
@@ -415,6 +442,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     todo = _todo(plan.files, kept)
     write_run_record(cfg.output, record)
     rows_scored = sum(end - start for ranges in todo.values() for start, end in ranges)
+    rows_scored += plan.rows_estimate - plan.rows  # files whose footers are still to be read
     files_resumed = sum(1 for f in plan.files if f.path not in todo)
     log.info(
         "run %s: %d rows of %d files -> %s (%d rows of %d files taken over from interrupted "
@@ -450,7 +478,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
 
     score_started = time.monotonic()
     for attempt in range(3):
-        if not todo:
+        if not todo and not plan.pending:
             break
         if attempt:
             log.warning(
@@ -459,6 +487,9 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
                 len(todo),
             )
         _score_pass(cfg, plan, todo, record.run_id, attempt, on_parts, on_progress)
+        if pending is not None:  # every footer is known now: the accounting needs them all
+            plan, pending = pending.result(), None
+            rows_scored = plan.rows - sum(p.accounted for p in kept)
         todo = _todo(plan.files, parts)
     journal.flush()
     staged_at = time.monotonic()
@@ -531,6 +562,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         rows_resumed=plan.rows - rows_scored,
         files_resumed=files_resumed,
         files_skipped=len(plan.skipped),
+        skipped=[b.reason for b in plan.skipped],
         files_written=summary["files"]["written"],
         seconds=seconds,
         output_path=cfg.output.path,

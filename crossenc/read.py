@@ -8,13 +8,14 @@ interrupted run did not write, with bookkeeping per row range, not per row.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crossenc.config import InputConfig
-from crossenc.inspect_input import InputFile
+from crossenc.config import InputConfig, JobConfig
+from crossenc.inspect_input import InputError, InputFile, schema_problem
 from crossenc.storage import resolve, retried_requests
 from crossenc.summary import STORE_RETRIES
 from crossenc.tokenize import ROW, SOURCE
@@ -49,19 +50,47 @@ def read_units(
     return units
 
 
+def pending_units(paths: list[str]) -> list[dict[str, object]]:
+    """Units for files whose footers were not read before the start: the whole file, its
+    footer checked by the read task (row group -1, end -1: to the file's end)."""
+    return [{"file": p, "row_group": -1, "offset": 0, "start": 0, "end": -1} for p in paths]
+
+
 def read_row_groups(
-    units: pa.Table, storage: InputConfig, columns: list[str], block_rows: int
+    units: pa.Table,
+    storage: InputConfig,
+    columns: list[str],
+    block_rows: int,
+    cfg: JobConfig | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> Iterator[pa.Table]:
     """Read the given row groups' needed columns in slices of at most block_rows rows, adding
-    the source file and row position; a large row group never becomes one large block."""
+    the source file and row position; a large row group never becomes one large block. A
+    whole-file unit (row group -1) first checks the file's schema: a bad file raises
+    InputError naming it (``input.on_bad_file: fail``) or is left unread (``skip``: the
+    driver lists it from its own reading of the footer)."""
     loc = resolve(storage.path, storage.storage)
     retried = retried_requests()
     for unit in units.to_pylist():
-        parquet = pq.ParquetFile(unit["file"], filesystem=loc.arrow_fs)
+        try:
+            parquet = pq.ParquetFile(unit["file"], filesystem=loc.arrow_fs)
+        except (pa.ArrowInvalid, OSError) as err:
+            if unit["row_group"] != -1 or cfg is None or cfg.input.on_bad_file == "fail":
+                raise InputError(f"{unit['file']}: not a readable Parquet file ({err})") from None
+            continue
         offset, start, end = unit["offset"], unit["start"], unit["end"]
+        groups = [unit["row_group"]]
+        if unit["row_group"] == -1:
+            assert cfg is not None, "whole-file units need the job config"
+            problem = schema_problem(parquet.schema_arrow, cfg, reference)
+            if problem:
+                if cfg.input.on_bad_file == "fail":
+                    raise InputError(f"{unit['file']}: {problem}")
+                continue
+            groups, end = list(range(parquet.num_row_groups)), parquet.metadata.num_rows
         position = offset
         for batch in parquet.iter_batches(
-            batch_size=block_rows, row_groups=[unit["row_group"]], columns=columns
+            batch_size=block_rows, row_groups=groups, columns=columns
         ):
             lo, hi = max(start, position), min(end, position + batch.num_rows)
             if lo < hi:

@@ -334,3 +334,55 @@ def test_bookkeeping_random_crashes_s3(
         )
     finally:
         fs.rm(bucket, recursive=True)
+
+
+# ---- footers read while the run scores -------------------------------------------------------
+
+
+@pytest.fixture()
+def wide_input(tmp_path: Path) -> Path:
+    """Six files, bad ones in the middle: with input.inspect_files=2 only the first and the
+    last footers are read before the start."""
+    root = tmp_path / "wide"
+    root.mkdir()
+    pq.write_table(pa.table(_good_rows(7, 0)), root / "a.parquet")
+    (root / "b-corrupt.parquet").write_bytes(b"PAR1 this is not parquet at all PAR1")
+    missing = _good_rows(3, 100)
+    del missing["passage"]
+    pq.write_table(pa.table(missing), root / "c-missing-column.parquet")
+    pq.write_table(pa.table(_good_rows(9, 200)), root / "d.parquet")
+    wrong = _good_rows(3, 300)
+    wrong["qid"] = [str(q) for q in wrong["qid"]]  # a kept column of another type
+    pq.write_table(pa.table(wrong), root / "e-kept-type.parquet")
+    pq.write_table(pa.table(_good_rows(5, 400)), root / "f.parquet")
+    return root
+
+
+def test_footers_past_inspect_files_are_checked_while_the_run_scores(
+    ray_local, models, wide_input, tmp_path, capsys
+):
+    cfg = _write_cfg(tmp_path, wide_input, tmp_path / "out", models)
+    sets = ["--set", "input.inspect_files=2", "--set", "input.on_bad_file=skip"]
+    assert main(["plan", "--config", str(cfg), "--json", *sets]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["files"] == 6 and planned["rows"] > 0  # rows estimated from 2 footers
+    assert main(["score", "--config", str(cfg), *sets]) == EXIT_PARTIAL
+    err = capsys.readouterr().err
+    for name in ("b-corrupt", "c-missing-column", "e-kept-type"):
+        assert f"{name}.parquet" in err
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert {Path(f["path"]).name: f["rows"] for f in manifest["input_files"]} == {
+        "a.parquet": 7,
+        "d.parquet": 9,
+        "f.parquet": 5,
+    }
+    assert len(manifest["skipped_files"]) == 3 and manifest["rows_read"] == 21
+    got = read_output(tmp_path / "out")["pair_id"].to_pylist()
+    assert sorted(got) == [*range(7), *range(200, 209), *range(400, 405)]
+
+    out2 = tmp_path / "out2"
+    cfg2 = _write_cfg(tmp_path, wide_input, out2, models)
+    assert main(["score", "--config", str(cfg2), "--set", "input.inspect_files=2"]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "input error" in err and "b-corrupt.parquet" in err
+    assert not (out2 / "_SUCCESS").exists() and not (out2 / "_commits").exists()
