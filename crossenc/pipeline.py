@@ -23,6 +23,7 @@ from crossenc.model import ModelInfo, model_fingerprint, model_source
 from crossenc.output.commit import (
     Manifest,
     RunRecord,
+    check_not_outrun,
     check_output_mode,
     check_same_run,
     commit,
@@ -411,6 +412,34 @@ def _score_pass(
             ray.kill(writer)
 
 
+def _score_passes(
+    cfg: JobConfig,
+    plan: JobPlan,
+    todo: dict[str, list[list[int]]],
+    parts: list[PartStats],
+    run_id: str,
+    pending: Any,
+    on_parts: Any,
+    on_progress: Any,
+) -> tuple[JobPlan, dict[str, list[list[int]]]]:
+    """Score the todo ranges; while rows are missing (a writer died with its open file), score
+    them again, at most twice. Returns the plan with every footer read, and what is missing."""
+    for attempt in range(3):
+        if not todo and not plan.pending:
+            break
+        if attempt:
+            log.warning(
+                "%d rows of %d files were not written (a writer died): scoring them again",
+                sum(e - s for r in todo.values() for s, e in r),
+                len(todo),
+            )
+        _score_pass(cfg, plan, todo, run_id, attempt, on_parts, on_progress)
+        if pending is not None:  # every footer is known now: the accounting needs them all
+            plan, pending = pending.result(), None
+        todo = _todo(plan.files, parts)
+    return plan, todo
+
+
 def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     """Run the whole job and commit its output; returns the counts and the run summary."""
     started, wall_started = time.monotonic(), time.time()
@@ -477,20 +506,16 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         progress.add(rows)
 
     score_started = time.monotonic()
-    for attempt in range(3):
-        if not todo and not plan.pending:
-            break
-        if attempt:
-            log.warning(
-                "%d rows of %d files were not written (a writer died): scoring them again",
-                sum(e - s for r in todo.values() for s, e in r),
-                len(todo),
-            )
-        _score_pass(cfg, plan, todo, record.run_id, attempt, on_parts, on_progress)
-        if pending is not None:  # every footer is known now: the accounting needs them all
-            plan, pending = pending.result(), None
-            rows_scored = plan.rows - sum(p.accounted for p in kept)
-        todo = _todo(plan.files, parts)
+    try:
+        plan, todo = _score_passes(
+            cfg, plan, todo, parts, record.run_id, pending, on_parts, on_progress
+        )
+    except Exception:
+        # A run that committed meanwhile outran this one (and may have removed its files):
+        # say so, rather than report the failure it caused.
+        check_not_outrun(cfg.output, base, record.run_id, parts)
+        raise
+    rows_scored = plan.rows - sum(p.accounted for p in kept)
     journal.flush()
     staged_at = time.monotonic()
     phases["score"] = round(staged_at - score_started, 3)

@@ -276,6 +276,31 @@ def manifest_files(parts: Iterable[PartStats]) -> tuple[list[dict[str, Any]], li
     )
 
 
+def outrun(out: OutputConfig, winner: str, mine: str) -> ConcurrentRunError:
+    """The error of a run that another run's commit overtook."""
+    return ConcurrentRunError(
+        f"another run ({winner}) committed to {out.path} while this run ({mine}) was scoring; "
+        "nothing of this run was committed and its files were removed. The output holds that "
+        "run's result"
+    )
+
+
+def check_not_outrun(
+    out: OutputConfig, base: int, run_id: str, parts: Iterable[PartStats] = ()
+) -> None:
+    """Raise ConcurrentRunError, having removed this run's ``parts`` and staging, when a run
+    committed since generation ``base`` (a run that started from it can then no longer commit,
+    and that commit's cleanup may have removed this run's files mid-write)."""
+    generation, latest = latest_commit(out)
+    if generation > base and latest is not None and latest["run_id"] != run_id:
+        loc = resolve(out.path, out.storage)
+        kept = {loc.join(f["path"]) for f in latest.get("files", [])}
+        mine = {p.file for p in parts if p.file and p.run_id == run_id} - kept
+        _remove(loc, sorted(mine))
+        _remove_tree(loc, staging_dir(loc, run_id))
+        raise outrun(out, latest["run_id"], run_id)
+
+
 def commit(out: OutputConfig, manifest: Manifest, parts: Iterable[PartStats], base: int) -> float:
     """Commit the run: its commit record (the commit point), then the files readers look for,
     then cleanup; returns the time.monotonic() at which ``_SUCCESS`` was written. Raises
@@ -297,11 +322,7 @@ def commit(out: OutputConfig, manifest: Manifest, parts: Iterable[PartStats], ba
             mine -= {f["path"] for f in winner.get("dead_letter_files", [])}
             _remove(loc, sorted(mine))
             _remove_tree(loc, staging_dir(loc, manifest.run_id))
-            raise ConcurrentRunError(
-                f"another run ({winner.get('run_id', '?')}) committed to {out.path} while this "
-                f"run ({manifest.run_id}) was scoring; nothing of this run was committed and its "
-                "files were removed. The output holds that run's result"
-            )
+            raise outrun(out, winner.get("run_id", "?"), manifest.run_id)
     failpoint("commit.after_record")
     previous = _manifest_at(loc, base) if base else _legacy_manifest(loc)
     return finish_commit(out, asdict(manifest), previous)
