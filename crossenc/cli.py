@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         from crossenc.estimate import record_throughput
 
         record_throughput(cfg, result.rows_per_second / cfg.runtime.replicas)
-    return exit_code(cfg, plan, result)
+    return exit_code(cfg, result)
 
 
 def _cause(err: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -178,7 +178,7 @@ def _cause(err: BaseException, kind: type[BaseException]) -> BaseException | Non
     return None
 
 
-def exit_code(cfg: JobConfig, plan: JobPlan, result: RunResult) -> int:
+def exit_code(cfg: JobConfig, result: RunResult) -> int:
     """The exit code of a committed run: drift first, then skipped files or dead letters."""
     if result.drifted:
         for reason in result.summary["drift"]["reasons"]:

@@ -56,8 +56,9 @@ def _watch_retries(fs: object) -> None:
     """Count the retries of every request of an s3fs filesystem (once per client)."""
     from fsspec.asyn import sync
 
-    if getattr(fs, "_crossenc_watched", None) is getattr(fs, "_s3", None) is not None:
-        return
+    watched = getattr(fs, "_crossenc_watched", None)
+    if watched is not None and watched is getattr(fs, "_s3", None):
+        return  # this client is counted already: no hop to fsspec's loop
     client = sync(fs.loop, fs.set_session)  # type: ignore[attr-defined]
     if getattr(fs, "_crossenc_watched", None) is not client:
         client.meta.events.register("after-call.s3", _count_retries)

@@ -134,6 +134,12 @@ def dead_columns(columns: list[str]) -> list[str]:
     ]
 
 
+def by_source(block: pa.Table) -> list[tuple[str, pa.Table]]:
+    """A block's rows split by the input file they came from."""
+    sources = block.column(SOURCE)
+    return [(s, block.filter(pc.equal(sources, s))) for s in pc.unique(sources).to_pylist()]
+
+
 class RollingWriter:
     """Appends scored blocks to right-sized output files; see the module docstring."""
 
@@ -164,9 +170,7 @@ class RollingWriter:
         closed: list[PartStats] = []
         if not self.pieces:
             self.opened = time.monotonic()
-        sources = block.column(SOURCE)
-        for source in pc.unique(sources).to_pylist():
-            rows = block.filter(pc.equal(sources, source))
+        for source, rows in by_source(block):
             rows = self._new_rows(source, rows)
             if rows.num_rows == 0:
                 continue
@@ -325,11 +329,9 @@ def write_block(
     rows handed over, when, and the parts of the files that closed."""
     import ray
 
-    sources = batch.column(SOURCE)
-    calls = []
-    for source in pc.unique(sources).to_pylist():
-        rows = batch.filter(pc.equal(sources, source))
-        calls.append((rows, writer_for(source, writers).append.remote(rows)))
+    calls = [
+        (rows, writer_for(source, writers).append.remote(rows)) for source, rows in by_source(batch)
+    ]
     parts: list[PartStats] = []
     for rows, ref in calls:
         try:
