@@ -653,7 +653,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--mode", choices=("throughput", "memory", "scale"), default="throughput")
+    p.add_argument("--mode", choices=("throughput", "memory", "scale", "oob"), default="throughput")
     p.add_argument(
         "--pairs",
         type=int,
@@ -688,6 +688,9 @@ def main(argv: list[str] | None = None) -> None:
         default=10_000,
         help="scale mode: read every input footer too (inspect_all), up to this many files",
     )
+    p.add_argument(
+        "--oob-pairs", type=int, nargs="+", default=[2400, 20_000], help="oob mode sizes"
+    )
     args = p.parse_args(argv)
     own = args.work is None
     args.work = args.work or tempfile.mkdtemp(prefix="crossenc-bench-")
@@ -696,6 +699,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench.scale import scale
 
             res = scale(args)
+        elif args.mode == "oob":
+            from bench.oob import oob
+
+            res = oob(args)
         else:
             res = throughput(args) if args.mode == "throughput" else memory(args)
     finally:

@@ -263,7 +263,12 @@ class OutputConfig(_Strict):
 class RuntimeConfig(_Strict):
     """How the work is spread over Ray."""
 
-    replicas: int = Field(1, ge=1, description="Scorer actors, each holding one model replica.")
+    replicas: int = Field(
+        1,
+        ge=1,
+        description="Scorer actors, each holding one model replica (unset, on crossenc's own "
+        "in-process Ray: one per 8 cores).",
+    )
     gpus_per_replica: float = Field(0, ge=0, description="GPUs per scorer (1 on GPU clusters).")
     cpus_per_replica: float = Field(1, gt=0, description="CPUs reserved per scorer actor.")
     resources_per_replica: dict[str, float] = Field(
@@ -272,12 +277,15 @@ class RuntimeConfig(_Strict):
         '(e.g. {"scorer": 1}).',
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="Intra-op threads per CPU scorer (None: cpus_per_replica)."
+        None,
+        ge=1,
+        description="Intra-op threads per CPU scorer (None: cpus_per_replica; on crossenc's own "
+        "in-process Ray, with cpus_per_replica unset too: the machine's cores / replicas).",
     )
     batch_tokens: int | None = Field(
         None,
         ge=64,
-        description="Token budget of one forward pass (rows x padded length; None: 16384 on "
+        description="Token budget of one forward pass (rows x padded length; None: 4096 on "
         "CPU, 65536 on a GPU).",
     )
     max_batch_rows: int | None = Field(
@@ -307,9 +315,27 @@ class RuntimeConfig(_Strict):
     def batch_budget(self, gpu: bool) -> tuple[int, int]:
         """(batch_tokens, max_batch_rows), unset ones by device. On an H200 (two runs) the GPU
         defaults ran the bf16 engine 1.6-1.8x (MiniLM-L6) and 1.09-1.13x (BERT-base) faster than
-        the CPU's, which leave the card waiting on Python between batches."""
-        tokens, rows = (65536, 1024) if gpu else (16384, 256)
+        a 16384-token budget, which leaves the card waiting on Python between batches. On CPU,
+        4096 tokens ran MiniLM-L6 1.12x faster than 16384 (2 cores, batches that stay in cache).
+        """
+        tokens, rows = (65536, 1024) if gpu else (4096, 256)
         return self.batch_tokens or tokens, self.max_batch_rows or rows
+
+    def on_machine(self, cores: int) -> RuntimeConfig:
+        """These settings for crossenc's own in-process Ray on a machine of ``cores`` CPUs: what
+        the config leaves unset sizes the scorers to the machine. Replicas: one per 8 cores
+        (intra-op threads scale well up to about 8); torch threads: the cores shared among them,
+        since reading, tokenizing and writing take a few percent of the CPU; one CPU reserved
+        per replica, so those stages are always scheduled beside the scorers. GPU settings and
+        anything set are kept."""
+        if self.gpus_per_replica or "torch_threads" in self.model_fields_set:
+            return self
+        if "cpus_per_replica" in self.model_fields_set:
+            return self
+        replicas = self.replicas if "replicas" in self.model_fields_set else max(1, cores // 8)
+        return self.model_copy(
+            update={"replicas": replicas, "torch_threads": max(1, cores // replicas)}
+        )
 
     def object_store_budget(self) -> int:
         """The pipeline's object-store budget in bytes (object_store_mb, or its default)."""

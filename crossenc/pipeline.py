@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -289,10 +290,57 @@ def usable_parts(staged: list[PartStats], files: tuple[InputFile, ...]) -> list[
     return kept
 
 
+def machine_cores() -> int:
+    """CPUs this process may run on (its affinity; the machine's count where none is set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def starts_own_ray() -> bool:
+    """True when :func:`ensure_ray` would start an in-process Ray on this machine (no Ray
+    running in this process, no RAY_ADDRESS naming a cluster)."""
+    return not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+
+
 def ensure_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS, or start an in-process Ray."""
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=True)
+    """Join the cluster named by RAY_ADDRESS (or the Ray this process runs already), else start
+    an in-process Ray on this machine's cores, without a dashboard."""
+    if ray.is_initialized():
+        pass
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=machine_cores(),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+    # crossenc shows its own progress (a live line on a terminal, else log lines); marking
+    # Ray's notice about that as logged keeps it from printing a warning about it
+    from ray.util.debug import log_once
+
+    log_once("ray_data_progress_manager_disabled")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def for_this_machine(cfg: JobConfig) -> JobConfig:
+    """The config as it runs here: on crossenc's own in-process Ray, unset runtime settings
+    sized to the machine's cores (see :meth:`RuntimeConfig.on_machine`); else unchanged."""
+    if not starts_own_ray():
+        return cfg
+    runtime = cfg.runtime.on_machine(machine_cores())
+    if runtime is not cfg.runtime:
+        log.info(
+            "in-process Ray on %d cores: %d replica(s) x %d torch threads (set "
+            "runtime.torch_threads or runtime.cpus_per_replica to choose)",
+            machine_cores(),
+            runtime.replicas,
+            runtime.torch_threads,
+        )
+    return cfg.model_copy(update={"runtime": runtime})
 
 
 def _already_committed(manifest: dict[str, Any], seconds: float, path: str) -> RunResult:
@@ -316,15 +364,33 @@ def _already_committed(manifest: dict[str, Any], seconds: float, path: str) -> R
 
 
 class Progress:
-    """Logs rows done, rows/s and the time left, at most every ``every`` seconds."""
+    """Rows done, rows/s and the time left: one live tqdm line when ``stream`` is a terminal,
+    else a log line at most every ``every`` seconds."""
 
-    def __init__(self, total: int, every: float = 10.0) -> None:
+    def __init__(self, total: int, every: float = 10.0, stream: Any = None) -> None:
         self.total, self.every, self.done = total, every, 0
         self.started = self.last = time.monotonic()
+        stream = stream if stream is not None else sys.stderr
+        self.bar = None
+        if stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                unit="rows",
+                unit_scale=True,
+                dynamic_ncols=True,
+                smoothing=0.1,
+                file=stream,
+                desc="crossenc",
+            )
 
     def add(self, rows: int) -> None:
-        """Count rows finished; log a progress line when one is due."""
+        """Count rows finished; update the bar, or log a progress line when one is due."""
         self.done += rows
+        if self.bar is not None:
+            self.bar.update(rows)
+            return
         now = time.monotonic()
         if now - self.last < self.every and self.done < self.total:
             return
@@ -339,6 +405,11 @@ class Progress:
             rate,
             time.strftime("%H:%M:%S", time.gmtime(left)) if left < 8.64e4 else ">1 day",
         )
+
+    def close(self) -> None:
+        """End the live line (the log lines need no ending)."""
+        if self.bar is not None:
+            self.bar.close()
 
 
 def previous_summary(cfg: JobConfig) -> dict[str, Any] | None:
@@ -444,10 +515,20 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     """Run the whole job and commit its output; returns the counts and the run summary."""
     started, wall_started = time.monotonic(), time.time()
     retried = retried_requests()
-    base, committed = roll_forward(cfg.output)
-    check_output_mode(cfg.output, committed)
-    previous = previous_summary(cfg)
-    plan = plan or plan_job(cfg)
+    cfg = for_this_machine(cfg)
+
+    def prepare() -> tuple[int, dict[str, Any] | None, dict[str, Any] | None, JobPlan]:
+        base, committed = roll_forward(cfg.output)
+        check_output_mode(cfg.output, committed)
+        return base, committed, previous_summary(cfg), plan or plan_job(cfg)
+
+    # The output's state and the input's footers are read while Ray starts (seconds each).
+    with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
+        prepared = pool.submit(prepare)
+        try:
+            ensure_ray()
+        finally:
+            base, committed, previous, plan = prepared.result()
     phases: dict[str, float | None] = {"inspect": round(plan.inspect_seconds, 3)}
     record = RunRecord(
         new_run_id(), cfg.fingerprint(), model_fingerprint(cfg.model, plan.info), base
@@ -515,6 +596,8 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         # say so, rather than report the failure it caused.
         check_not_outrun(cfg.output, base, record.run_id, parts)
         raise
+    finally:
+        progress.close()
     rows_scored = plan.rows - sum(p.accounted for p in kept)
     journal.flush()
     staged_at = time.monotonic()

@@ -300,10 +300,10 @@ def test_compile_needs_the_torch_backend(models):
 @pytest.mark.parametrize(
     ("device", "runtime", "budget"),
     [
-        ("cpu", RuntimeConfig(), (16384, 256)),
+        ("cpu", RuntimeConfig(), (4096, 256)),
         ("cuda", RuntimeConfig(), (65536, 1024)),
         ("cuda", RuntimeConfig(batch_tokens=8192), (8192, 1024)),
-        ("cpu", RuntimeConfig(max_batch_rows=32), (16384, 32)),
+        ("cpu", RuntimeConfig(max_batch_rows=32), (4096, 32)),
     ],
 )
 def test_unset_batch_budget_follows_the_runners_device(device, runtime, budget):

@@ -1,0 +1,121 @@
+"""Out of the box (``python -m bench --mode oob``): whole-process wall time of ``crossenc score``
+with a preset and nothing else set, against the script a user would write instead.
+
+Both run as fresh processes, interleaved (the order alternates every repetition), on the same
+Parquet files: MiniLM-L6 pairs in 8 files.
+
+- ``st_script``: read the Parquet with pyarrow, ``CrossEncoder.predict(batch_size=32)``, add the
+  scores and ranks, write Parquet (:data:`ST_SCRIPT`);
+- ``crossenc_default``: ``crossenc score --config configs/msmarco-rerank.yaml`` with only
+  ``input.path``, ``output.path`` and ``model.name`` set.
+
+``ratio`` is the script's wall time over crossenc's (above 1: crossenc is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ST_SCRIPT = """
+import sys
+import pyarrow as pa, pyarrow.parquet as pq, pyarrow.compute as pc
+from sentence_transformers import CrossEncoder
+
+src, dest, model = sys.argv[1:4]
+table = pq.read_table(src)
+ce = CrossEncoder(model)
+scores = ce.predict(
+    list(zip(table["query"].to_pylist(), table["passage"].to_pylist())), batch_size=32
+)
+out = table.select(["qid", "doc_id"]).append_column("score", pa.array(scores))
+out = out.sort_by([("qid", "ascending"), ("score", "descending")])
+pq.write_table(out, dest)
+"""
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+def oob(args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved whole-process runs of the user's script and the default job, per size."""
+    from bench.__main__ import _versions, cpu_model
+    from bench.data import write_pairs
+    from crossenc.testing import build_minilm_cross_encoder
+
+    work = Path(args.work)
+    model = work / "minilm-l6"
+    if not model.exists():
+        build_minilm_cross_encoder(model)
+    script = work / "st_script.py"
+    script.write_text(ST_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["HF_HUB_OFFLINE"] = "1"
+    crossenc = str(Path(sys.executable).with_name("crossenc"))
+    result: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "repetitions": args.reps,
+        "versions": _versions(),
+        "sizes": {},
+    }
+    for pairs in args.oob_pairs:
+        data = work / f"oob-pairs-{pairs}"
+        if not data.exists():
+            write_pairs(data, pairs, args.seed, files=8)
+        out = work / f"oob-out-{pairs}"
+        contenders = {
+            "st_script": [
+                sys.executable,
+                str(script),
+                str(data),
+                str(work / "st.parquet"),
+                str(model),
+            ],
+            "crossenc_default": [
+                crossenc,
+                "score",
+                "--config",
+                str(ROOT / "configs" / "msmarco-rerank.yaml"),
+                "--set",
+                f"input.path={data}",
+                "--set",
+                f"output.path={out}",
+                "--set",
+                f"model.name={model}",
+            ],
+        }
+        times: dict[str, list[float]] = {k: [] for k in contenders}
+        names = list(contenders)
+        for rep in range(args.reps):
+            for name in names if rep % 2 == 0 else names[::-1]:
+                shutil.rmtree(out, ignore_errors=True)
+                times[name].append(round(_timed(contenders[name], env), 2))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        result["sizes"][str(pairs)] = {
+            "wall_seconds_all_reps": times,
+            "wall_seconds_median": med,
+            "ratio_to_st_script": round(med["st_script"] / med["crossenc_default"], 2),
+            "ratio_to_st_script_all_reps": [
+                round(s / c, 2)
+                for s, c in zip(times["st_script"], times["crossenc_default"], strict=True)
+            ],
+        }
+        shutil.rmtree(out, ignore_errors=True)
+    return result
