@@ -117,6 +117,38 @@ class ScorerReplica:
         return out
 
 
+def scoring_stages(
+    ds: ray.data.Dataset, cfg: JobConfig, info: ModelInfo, rank_partitions: int | None = None
+) -> ray.data.Dataset:
+    """Tokenize, score on the replicas, and (with ``rank_partitions``) rank each rerank group
+    after a shuffle into that many partitions: the stages the job and :func:`crossenc.scorer`
+    share. Rows keep the carried columns and gain the score columns, ``truncated`` and the
+    internal ones (the error, metrics; see :data:`crossenc.output.writer.INTERNAL`)."""
+    rt = cfg.runtime
+    ds = ds.map_batches(
+        tokenize_batch,
+        fn_kwargs={"cfg": cfg, "info": info},
+        batch_size=rt.block_rows,
+        batch_format="pyarrow",
+        num_cpus=0.5,  # its own tasks, overlapping the replicas rather than fused into them
+    )
+    ds = ds.map_batches(
+        ScorerReplica,
+        fn_constructor_kwargs={"cfg": cfg, "info": info},
+        batch_size=rt.block_rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=rt.replicas),
+        num_cpus=rt.cpus_per_replica,
+        num_gpus=rt.gpus_per_replica,
+        resources=rt.resources_per_replica or None,
+    )  # Ray restarts a dead scorer and retries its batch (max_restarts=-1 by default)
+    if rank_partitions:
+        ds = ds.groupby(cfg.rerank.group_by, num_partitions=rank_partitions).map_groups(
+            rank_group, fn_kwargs={"top_k": cfg.rerank.top_k}, batch_format="pyarrow"
+        )
+    return ds
+
+
 def build_dataset(
     cfg: JobConfig,
     units: list[dict[str, object]],
@@ -144,29 +176,9 @@ def build_dataset(
         batch_format="pyarrow",
         num_cpus=0.25,  # I/O-bound; a distinct reservation also keeps Ray from fusing stages
     )
-    ds = ds.map_batches(
-        tokenize_batch,
-        fn_kwargs={"cfg": cfg, "info": info},
-        batch_size=rt.block_rows,
-        batch_format="pyarrow",
-        num_cpus=0.5,  # its own tasks, overlapping the replicas rather than fused into them
-    )
-    ds = ds.map_batches(
-        ScorerReplica,
-        fn_constructor_kwargs={"cfg": cfg, "info": info},
-        batch_size=rt.block_rows,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=rt.replicas),
-        num_cpus=rt.cpus_per_replica,
-        num_gpus=rt.gpus_per_replica,
-        resources=rt.resources_per_replica or None,
-    )  # Ray restarts a dead scorer and retries its batch (max_restarts=-1 by default)
-    if rerank_shuffle:
-        rows = sum(max(int(u["end"]) - int(u["start"]), 0) for u in units)  # type: ignore[call-overload]
-        partitions = max(1, min(200, rows // rt.block_rows + 1))
-        ds = ds.groupby(cfg.rerank.group_by, num_partitions=partitions).map_groups(
-            rank_group, fn_kwargs={"top_k": cfg.rerank.top_k}, batch_format="pyarrow"
-        )
+    rows = sum(max(int(u["end"]) - int(u["start"]), 0) for u in units)  # type: ignore[call-overload]
+    partitions = max(1, min(200, rows // rt.block_rows + 1))
+    ds = scoring_stages(ds, cfg, info, partitions if rerank_shuffle else None)
     ds = ds.map_batches(
         write_block,
         fn_kwargs={

@@ -109,9 +109,10 @@ def tokenize_batch(batch: pa.Table, cfg: JobConfig, info: ModelInfo) -> pa.Table
             types[i] = types_good[j]
     truncated[good] = trunc_good
     out = batch.select(cfg.carried_columns())
-    out = out.append_column(SOURCE, batch.column(SOURCE)).append_column(ROW, batch.column(ROW))
-    if "_store_retries" in batch.column_names:  # the read task's retries, for the summary
-        out = out.append_column("_store_retries", batch.column("_store_retries"))
+    # where the job's rows came from, and the read task's retries, for the writer and summary
+    for name in (SOURCE, ROW, "_store_retries"):
+        if name in batch.column_names:
+            out = out.append_column(name, batch.column(name))
     out = out.append_column(IDS, _list_array(ids, np.int32))
     if info.uses_token_type_ids:
         out = out.append_column(TYPE_IDS, _list_array(types, np.int8))
