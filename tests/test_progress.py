@@ -1,0 +1,102 @@
+"""Progress: one live line on a terminal, log lines elsewhere; defaults sized to the machine."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import logging
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+from crossenc.config import RuntimeConfig
+from crossenc.pipeline import Progress
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_one_live_line_with_rate_and_eta(caplog):
+    stream = _Terminal()
+    progress = Progress(1000, stream=stream)
+    with caplog.at_level(logging.INFO, logger="crossenc"):
+        for _ in range(4):
+            progress.add(250)
+        progress.close()
+    text = stream.getvalue()
+    assert "\r" in text and "1.00k/1.00k" in text  # redrawn in place, rows done / total
+    assert re.search(r"rows/s", text) and "<00:00" in text  # rate and time left
+    assert not [r for r in caplog.records if "progress:" in r.getMessage()]
+
+
+def test_elsewhere_progress_is_log_lines(caplog):
+    progress = Progress(1000, every=0.0, stream=io.StringIO())
+    with caplog.at_level(logging.INFO, logger="crossenc"):
+        progress.add(400)
+        progress.add(600)
+        progress.close()
+    lines = [r.getMessage() for r in caplog.records if "progress:" in r.getMessage()]
+    assert lines[0].startswith("progress: 400/1000 rows (40.0%)") and "ETA" in lines[0]
+    assert lines[-1].startswith("progress: 1000/1000 rows (100.0%)")
+
+
+def test_unset_runtime_settings_use_the_machine():
+    assert RuntimeConfig().on_machine(2).torch_threads == 2
+    assert RuntimeConfig().on_machine(2).replicas == 1
+    big = RuntimeConfig().on_machine(32)
+    assert (big.replicas, big.torch_threads) == (4, 8)
+    preset = RuntimeConfig(replicas=1).on_machine(16)  # a preset's replicas: 1 is kept
+    assert (preset.replicas, preset.torch_threads) == (1, 16)
+    assert RuntimeConfig(torch_threads=1).on_machine(8).torch_threads == 1  # set: kept
+    assert RuntimeConfig(cpus_per_replica=2).on_machine(8).torch_threads is None
+    assert RuntimeConfig(gpus_per_replica=1).on_machine(8).torch_threads is None
+
+
+def test_the_command_on_a_terminal_draws_the_bar_and_uses_the_cores(models, pairs_dir, tmp_path):
+    """The real command, its own in-process Ray, stderr on a pseudo-terminal."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 120 columns
+    cmd = [
+        sys.executable,
+        "-m",
+        "crossenc.cli",
+        "score",
+        "--config",
+        str(CONFIGS / "msmarco-rerank.yaml"),
+        "--set",
+        f"model.name={models[('bert', 1)]}",
+        "--set",
+        f"input.path={pairs_dir}",
+        "--set",
+        f"output.path={tmp_path / 'out'}",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=follower, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    stdout, _ = proc.communicate(timeout=300)
+    os.close(leader)
+    err = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, err[-3000:]
+    cores = len(os.sched_getaffinity(0))
+    assert f"in-process Ray on {cores} cores: 1 replica(s) x {cores} torch threads" in err
+    assert re.search(r"crossenc: +100%\|.*\| 300/300 \[", err), err[-2000:]  # the live line
+    assert "progress: " not in err  # no log lines beside it
+    assert b"committed to" in stdout
