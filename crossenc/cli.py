@@ -11,27 +11,28 @@ from typing import TYPE_CHECKING
 import yaml
 
 from crossenc.config import (
-    ConfigError,
     JobConfig,
     config_reference,
     config_schema,
     load_config,
 )
-from crossenc.inspect_input import InputError, JobPlan, plan_job
+from crossenc.errors import (  # noqa: F401  (the exit codes are this module's interface too)
+    EXIT_BUG,
+    EXIT_CONCURRENT,
+    EXIT_CONFIG,
+    EXIT_DRIFT,
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_STORAGE,
+    explain,
+)
+from crossenc.inspect_input import JobPlan, plan_job
 from crossenc.postprocess import output_columns
 
 if TYPE_CHECKING:
     from crossenc.pipeline import RunResult
-
-EXIT_OK = 0
-EXIT_CONFIG = 2  # bad config, or output.compare_to holds no committed run
-EXIT_INPUT = 3  # bad input: missing file or column, wrong type (nothing was scored)
-EXIT_FAILED = 4  # the run failed while scoring; nothing was committed
-# The run committed, but input.on_bad_file=skip left files out, or more rows than
-# output.max_dead_letter_fraction went to the dead letters.
-EXIT_PARTIAL = 5
-EXIT_DRIFT = 6  # the run committed, but moved past output.drift's thresholds (on_drift: fail)
-EXIT_CONCURRENT = 7  # another run committed to the same output first; this one committed nothing
 
 log = logging.getLogger("crossenc")
 
@@ -98,7 +99,12 @@ def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``crossenc`` console script; returns the exit code."""
+    """Entry point of the ``crossenc`` console script; returns the exit code.
+
+    Every failure ends with one ``crossenc: ...`` line on stderr and a documented exit code
+    (see :mod:`crossenc.errors`), never a traceback: an unexpected error writes its traceback
+    to a file and names it.
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -106,23 +112,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         print(config_reference() if args.markdown else json.dumps(config_schema(), indent=2))
         return EXIT_OK
+    loaded: list[JobConfig] = []  # the config, once loaded: the messages' hints read it
     try:
-        overrides = list(args.overrides)
-        if getattr(args, "report", None):
-            overrides.append(f"output.report={json.dumps(args.report)}")
-        cfg = load_config(args.config, overrides)
-        log.info("config:\n%s", yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
-        plan = plan_job(cfg)
-        if args.command == "validate":
-            from crossenc.pipeline import previous_summary
+        return _command(args, loaded)
+    except Exception as err:
+        command = list(argv) if argv is not None else sys.argv[1:]
+        code, message = explain(err, loaded[0] if loaded else None, command)
+        print(message, file=sys.stderr)
+        return code
 
-            previous_summary(cfg)  # output.compare_to must hold a committed run
-    except ConfigError as err:
-        print(f"crossenc: config error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    except InputError as err:
-        print(f"crossenc: input error: {err}", file=sys.stderr)
-        return EXIT_INPUT
+
+def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
+    """validate, plan or score; raises what :func:`crossenc.errors.explain` words."""
+    overrides = list(args.overrides)
+    if getattr(args, "report", None):
+        overrides.append(f"output.report={json.dumps(args.report)}")
+    cfg = load_config(args.config, overrides)
+    loaded.append(cfg)
+    log.info("config:\n%s", yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
+    plan = plan_job(cfg)
     if args.command == "plan":
         from crossenc.estimate import estimate
 
@@ -134,48 +142,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key:>30}: {value}")
         return EXIT_OK
     if args.command == "validate":
+        from crossenc.pipeline import previous_summary
+
+        previous_summary(cfg)  # output.compare_to must hold a committed run
         print(yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
         print("---")
         print(describe_plan(cfg, plan))
         print("config OK")
         return EXIT_OK
-    from crossenc.output.commit import ConcurrentRunError
     from crossenc.pipeline import run_job, summary_lines
 
-    try:
-        result = run_job(cfg, plan)
-    except ConfigError as err:
-        print(f"crossenc: config error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ConcurrentRunError as err:
-        print(f"crossenc: concurrent run: {err}", file=sys.stderr)
-        return EXIT_CONCURRENT
-    except Exception as err:  # a failure during scoring: report it plainly, not a traceback
-        bad = _cause(err, InputError)  # a bad file found while the run read it
-        if bad is not None:
-            print(f"crossenc: input error: {bad}", file=sys.stderr)
-            return EXIT_INPUT
-        log.exception("run failed")
-        print(f"crossenc: run failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return EXIT_FAILED
+    result = run_job(cfg, plan)
     print("\n".join(summary_lines(result)))
     if result.rows_scored >= 1000:  # small runs are all start-up: no use for estimates
         from crossenc.estimate import record_throughput
 
-        record_throughput(cfg, result.rows_per_second / cfg.runtime.replicas)
+        try:
+            record_throughput(cfg, result.rows_per_second / cfg.runtime.replicas)
+        except OSError as err:  # the run is committed: a full or read-only cache cannot undo it
+            log.warning("throughput not recorded for later plans: %s", err)
     return exit_code(cfg, result)
-
-
-def _cause(err: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """The first exception of ``kind`` in err's chain (Ray wraps a task's error, keeping its
-    message), or None."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, kind):
-            return err
-        seen.add(id(err))
-        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
-    return None
 
 
 def exit_code(cfg: JobConfig, result: RunResult) -> int:
