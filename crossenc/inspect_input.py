@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import ConfigError, JobConfig
+from crossenc.errors import StorageError, model_storage_hint, raise_storage, storage_errors
+from crossenc.failpoints import failpoint
 from crossenc.model import ModelInfo, check_task, describe_model
-from crossenc.storage import Location, list_parquet_files, resolve
+from crossenc.storage import Location, check_bucket, check_writable, list_parquet_files, resolve
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +146,11 @@ def read_footers(loc: Location, sizes: dict[str, int]) -> dict[str, Any]:
         todo = {}
         for path, tail in zip(names, tails, strict=True):
             if isinstance(tail, Exception):
-                out[path] = OSError(str(tail))
+                error = tail
+                if not isinstance(tail, OSError):
+                    error = OSError(str(tail))
+                    error.__cause__ = tail  # what the store said stays behind it
+                out[path] = error
                 continue
             try:
                 found = _parse_footer(tail, sizes[path])
@@ -201,6 +207,8 @@ def check_footers(
     good: list[InputFile] = []
     bad: list[BadFile] = []
     for path in sorted(sizes):
+        if isinstance(footers[path], Exception):  # the store's fault, not the file's
+            raise_storage(footers[path], "input", cfg.input.path, cfg.input.storage)
         try:
             info, schema = _inspect_file(loc, path, cfg, footers[path])
         except InputError as err:
@@ -245,11 +253,16 @@ def inspect_start(
     """:func:`inspect_input`, plus the (path -> bytes) of the files whose footers were left
     for later, the carried columns' types the others must have, and the bytes of the files
     checked."""
-    loc = resolve(cfg.input.path, cfg.input.storage)
-    try:
-        sizes = list_parquet_files(loc)
-    except FileNotFoundError as err:
-        raise InputError(str(err)) from None
+    with storage_errors("input", cfg.input.path, cfg.input.storage):
+        loc = resolve(cfg.input.path, cfg.input.storage)
+        try:
+            sizes = list_parquet_files(loc)
+        except FileNotFoundError as err:
+            check_bucket(loc, "input", cfg.input.storage)  # a missing bucket reads as no path
+            raise InputError(str(err)) from None
+        except PermissionError:  # a HEAD's 403 tells no more: a listing's error says why
+            check_bucket(loc, "input", cfg.input.storage)
+            raise
     if not sizes:
         raise InputError(f"no Parquet files under {cfg.input.path}")
     pending: dict[str, int] = {}
@@ -297,10 +310,26 @@ def check_paths(cfg: JobConfig) -> None:
 
 
 def plan_job(cfg: JobConfig) -> JobPlan:
-    """Every check that can be made before scoring; raises ConfigError or InputError."""
+    """Every check that can be made before scoring; raises ConfigError, InputError or
+    StorageError (a store that cannot be reached or refuses, an output that cannot be
+    written, a model without weights or tokenizer: all before Ray starts)."""
     started = time.monotonic()
     check_paths(cfg)
-    info = describe_model(cfg.model, cfg.runtime.cache_dir)
+    check_writable(resolve(cfg.output.path, cfg.output.storage), "output", cfg.output.storage)
+    if cfg.output.report:  # written after the commit: found unwritable only then, otherwise
+        head, slash, _ = cfg.output.report.rpartition("/")
+        folder = (head or "/") if slash else "."
+        check_writable(resolve(folder, cfg.output.storage), "output.report", cfg.output.storage)
+    hint = model_storage_hint(cfg)
+    if hint:
+        log.warning("%s", hint)
+    try:
+        info = describe_model(cfg.model, cfg.runtime.cache_dir)
+    except StorageError as err:
+        if hint and err.key == "model":
+            raise StorageError(f"{err.message}; {hint}", err.key) from err
+        raise
+    failpoint("plan.after_model")
     check_task(cfg, info)
     # A rerank reads every footer first: the in-file rank needs each file's row count.
     sample = None if cfg.task == "rerank" else cfg.input.inspect_files

@@ -8,13 +8,22 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from crossenc.config import ConfigError, JobConfig, ModelConfig
-from crossenc.storage import is_remote, resolve
+from crossenc.errors import (
+    LOCAL_KINDS,
+    StorageError,
+    find,
+    raise_storage,
+    storage_errors,
+    storage_message,
+    storage_problem,
+)
+from crossenc.storage import check_bucket, is_remote, resolve
 
 # sentence-transformers stores its activation as a dotted class path in the model config.
 _ST_ACTIVATIONS = {
@@ -34,34 +43,51 @@ def fetch_remote_model(cfg: ModelConfig, cache_dir: str | None = None) -> str:
 
     Concurrent callers on one node (tokenizer tasks, scorer actors) share one copy: a file
     lock serialises them and the folder appears by an atomic rename only when complete.
+    A store problem raises StorageError naming model.storage; a full or unwritable cache,
+    one naming runtime.cache_dir.
     """
-    loc = resolve(cfg.name, cfg.storage)
-    if not loc.fs.isdir(loc.path):
-        raise FileNotFoundError(f"model folder not found: {cfg.name}")
-    listing = sorted(
-        (info["name"], info.get("size"), str(info.get("ETag", info.get("mtime", ""))))
-        for info in loc.fs.find(loc.path, detail=True).values()
-    )
+    with storage_errors("model", cfg.name, cfg.storage):
+        loc = resolve(cfg.name, cfg.storage)
+        if not loc.fs.isdir(loc.path):
+            check_bucket(loc, "model", cfg.storage)  # a missing bucket reads as no folder
+            raise ConfigError(f"model.name {cfg.name}: no such folder on the object store")
+        listing = sorted(
+            (info["name"], info.get("size"), str(info.get("ETag", info.get("mtime", ""))))
+            for info in loc.fs.find(loc.path, detail=True).values()
+        )
     if not listing:
-        raise FileNotFoundError(f"model folder is empty: {cfg.name}")
+        raise ConfigError(f"model.name {cfg.name}: the model folder is empty")
     key = hashlib.sha256(json.dumps([cfg.name, listing]).encode()).hexdigest()[:20]
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
     target = root / key
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not target.is_dir():
-            tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
-            try:
-                for name, _, _ in listing:
-                    rel = os.path.relpath(name, loc.path)
-                    dest = tmp / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    loc.fs.get_file(name, str(dest))
-                os.rename(tmp, target)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not target.is_dir():
+                tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
+                try:
+                    for name, _, _ in listing:
+                        rel = os.path.relpath(name, loc.path)
+                        dest = tmp / rel
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        loc.fs.get_file(name, str(dest))
+                    os.rename(tmp, target)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    except Exception as err:
+        problem = storage_problem(err)
+        if problem is not None and problem.kind in LOCAL_KINDS:
+            raise_storage(err, "runtime.cache_dir", str(root))  # the local copy
+        raise_storage(err, "model", cfg.name, cfg.storage)  # the store, while copying
+        raise
     return str(target)
+
+
+def _looks_like_path(name: str) -> bool:
+    """A model.name that can only be a folder: absolute, relative with ./ or ~, or with more
+    than one slash (a Hub id is ``name`` or ``owner/name``)."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
 
 
 def model_source(cfg: ModelConfig, cache_dir: str | None = None) -> str:
@@ -71,6 +97,8 @@ def model_source(cfg: ModelConfig, cache_dir: str | None = None) -> str:
     local = Path(cfg.name).expanduser()
     if local.exists():
         return str(local.resolve())
+    if _looks_like_path(cfg.name):
+        raise ConfigError(f"model.name {cfg.name}: no such folder (nor a Hugging Face Hub id)")
     return cfg.name
 
 
@@ -176,11 +204,111 @@ def resolve_activation(
     return "sigmoid" if num_labels == 1 else "identity"
 
 
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# A fast tokenizer loads from tokenizer.json, or is converted from a slow one's vocabulary.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spm.model",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+)
+
+
+def check_model_folder(cfg: ModelConfig, folder: str) -> None:
+    """Refuse a model folder that could not be scored with, before anything starts: no
+    config.json, no weights (safetensors; ``*.bin`` only with model.allow_pickle_weights, a
+    sharded index with every shard present), or no tokenizer files."""
+    root = Path(folder)
+    where = f"model.name {cfg.name}" + (f" (copied to {folder})" if is_remote(cfg.name) else "")
+    present = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    listed = f"; the folder holds: {', '.join(present[:12]) or 'nothing'}"
+    if "config.json" not in present:
+        raise ConfigError(f"{where}: no config.json in the model folder{listed}")
+    allowed = WEIGHTS + (PICKLE_WEIGHTS if cfg.allow_pickle_weights else ())
+    weights = [name for name in allowed if name in present]
+    if not weights:
+        if any(name in present for name in PICKLE_WEIGHTS) or any(
+            name.endswith(".bin") for name in present
+        ):
+            raise ConfigError(
+                f"{where}: no safetensors weights (model.safetensors); pickle weights (*.bin) "
+                "are refused unless model.allow_pickle_weights is true"
+            )
+        raise ConfigError(
+            f"{where}: no weights in the model folder (model.safetensors, or "
+            f"model.safetensors.index.json with its shards){listed}"
+        )
+    if weights[0].endswith(".index.json"):
+        try:
+            shards = set(json.loads((root / weights[0]).read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError) as err:
+            raise ConfigError(f"{where}: {weights[0]} cannot be read ({err})") from None
+        missing = sorted(name for name in shards if not (root / name).is_file())
+        if missing:
+            raise ConfigError(
+                f"{where}: {weights[0]} lists weight shards that are not there: "
+                + ", ".join(missing[:5])
+            )
+    if not any(name in present for name in TOKENIZER_FILES):
+        raise ConfigError(
+            f"{where}: no tokenizer files in the model folder (tokenizer.json, or a vocabulary: "
+            f"{', '.join(TOKENIZER_FILES[1:])}){listed}"
+        )
+
+
+def _hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) switches the Hub off."""
+    return any(
+        os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _hub_error(cfg: ModelConfig, err: Exception) -> Exception | None:
+    """A Hub id that failed to load, in words: the Hub out of reach (StorageError), or no
+    such model or revision (ConfigError); None for other errors."""
+    problem = storage_problem(err)
+    if problem is not None and problem.kind in ("hub_unreachable", "hub_gated", "unreachable"):
+        kind = problem.kind if problem.kind == "hub_gated" else "hub_unreachable"
+        if kind == "hub_unreachable" and _hub_offline():
+            kind = "hub_offline"
+        return StorageError(
+            storage_message(replace(problem, kind=kind), "model", cfg.name), "model"
+        )
+    try:
+        import huggingface_hub.errors as hx
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return None
+    if find(err, hx.RevisionNotFoundError) is not None:
+        return ConfigError(f"model.revision {cfg.revision}: no such revision of {cfg.name}")
+    if find(err, (hx.RepositoryNotFoundError, hx.HFValidationError)) is not None:
+        return ConfigError(
+            f"model.name {cfg.name}: no such model on the Hugging Face Hub, nor a local folder"
+        )
+    return None
+
+
 def describe_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelInfo:
-    """Load config and tokenizer (not the weights) and work out labels, activation, limits."""
+    """Load config and tokenizer (not the weights) and work out labels, activation, limits.
+    A folder (local, or an s3:// one's copy) is checked for config, weights and tokenizer
+    first: a model that cannot score is refused here, before anything starts."""
     source = model_source(cfg, cache_dir)
-    hf_config = load_hf_config(cfg, source)
-    tok = load_tokenizer(cfg, source)
+    if Path(source).is_dir():
+        check_model_folder(cfg, source)
+    try:
+        hf_config = load_hf_config(cfg, source)
+        tok = load_tokenizer(cfg, source)
+    except (ConfigError, StorageError):
+        raise
+    except Exception as err:
+        worded = None if Path(source).is_dir() else _hub_error(cfg, err)
+        if worded is not None:
+            raise worded from err
+        raise
     num_labels = int(hf_config.num_labels)
     if cfg.labels is not None:
         if len(cfg.labels) != num_labels:

@@ -10,6 +10,7 @@ import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import StorageConfig
+from crossenc.errors import Problem, StorageError, storage_errors, storage_message
 
 REMOTE_SCHEMES = ("s3://", "s3a://")
 
@@ -91,3 +92,41 @@ def list_parquet_files(loc: Location) -> dict[str, int]:
         for p, info in sorted(found.items())
         if p.endswith(".parquet") and not os.path.basename(p).startswith(("_", "."))
     }
+
+
+def check_bucket(loc: Location, key: str, storage: StorageConfig | None = None) -> None:
+    """For an s3:// location: one listing request (at most one key) under its prefix, so that
+    an unreachable endpoint, refused credentials or a missing bucket raise a StorageError
+    naming ``key`` (input, output, model) before anything else is done."""
+    if not is_remote(loc.uri):
+        return
+    bucket, _, prefix = loc.path.partition("/")
+    with storage_errors(key, loc.uri, storage):
+        loc.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+
+
+def check_writable(loc: Location, key: str, storage: StorageConfig | None = None) -> None:
+    """Raise a StorageError naming ``key`` when the location cannot be written: on an object
+    store, see :func:`check_bucket`; on local disk, the path is a file, or the nearest folder
+    that exists above it is a file, read-only or not writable by this user. Creates nothing."""
+    if is_remote(loc.uri):
+        check_bucket(loc, key, storage)
+        return
+    path = loc.path
+    if os.path.exists(path) and not os.path.isdir(path):
+        problem = Problem("not_a_dir", f"{path} is a file", filename=path)
+        raise StorageError(storage_message(problem, key, loc.uri), key)
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        problem = Problem("not_a_dir", f"{probe} is a file, not a folder", filename=probe)
+        raise StorageError(storage_message(problem, key, loc.uri), key)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        problem = Problem(
+            "read_only" if read_only else "permission",
+            f"{probe} is not writable" + (" (read-only file system)" if read_only else ""),
+            filename=probe,
+        )
+        raise StorageError(storage_message(problem, key, loc.uri), key)
