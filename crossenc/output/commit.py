@@ -36,6 +36,7 @@ from typing import Any
 from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import ConfigError, OutputConfig
+from crossenc.errors import output_errors
 from crossenc.failpoints import failpoint
 from crossenc.output.journal import read_journal
 from crossenc.output.parts import PartStats, run_of
@@ -155,6 +156,7 @@ def _generations(loc: Location) -> list[int]:
     return sorted(out)
 
 
+@output_errors
 def latest_commit(out: OutputConfig) -> tuple[int, dict[str, Any] | None]:
     """(generation, manifest) of the run committed last at the output path; (0, None) when
     none is. Output of crossenc before commit records (``_SUCCESS`` + ``_manifest.json``)
@@ -203,12 +205,14 @@ def check_same_run(previous: dict[str, Any], record: RunRecord, what: str) -> No
         )
 
 
+@output_errors
 def write_run_record(out: OutputConfig, record: RunRecord) -> None:
     """Record the run's identity in its staging folder before any part is written."""
     loc = resolve(out.path, out.storage)
     _write_json(loc, f"{staging_dir(loc, record.run_id)}/{RUN_RECORD}", asdict(record))
 
 
+@output_errors
 def staged_runs(out: OutputConfig) -> list[str]:
     """Run ids with a staging folder at the output path (interrupted or in-flight runs)."""
     loc = resolve(out.path, out.storage)
@@ -220,6 +224,7 @@ def staged_runs(out: OutputConfig) -> list[str]:
         return []
 
 
+@output_errors
 def staged_parts(
     out: OutputConfig, record: RunRecord, after: str | None = None
 ) -> list[PartStats]:
@@ -285,6 +290,7 @@ def outrun(out: OutputConfig, winner: str, mine: str) -> ConcurrentRunError:
     )
 
 
+@output_errors
 def check_not_outrun(
     out: OutputConfig, base: int, run_id: str, parts: Iterable[PartStats] = ()
 ) -> None:
@@ -301,6 +307,7 @@ def check_not_outrun(
         raise outrun(out, latest["run_id"], run_id)
 
 
+@output_errors
 def commit(out: OutputConfig, manifest: Manifest, parts: Iterable[PartStats], base: int) -> float:
     """Commit the run: its commit record (the commit point), then the files readers look for,
     then cleanup; returns the time.monotonic() at which ``_SUCCESS`` was written. Raises
@@ -338,6 +345,7 @@ def _legacy_manifest(loc: Location) -> dict[str, Any] | None:
     return None
 
 
+@output_errors
 def finish_commit(
     out: OutputConfig, manifest: dict[str, Any], previous: dict[str, Any] | None
 ) -> float:
@@ -362,12 +370,14 @@ def finish_commit(
     return done
 
 
+@output_errors
 def write_summary(out: OutputConfig, summary: dict[str, Any]) -> None:
     """Rewrite ``_summary.json`` once the commit has finished (its phases are then known)."""
     loc = resolve(out.path, out.storage)
     _write_json(loc, loc.join(SUMMARY), summary, indent=1)
 
 
+@output_errors
 def roll_forward(out: OutputConfig) -> tuple[int, dict[str, Any] | None]:
     """Finish a commit that a killed driver left after its commit point; returns
     :func:`latest_commit`. A committed run whose readers' files are in place is left as is."""
@@ -416,6 +426,7 @@ def _listing(loc: Location) -> list[str]:
         return []
 
 
+@output_errors
 def cleanup(out: OutputConfig, manifest: dict[str, Any], previous: dict[str, Any] | None) -> None:
     """Remove what the committed run replaced: the previous run's files, files of runs that
     started no later than it and are not in its manifest (killed, outrun), and staging folders

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import pyarrow.parquet as pq
 
+from crossenc.errors import storage_errors
 from crossenc.output.parts import PartStats, parts_from_table, parts_table
 from crossenc.storage import Location
 
@@ -44,10 +45,11 @@ class Journal:
         self.last = time.monotonic()
         if not self.pending:
             return
-        self.loc.fs.makedirs(self.folder, exist_ok=True)
         buffer = io.BytesIO()
         pq.write_table(parts_table(self.pending), buffer)
-        self.loc.fs.pipe_file(f"{self.folder}/{self.seq:06d}.parquet", buffer.getvalue())
+        with storage_errors("output", self.loc.uri):
+            self.loc.fs.makedirs(self.folder, exist_ok=True)
+            self.loc.fs.pipe_file(f"{self.folder}/{self.seq:06d}.parquet", buffer.getvalue())
         self.seq += 1
         self.writes += 1
         self.pending = []

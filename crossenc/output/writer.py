@@ -34,6 +34,8 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import OutputConfig
+from crossenc.errors import storage_errors
+from crossenc.failpoints import failpoint
 from crossenc.output.parts import PartStats, in_ranges, merge_ranges, part_file_name, row_ranges
 from crossenc.postprocess import DROPPED, LABEL, RANK, SCORE, rank_within
 from crossenc.storage import Location, resolve, retried_requests
@@ -79,6 +81,7 @@ class _Sink:
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
+        failpoint("writer.write")  # tests: a full disk where the real one cannot be had
         table = table.select(self.schema.names).cast(self.schema)
         self.buffered.append(table)
         self.buffered_rows += table.num_rows
@@ -166,7 +169,12 @@ class RollingWriter:
     # -- appending ---------------------------------------------------------------------------
 
     def append(self, block: pa.Table) -> list[PartStats]:
-        """Take a scored block; returns the parts of any file this closed."""
+        """Take a scored block; returns the parts of any file this closed. A store or disk
+        problem raises a StorageError naming output.path."""
+        with storage_errors("output", self.out.path, self.out.storage):
+            return self._append(block)
+
+    def _append(self, block: pa.Table) -> list[PartStats]:
         closed: list[PartStats] = []
         if not self.pieces:
             self.opened = time.monotonic()
@@ -263,8 +271,9 @@ class RollingWriter:
         """Close the open output (and dead-letter) file; one PartStats per input file in it."""
         if not self.pieces:
             return []
-        data = self.data.close() if self.data is not None else None
-        dead = self.dead.close() if self.dead is not None else None
+        with storage_errors("output", self.out.path, self.out.storage):
+            data = self.data.close() if self.data is not None else None
+            dead = self.dead.close() if self.dead is not None else None
         first = next(iter(self.pieces.values()))  # the writes' retries count once, here
         first.metrics.append({"store_retries": retried_requests() - self.retried})
         self.retried = retried_requests()
