@@ -444,6 +444,9 @@ def _todo(files: tuple[InputFile, ...], parts: list[PartStats]) -> dict[str, lis
     return {path: ranges for path, ranges in todo.items() if ranges}
 
 
+WHOLE_INPUT_RANK_ROWS = 1_000_000  # a rerank this small is ranked in its one writer, no shuffle
+
+
 def _score_pass(
     cfg: JobConfig,
     plan: JobPlan,
@@ -456,8 +459,17 @@ def _score_pass(
     """One pass of the pipeline over the todo ranges: writers started, the stream consumed,
     the writers flushed (a writer that died loses its open file: the next pass redoes it)."""
     ensure_ray()
-    within = cfg.task == "rerank" and plan.rerank_within_files
     files = cfg.output.files
+    count = cfg.runtime.writers or cfg.runtime.replicas
+    rows = sum(end - start for ranges in todo.values() for start, end in ranges)
+    # A small rerank whose groups span files: its one writer ranks the whole input, no shuffle.
+    whole = (
+        cfg.task == "rerank"
+        and not plan.rerank_within_files
+        and count == 1
+        and rows <= min(files.max_rows, WHOLE_INPUT_RANK_ROWS)
+    )
+    within = cfg.task == "rerank" and (plan.rerank_within_files or whole)
     options = WriterOptions(
         max_rows=files.max_rows,
         max_bytes=int(files.max_mib * 2**20),
@@ -465,9 +477,9 @@ def _score_pass(
         rerank_by=cfg.rerank.group_by if within else None,
         top_k=cfg.rerank.top_k if within else None,
         expected_rows={f.path: f.rows for f in plan.files if f.path in todo} if within else {},
+        rank_whole_input=whole,
     )
     actor = writer_actor()
-    count = cfg.runtime.writers or cfg.runtime.replicas
     prefix = f"r{attempt}" if attempt else ""
     writers = [actor.remote(cfg.output, run_id, f"{prefix}w{i}", options) for i in range(count)]
     try:

@@ -132,19 +132,32 @@ def grouped_dir(pairs_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    ("top_k", "layout"), [(None, "shuffle"), (3, "shuffle"), (None, "in_files"), (3, "in_files")]
+    ("top_k", "layout"),
+    [
+        (None, "shuffle"),
+        (3, "shuffle"),
+        (None, "in_files"),
+        (3, "in_files"),
+        (None, "whole_input"),
+        (3, "whole_input"),
+    ],
 )
 def test_rerank(ray_local, models, pairs_dir, grouped_dir, tmp_path, top_k, layout):
-    """Ranks as pandas computes them, whether groups span files (a shuffle) or sit in one file
-    each (ranked as each file is written; detected from the footers, resume allowed)."""
-    inp_dir = pairs_dir if layout == "shuffle" else grouped_dir
+    """Ranks as pandas computes them, whether groups span files (a shuffle; or, an input that
+    fits in one output file, ranked whole by its one writer) or sit in one file each (ranked
+    as each file is written; detected from the footers, resume allowed)."""
+    inp_dir = grouped_dir if layout == "in_files" else pairs_dir
+    max_rows = 1000 if layout == "whole_input" else 70  # 300 rows: one output file, or several
     cfg = job_config(
         inp_dir,
         tmp_path / "out",
         models[("bert", 1)],
         task="rerank",
         rerank={"group_by": "qid", "top_k": top_k},
-        output={"mode": "resume" if layout == "in_files" else "error", "files": {"max_rows": 70}},
+        output={
+            "mode": "resume" if layout == "in_files" else "error",
+            "files": {"max_rows": max_rows},
+        },
     )
     plan = plan_job(cfg)
     assert plan.rerank_within_files == (layout == "in_files")
@@ -162,6 +175,8 @@ def test_rerank(ray_local, models, pairs_dir, grouped_dir, tmp_path, top_k, layo
     assert (merged["rank_want"] == merged["rank_got"]).all()
     np.testing.assert_allclose(merged["score_got"], merged["score_want"], atol=1e-5)
     assert out.groupby("qid")["rank"].max().max() == (top_k or 10)
+    if layout == "whole_input":  # the one writer ranked everything: one file
+        assert result.files_written == 1
 
 
 def test_rerank_resume_is_refused_when_groups_span_files(models, pairs_dir, tmp_path):

@@ -56,6 +56,9 @@ class WriterOptions:
     rerank_by: str | None = None  # rank within each input file by this group column
     top_k: int | None = None
     expected_rows: dict[str, int] = field(default_factory=dict)  # for the in-file rerank
+    # rank across every input file at once (one writer holding the whole input's scored rows,
+    # a small input): groups may span files, and no shuffle is needed
+    rank_whole_input: bool = False
 
 
 class _Sink:
@@ -183,10 +186,12 @@ class RollingWriter:
             if rows.num_rows == 0:
                 continue
             if self.options.rerank_by is not None:
-                rows = self._hold(source, rows)
-                if rows is None:
+                ranked = self._hold(source, rows)
+                if ranked is None:
                     continue
-                self._add(source, rows)  # a ranked file is never split: a resume takes it whole
+                for ranked_source, ranked_rows in by_source(ranked):
+                    # a ranked file is never split: a resume takes it whole
+                    self._add(ranked_source, ranked_rows)
                 if self._full():
                     closed += self.close_file()
                 continue
@@ -211,10 +216,16 @@ class RollingWriter:
         return rows
 
     def _hold(self, source: str, rows: pa.Table) -> pa.Table | None:
-        """In-file rerank: keep the rows until the whole input file is here, then rank it."""
+        """Rerank in the writer: keep the rows until the whole input file (or, ranking the
+        whole input, every file) is here, then rank them."""
+        expected = self.options.expected_rows
+        if self.options.rank_whole_input:
+            source, wanted = "", sum(expected.values())
+        else:
+            wanted = expected.get(source, 0)
         self.held.setdefault(source, []).append(rows)
         self.held_rows[source] = self.held_rows.get(source, 0) + rows.num_rows
-        if self.held_rows[source] < self.options.expected_rows.get(source, 0):
+        if self.held_rows[source] < wanted:
             return None
         table = pa.concat_tables(self.held.pop(source))
         del self.held_rows[source]
