@@ -146,3 +146,13 @@ def test_the_readme_example_runs_as_written(minilm, tmp_path):
     even = sum(1 for q in pairs["qid"].to_pylist() if q % 2 == 0)
     assert pq.read_table(tmp_path / "demo" / "scored-even").num_rows == even
     assert (tmp_path / "demo" / "scored-all" / "_SUCCESS").exists()
+
+
+def test_scorer_refuses_a_model_folder_without_weights_at_once(models, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-weights"
+    shutil.copytree(models[("bert", 1)], folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="no weights in the model folder"):
+        crossenc.scorer({"model": {"name": str(folder)}})
