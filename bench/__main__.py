@@ -20,6 +20,10 @@ Scale mode (``--mode scale``): the control plane (stage, resume, commit, inspect
 10^4 and 10^5 parts on moto's S3 server and local disk, seconds and requests per phase (see
 :mod:`bench.scale`).
 
+Out-of-the-box mode (``--mode oob``): whole-process wall time of ``crossenc score`` with a
+preset and nothing else set, against the user's own sentence-transformers script, on 2,400
+and 20,000 pairs (see :mod:`bench.oob`).
+
 Memory mode (``--mode memory``): the full job with a tiny model on 10^5 and 10^6 rows, reporting
 the peak memory of the driver and every Ray process it started (see :class:`TreeMemory`).
 """
