@@ -328,9 +328,7 @@ class RuntimeConfig(_Strict):
         since reading, tokenizing and writing take a few percent of the CPU; one CPU reserved
         per replica, so those stages are always scheduled beside the scorers. GPU settings and
         anything set are kept."""
-        if self.gpus_per_replica or "torch_threads" in self.model_fields_set:
-            return self
-        if "cpus_per_replica" in self.model_fields_set:
+        if self.gpus_per_replica or {"torch_threads", "cpus_per_replica"} & self.model_fields_set:
             return self
         replicas = self.replicas if "replicas" in self.model_fields_set else max(1, cores // 8)
         return self.model_copy(

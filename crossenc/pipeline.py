@@ -319,17 +319,15 @@ def starts_own_ray() -> bool:
 def ensure_ray() -> None:
     """Join the cluster named by RAY_ADDRESS (or the Ray this process runs already), else start
     an in-process Ray on this machine's cores, without a dashboard."""
-    if ray.is_initialized():
-        pass
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level=logging.WARNING, log_to_driver=True)
-    else:
+    if starts_own_ray():
         ray.init(
             num_cpus=machine_cores(),
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=True,
         )
+    elif not ray.is_initialized():  # the cluster RAY_ADDRESS names
+        ray.init(logging_level=logging.WARNING, log_to_driver=True)
     # crossenc shows its own progress (a live line on a terminal, else log lines); marking
     # Ray's notice about that as logged keeps it from printing a warning about it
     from ray.util.debug import log_once
@@ -343,12 +341,13 @@ def for_this_machine(cfg: JobConfig) -> JobConfig:
     sized to the machine's cores (see :meth:`RuntimeConfig.on_machine`); else unchanged."""
     if not starts_own_ray():
         return cfg
-    runtime = cfg.runtime.on_machine(machine_cores())
+    cores = machine_cores()
+    runtime = cfg.runtime.on_machine(cores)
     if runtime is not cfg.runtime:
         log.info(
             "in-process Ray on %d cores: %d replica(s) x %d torch threads (set "
             "runtime.torch_threads or runtime.cpus_per_replica to choose)",
-            machine_cores(),
+            cores,
             runtime.replicas,
             runtime.torch_threads,
         )
@@ -444,6 +443,11 @@ def _todo(files: tuple[InputFile, ...], parts: list[PartStats]) -> dict[str, lis
     return {path: ranges for path, ranges in todo.items() if ranges}
 
 
+def _todo_rows(todo: dict[str, list[list[int]]]) -> int:
+    """How many rows the todo ranges hold."""
+    return sum(end - start for ranges in todo.values() for start, end in ranges)
+
+
 WHOLE_INPUT_RANK_ROWS = 1_000_000  # a rerank this small is ranked in its one writer, no shuffle
 
 
@@ -461,7 +465,7 @@ def _score_pass(
     ensure_ray()
     files = cfg.output.files
     count = cfg.runtime.writers or cfg.runtime.replicas
-    rows = sum(end - start for ranges in todo.values() for start, end in ranges)
+    rows = _todo_rows(todo)
     # A small rerank whose groups span files: its one writer ranks the whole input, no shuffle.
     whole = (
         cfg.task == "rerank"
@@ -525,7 +529,7 @@ def _score_passes(
         if attempt:
             log.warning(
                 "%d rows of %d files were not written (a writer died): scoring them again",
-                sum(e - s for r in todo.values() for s, e in r),
+                _todo_rows(todo),
                 len(todo),
             )
         _score_pass(cfg, plan, todo, run_id, attempt, on_parts, on_progress)
@@ -575,7 +579,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         kept = usable_parts(staged, plan.files)
     todo = _todo(plan.files, kept)
     write_run_record(cfg.output, record)
-    rows_scored = sum(end - start for ranges in todo.values() for start, end in ranges)
+    rows_scored = _todo_rows(todo)
     rows_scored += plan.rows_estimate - plan.rows  # files whose footers are still to be read
     files_resumed = sum(1 for f in plan.files if f.path not in todo)
     log.info(

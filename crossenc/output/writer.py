@@ -161,6 +161,7 @@ class RollingWriter:
         self.seen: dict[str, list[list[int]]] = {}  # rows taken so far, per input file
         self.held: dict[str, list[pa.Table]] = {}  # in-file rerank: rows waiting for their file
         self.held_rows: dict[str, int] = {}
+        self.whole_input_rows = sum(self.options.expected_rows.values())  # rank_whole_input
         self._reset()
 
     def _reset(self) -> None:
@@ -218,11 +219,10 @@ class RollingWriter:
     def _hold(self, source: str, rows: pa.Table) -> pa.Table | None:
         """Rerank in the writer: keep the rows until the whole input file (or, ranking the
         whole input, every file) is here, then rank them."""
-        expected = self.options.expected_rows
         if self.options.rank_whole_input:
-            source, wanted = "", sum(expected.values())
+            source, wanted = "", self.whole_input_rows
         else:
-            wanted = expected.get(source, 0)
+            wanted = self.options.expected_rows.get(source, 0)
         self.held.setdefault(source, []).append(rows)
         self.held_rows[source] = self.held_rows.get(source, 0) + rows.num_rows
         if self.held_rows[source] < wanted:
