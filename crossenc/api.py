@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import ray
 
 from crossenc.config import ConfigError, JobConfig, build_config
-from crossenc.inspect_input import InputError
+from crossenc.inspect_input import InputError, schema_problem
 from crossenc.model import check_task, describe_model
 from crossenc.output.writer import visible_columns
 from crossenc.pipeline import RunResult, for_this_machine, run_job, scoring_stages
@@ -48,25 +48,10 @@ def _config(config: JobConfig | dict[str, Any], paths: bool) -> JobConfig:
 
 def _check_columns(batch: pa.Table, cfg: JobConfig) -> pa.Table:
     """Refuse a dataset that lacks a column the config names, or holds texts that are not
-    strings, naming the column and the config key."""
-    named = {cfg.input.text_a: "input.text_a", cfg.input.text_b: "input.text_b"}
-    named |= {c: "input.keep" for c in cfg.input.keep}
-    if cfg.task == "rerank":
-        named[cfg.rerank.group_by] = "rerank.group_by"
-    for column, key in named.items():
-        if column not in batch.column_names:
-            raise InputError(
-                f"crossenc.scorer: the dataset has no column {column!r} ({key}); its columns: "
-                f"{batch.column_names}"
-            )
-    for column in (cfg.input.text_a, cfg.input.text_b):
-        kind = batch.schema.field(column).type
-        if not (
-            pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
-        ):
-            raise InputError(
-                f"crossenc.scorer: column {column!r} holds {kind}, not text ({named[column]})"
-            )
+    strings, as the job refuses such a file (:func:`schema_problem`: the column and its key)."""
+    problem = schema_problem(batch.schema, cfg)
+    if problem:
+        raise InputError(f"crossenc.scorer: the dataset's {problem}")
     return batch.select(cfg.needed_columns())
 
 

@@ -164,6 +164,14 @@ def read_footers(loc: Location, sizes: dict[str, int]) -> dict[str, Any]:
     return out
 
 
+def _key_naming(cfg: JobConfig, column: str) -> str:
+    """The config key that names an input column."""
+    keys = {cfg.input.text_a: "input.text_a", cfg.input.text_b: "input.text_b"}
+    if cfg.task == "rerank":
+        keys.setdefault(cfg.rerank.group_by, "rerank.group_by")
+    return keys.get(column, "input.keep")
+
+
 def schema_problem(
     schema: pa.Schema, cfg: JobConfig, reference: dict[str, Any] | None = None
 ) -> str | None:
@@ -171,10 +179,16 @@ def schema_problem(
     not a string, a carried column of another type than ``reference``), or None."""
     for col in cfg.needed_columns():
         if col not in schema.names:
-            return f"column {col!r} not found (columns: {', '.join(schema.names)})"
+            return (
+                f"column {col!r} not found ({_key_naming(cfg, col)}; columns: "
+                f"{', '.join(schema.names)})"
+            )
     for col in (cfg.input.text_a, cfg.input.text_b):
         if not _is_text(schema.field(col).type):
-            return f"text column {col!r} has type {schema.field(col).type}, not string"
+            return (
+                f"text column {col!r} has type {schema.field(col).type}, not string "
+                f"({_key_naming(cfg, col)})"
+            )
     for col, kind in (reference or {}).items():
         if schema.field(col).type != kind:
             return f"column {col!r} has type {schema.field(col).type}, other files {kind}"

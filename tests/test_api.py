@@ -110,7 +110,9 @@ def test_scorer_reranks_across_the_dataset_with_top_k(ray_local, models, pairs_d
 def test_scorer_names_a_missing_column_and_a_bad_config(ray_local, models):
     score = crossenc.scorer({"model": {"name": str(models[("bert", 1)])}})
     ds = ray_local.data.from_items([{"question": "a", "passage": "b"}])
-    with pytest.raises(Exception, match=r"no column 'query' \(input.text_a\)"):
+    with pytest.raises(
+        Exception, match=r"column 'query' not found \(input.text_a; columns: question, passage\)"
+    ):
         score(ds).take_all()
     with pytest.raises(ConfigError, match="model.bogus: unknown key"):
         crossenc.scorer({"model": {"name": str(models[("bert", 1)]), "bogus": 1}})
