@@ -126,6 +126,16 @@ class ModelConfig(_Strict):
     allow_pickle_weights: bool = Field(
         False, description="Allow pickle-format weights (*.bin); off: safetensors only."
     )
+    prompt_name: str | None = Field(
+        None,
+        description="Which of the prompts saved with the model (config_sentence_transformers."
+        "json) to use; None: the model's default_prompt_name, as sentence-transformers does.",
+    )
+    prompt: str | None = Field(
+        None,
+        description='A prompt text, overriding any saved one ("" for none): prepended to '
+        "text_a, or the system message of a model with a chat template.",
+    )
     truncation: Literal["longest_first", "only_second", "only_first"] = Field(
         "longest_first",
         description="How pairs longer than max_length are cut (the tokenizer's strategies; "

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from crossenc.config import ConfigError, ModelConfig, RuntimeConfig
-from crossenc.model import ModelInfo
+from crossenc.model import SEQUENCE_CLASSIFICATION, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +70,23 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int) -> list[
 
 
 def pad_batch(
-    ids: Sequence[np.ndarray], type_ids: Sequence[np.ndarray] | None, pad_token_id: int
+    ids: Sequence[np.ndarray],
+    type_ids: Sequence[np.ndarray] | None,
+    pad_token_id: int,
+    left: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Right-pad a batch to its longest row: int64 input_ids, attention_mask[, token_type_ids]."""
+    """Pad a batch to its longest row, on the right (or the left: decoder models read the last
+    position): int64 input_ids, attention_mask[, token_type_ids]."""
     width = max(max(len(s) for s in ids), 1)
     input_ids = np.full((len(ids), width), pad_token_id, dtype=np.int64)
     mask = np.zeros((len(ids), width), dtype=np.int64)
     types = np.zeros((len(ids), width), dtype=np.int64) if type_ids is not None else None
     for row, seq in enumerate(ids):
-        input_ids[row, : len(seq)] = seq
-        mask[row, : len(seq)] = 1
+        cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+        input_ids[row, cols] = seq
+        mask[row, cols] = 1
         if types is not None:
-            types[row, : len(seq)] = type_ids[row]  # type: ignore[index]
+            types[row, cols] = type_ids[row]  # type: ignore[index]
     out = {"input_ids": input_ids, "attention_mask": mask}
     if types is not None:
         out["token_type_ids"] = types
@@ -108,6 +113,8 @@ class EngineStats:
 def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig, source: str):
     """The runner model.backend names (imported here: an ONNX replica never loads torch)."""
     if model_cfg.backend == "onnx":
+        if info.kind != SEQUENCE_CLASSIFICATION:
+            raise ConfigError(f"model.backend onnx serves sequence classification, not {info.kind}")
         if model_cfg.compile:
             raise ConfigError("model.compile needs model.backend torch (ONNX Runtime optimises)")
         from crossenc.onnx_backend import OnnxRunner
@@ -119,7 +126,7 @@ def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig,
         raise ConfigError(f"model.quantize {model_cfg.quantize} needs model.backend onnx")
     from crossenc.torch_backend import TorchRunner
 
-    return TorchRunner(model_cfg, source, runtime, info.uses_token_type_ids)
+    return TorchRunner(model_cfg, source, runtime, info.uses_token_type_ids, info)
 
 
 def runner_label(described: dict[str, Any]) -> str:
@@ -158,7 +165,7 @@ class ScoringEngine:
         longest = max(len(s) for s in ids)
         if len(ids) > 1 and len(ids) * longest > self.max_tokens:
             return self._halves(rows, ids, type_ids)  # as large as a batch that ran out of memory
-        inputs = pad_batch(ids, type_ids, self.info.pad_token_id)
+        inputs = pad_batch(ids, type_ids, self.info.pad_token_id, self.info.padding_side == "left")
         try:
             logits = self.runner(inputs)
         except oom_errors():

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -132,18 +134,60 @@ def load_hf_config(cfg: ModelConfig, source: str) -> Any:
     return AutoConfig.from_pretrained(source, **_pretrained_kwargs(cfg, source))
 
 
-def load_model(cfg: ModelConfig, source: str, dtype: Any = None) -> Any:
-    """The sequence-classification model, in eval mode."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
+SEQUENCE_CLASSIFICATION = "sequence-classification"
+CAUSAL_LM = "causal-lm"  # scored as sentence-transformers' LogitScore: last position, yes - no
 
+
+def _model_class(kind: str) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForCausalLM if kind == CAUSAL_LM else AutoModelForSequenceClassification
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No load report or progress bar from transformers: crossenc words what matters itself."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _missing_weights_error(cfg: ModelConfig, kind: str, missing: list[str]) -> ConfigError:
+    head = all(name.split(".")[0] in ("classifier", "score", "pre_classifier") for name in missing)
+    why = (
+        "the folder holds a model without a sequence-classification head (a base or embedding "
+        "model, or a language model saved without its LogitScore): point model.name at a "
+        "cross-encoder or reranker checkpoint"
+        if head and kind == SEQUENCE_CLASSIFICATION
+        else "the checkpoint does not match its config.json"
+    )
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return ConfigError(
+        f"model.name {cfg.name}: the checkpoint lacks {len(missing)} weight(s) that a "
+        f"{kind} model needs ({shown}); loading would initialise them at random, so nothing is "
+        f"scored with them. {why[0].upper()}{why[1:]}"
+    )
+
+
+def _load(cfg: ModelConfig, source: str, kind: str, **extra: Any) -> tuple[Any, list[str]]:
+    """from_pretrained with crossenc's safety options; the model and its missing weights."""
     kwargs = _pretrained_kwargs(cfg, source)
     if not cfg.allow_pickle_weights:
         kwargs["use_safetensors"] = True
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, dtype=dtype or torch.float32, **kwargs
-        )
+        with _quiet_transformers():
+            model, loading = _model_class(kind).from_pretrained(
+                source, output_loading_info=True, **kwargs, **extra
+            )
     except OSError as err:
         if not cfg.allow_pickle_weights and "safetensors" in str(err).lower():
             raise ConfigError(
@@ -151,6 +195,35 @@ def load_model(cfg: ModelConfig, source: str, dtype: Any = None) -> Any:
                 "unless model.allow_pickle_weights is true"
             ) from err
         raise
+    except ValueError as err:
+        if "Unrecognized configuration class" in str(err):
+            raise ConfigError(
+                f"model.name {cfg.name}: transformers cannot load this architecture as a "
+                f"{kind} model ({err}); see the README's model table for what crossenc serves"
+            ) from None
+        raise
+    return model, sorted(loading.get("missing_keys") or ())
+
+
+def check_weights(cfg: ModelConfig, source: str, kind: str) -> None:
+    """Refuse a checkpoint that lacks weights its model needs (a missing classifier head,
+    a base model saved as a cross-encoder), before anything is scored: the model is built on
+    the meta device, so no weight is read."""
+    _, missing = _load(cfg, source, kind, device_map="meta")
+    if missing:
+        raise _missing_weights_error(cfg, kind, missing)
+
+
+def load_model(
+    cfg: ModelConfig, source: str, dtype: Any = None, kind: str = SEQUENCE_CLASSIFICATION
+) -> Any:
+    """The model of its kind (sequence classification or causal LM), in eval mode; refused
+    when loading reports weights that the checkpoint lacks."""
+    import torch
+
+    model, missing = _load(cfg, source, kind, dtype=dtype or torch.float32)
+    if missing:
+        raise _missing_weights_error(cfg, kind, missing)
     return model.eval()
 
 
@@ -166,11 +239,16 @@ class ModelInfo:
     uses_token_type_ids: bool
     pad_token_id: int
     model_type: str
+    kind: str = SEQUENCE_CLASSIFICATION
+    padding_side: str = "right"  # left for causal LMs: the last position is a real token
+    score_tokens: tuple[int, int | None] | None = None  # causal LM: the yes (and no) token ids
+    prompt: str | None = None  # prepended to text_a, or the chat template's system message
+    chat_template: bool = False  # pairs rendered as query/document messages, as in ST 6
+    architecture: str = ""
 
 
-def _st_model_config(cfg: ModelConfig, source: str) -> dict[str, Any]:
-    """The model's config_sentence_transformers.json, where it has one."""
-    name = "config_sentence_transformers.json"
+def _st_file(cfg: ModelConfig, source: str, name: str) -> Any:
+    """One of the JSON files sentence-transformers saves with a model (None where absent)."""
     path: str | None = str(Path(source) / name)
     if not Path(source).is_dir():
         try:
@@ -180,8 +258,109 @@ def _st_model_config(cfg: ModelConfig, source: str) -> dict[str, Any]:
         except Exception:  # the file is optional; any failure means "not stored"
             path = None
     if path is None or not Path(path).is_file():
-        return {}
-    return json.loads(Path(path).read_text())
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name {cfg.name}: {name} cannot be read ({err})") from None
+
+
+def _st_model_config(cfg: ModelConfig, source: str) -> dict[str, Any]:
+    """The model's config_sentence_transformers.json, where it has one."""
+    found = _st_file(cfg, source, "config_sentence_transformers.json")
+    return found if isinstance(found, dict) else {}
+
+
+_LOGIT_SCORE = "LogitScore"
+
+
+def model_kind(hf_config: Any, modules: list[dict[str, Any]]) -> str:
+    """Causal LM when sentence-transformers would load it so: a LogitScore module, or a
+    ``...ForCausalLM`` architecture; sequence classification otherwise."""
+    if any(str(m.get("type", "")).endswith(_LOGIT_SCORE) for m in modules):
+        return CAUSAL_LM
+    architectures = getattr(hf_config, "architectures", None) or [""]
+    return CAUSAL_LM if str(architectures[0]).endswith("ForCausalLM") else SEQUENCE_CLASSIFICATION
+
+
+def logit_score_tokens(
+    cfg: ModelConfig, source: str, modules: list[dict[str, Any]], tok: Any
+) -> tuple[int, int | None]:
+    """The true (and false) token ids of a causal-LM reranker: its saved LogitScore module's,
+    else the tokenizer's single tokens "yes" and "no", as sentence-transformers 6 picks them."""
+    for module in modules:
+        if str(module.get("type", "")).endswith(_LOGIT_SCORE):
+            saved = _st_file(cfg, source, f"{module.get('path', '')}/config.json") or {}
+            if "true_token_id" not in saved:
+                raise ConfigError(
+                    f"model.name {cfg.name}: {module.get('path')}/config.json has no true_token_id"
+                )
+            false_id = saved.get("false_token_id")
+            return int(saved["true_token_id"]), None if false_id is None else int(false_id)
+    ids = []
+    for word in ("yes", "no"):
+        token_id = tok.convert_tokens_to_ids(word)
+        if token_id is None or token_id == tok.unk_token_id:
+            raise ConfigError(
+                f"model.name {cfg.name}: a causal-LM reranker without a saved LogitScore module "
+                f"is scored as logit('yes') - logit('no'), but its tokenizer has no single token "
+                f"{word!r}; save the model with sentence-transformers' LogitScore naming its tokens"
+            )
+        ids.append(int(token_id))
+    return ids[0], ids[1]
+
+
+def resolve_prompt(cfg: ModelConfig, st_config: dict[str, Any]) -> str | None:
+    """The prompt sentence-transformers would use: model.prompt, else the saved prompt that
+    model.prompt_name names, else the saved default_prompt_name's; None for no prompt."""
+    if cfg.prompt is not None:
+        return cfg.prompt or None
+    prompts = st_config.get("prompts") or {}
+    if cfg.prompt_name is not None:
+        if cfg.prompt_name not in prompts:
+            raise ConfigError(
+                f"model.prompt_name {cfg.prompt_name}: model {cfg.name} saves no such prompt "
+                f"(it has: {', '.join(sorted(prompts)) or 'none'})"
+            )
+        return prompts[cfg.prompt_name] or None
+    default = st_config.get("default_prompt_name")
+    return (prompts.get(default) or None) if default else None
+
+
+# Probe texts: a chat template must carry both texts of a pair into what it renders.
+_PROBES = ("\u241eQ0 <a> & {{x}}\u241e", "\u241eD0\u241e", "  q1\n", " d1  ")
+
+
+def render_chat(tok: Any, prompt: str | None, pairs: list[tuple[str, str]]) -> list[str]:
+    """Each pair rendered by the tokenizer's chat template as sentence-transformers 6 renders
+    it: a "query" and a "document" message, after a "system" message holding the prompt."""
+    head = [{"role": "system", "content": prompt}] if prompt else []
+    conversations = [
+        [*head, {"role": "query", "content": a}, {"role": "document", "content": b}]
+        for a, b in pairs
+    ]
+    return list(tok.apply_chat_template(conversations, tokenize=False))
+
+
+def check_chat_template(cfg: ModelConfig, tok: Any, prompt: str | None) -> None:
+    """Refuse a chat template that drops the query or the document of a pair."""
+    q0, d0, q1, d1 = _PROBES
+    try:
+        base, query_moved, document_moved = render_chat(tok, prompt, [(q0, d0), (q1, d0), (q0, d1)])
+    except Exception as err:  # noqa: BLE001 - any template failure is the model's config
+        raise ConfigError(
+            f"model.name {cfg.name}: its chat template cannot render a (query, document) pair "
+            f"({type(err).__name__}: {err})"
+        ) from None
+    dropped = [
+        role for role, r in (("query", query_moved), ("document", document_moved)) if r == base
+    ]
+    if dropped:
+        raise ConfigError(
+            f"model.name {cfg.name}: its chat template does not render the "
+            f"{' and '.join(dropped)} text of a pair (sentence-transformers maps a pair to "
+            "'query' and 'document' messages); fix chat_template.jinja in the model folder"
+        )
 
 
 def resolve_activation(
@@ -293,9 +472,10 @@ def _hub_error(cfg: ModelConfig, err: Exception) -> Exception | None:
 
 
 def describe_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelInfo:
-    """Load config and tokenizer (not the weights) and work out labels, activation, limits.
-    A folder (local, or an s3:// one's copy) is checked for config, weights and tokenizer
-    first: a model that cannot score is refused here, before anything starts."""
+    """Load config and tokenizer (not the weights) and work out the model's kind, labels,
+    activation, prompt and limits. A folder (local, or an s3:// one's copy) is checked for
+    config, weights and tokenizer first, and its checkpoint against the weights its model
+    needs: a model that cannot score is refused here, before anything starts."""
     source = model_source(cfg, cache_dir)
     if Path(source).is_dir():
         check_model_folder(cfg, source)
@@ -309,7 +489,18 @@ def describe_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelInfo:
         if worded is not None:
             raise worded from err
         raise
-    num_labels = int(hf_config.num_labels)
+    found = _st_file(cfg, source, "modules.json")
+    modules = found if isinstance(found, list) else []
+    kind = model_kind(hf_config, modules)
+    score_tokens = None
+    if kind == CAUSAL_LM:
+        if cfg.backend != "torch":
+            raise ConfigError(
+                f"model.backend {cfg.backend}: model {cfg.name} is a causal-LM reranker, which "
+                "crossenc scores with model.backend torch only"
+            )
+        score_tokens = logit_score_tokens(cfg, source, modules, tok)
+    num_labels = 1 if kind == CAUSAL_LM else int(hf_config.num_labels)
     if cfg.labels is not None:
         if len(cfg.labels) != num_labels:
             raise ConfigError(
@@ -317,6 +508,8 @@ def describe_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelInfo:
                 f"{num_labels} output(s)"
             )
         labels = tuple(cfg.labels)
+    elif kind == CAUSAL_LM:
+        labels = ("LABEL_0",)
     else:
         id2label = getattr(hf_config, "id2label", None) or {}
         labels = tuple(str(id2label.get(i, f"LABEL_{i}")) for i in range(num_labels))
@@ -328,13 +521,20 @@ def describe_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelInfo:
         limit = min(limit, int(max_pos))
     if cfg.max_length is not None:
         limit = min(limit, cfg.max_length)
-    st_config = _st_model_config(cfg, source) if cfg.activation == "auto" else {}
+    st_config = _st_model_config(cfg, source)
     activation = resolve_activation(cfg.activation, hf_config, num_labels, st_config)
     if activation == "softmax" and num_labels == 1:
         raise ConfigError(
             f"model.activation softmax on single-output model {cfg.name} would give 1.0 for "
             "every pair; use sigmoid or identity"
         )
+    prompt = resolve_prompt(cfg, st_config)
+    chat = getattr(tok, "chat_template", None) is not None
+    if chat:
+        check_chat_template(cfg, tok, prompt)
+    if Path(source).is_dir():  # a Hub id's weights are checked where the replica loads them
+        check_weights(cfg, source, kind)
+    architectures = getattr(hf_config, "architectures", None) or []
     return ModelInfo(
         source=source,
         num_labels=num_labels,
@@ -345,6 +545,12 @@ def describe_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelInfo:
         and getattr(hf_config, "type_vocab_size", 2) > 1,
         pad_token_id=int(tok.pad_token_id if tok.pad_token_id is not None else 0),
         model_type=str(hf_config.model_type),
+        kind=kind,
+        padding_side="left" if kind == CAUSAL_LM else str(tok.padding_side),
+        score_tokens=score_tokens,
+        prompt=prompt,
+        chat_template=chat,
+        architecture=str(architectures[0]) if architectures else "",
     )
 
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crossenc.config import JobConfig
-from crossenc.model import ModelInfo, load_tokenizer
+from crossenc.model import ModelInfo, load_tokenizer, render_chat
 
 SOURCE = "_source"  # the input file a row came from
 ROW = "_row"  # the row's position in that file
@@ -46,6 +46,80 @@ def _list_array(seqs: list[list[int]], dtype: Any) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
+def _suffix_tokens(tokenizer: Any, prompt: str | None) -> list[int]:
+    """The chat template's fixed tail in tokens (e.g. the assistant prefill), which
+    sentence-transformers writes back over a truncated row's last tokens: the longest common
+    token suffix of two renders with different filler texts (its own derivation)."""
+    renders = [
+        tokenizer(render_chat(tokenizer, prompt, [(f, f)])[0], add_special_tokens=False)[
+            "input_ids"
+        ]
+        for f in ("0", "1 2 3 4")
+    ]
+    count = 0
+    for left, right in zip(reversed(renders[0]), reversed(renders[1]), strict=False):
+        if left != right:
+            break
+        count += 1
+    return renders[0][len(renders[0]) - count :] if 0 < count < min(map(len, renders)) else []
+
+
+def _layout(tokenizer: Any, prompt: str | None) -> tuple[str, str, str] | None:
+    """(before, between, after) when the chat template places both texts verbatim, so a pair
+    renders as ``before + a + between + b + after`` without running the template per row;
+    None when probes show it transforms them (then every pair is rendered)."""
+    q, d = "\u241equery\u241e", "\u241edocument\u241e"
+    (probe,) = render_chat(tokenizer, prompt, [(q, d)])
+    if probe.count(q) != 1 or probe.count(d) != 1 or probe.index(q) > probe.index(d):
+        return None
+    before, rest = probe.split(q)
+    between, after = rest.split(d)
+    checks = [("  Q <b> & {{ x }}\n", " D\t{% y %} "), ("", "x")]
+    rendered = render_chat(tokenizer, prompt, checks)
+    expected = [before + a + between + b + after for a, b in checks]
+    if rendered != expected:
+        return None
+    return before, between, after
+
+
+_CHAT: dict[tuple[int, str, str | None], tuple[tuple[str, str, str] | None, list[int]]] = {}
+
+
+def _encode_chat(
+    tokenizer: Any, info: ModelInfo, texts_a: list[str], texts_b: list[str]
+) -> tuple[list[list[int]], np.ndarray]:
+    """Pairs through the model's chat template, tokenized and truncated as sentence-transformers
+    6 does: the rendered text cut at max_length, then the template's tail restored."""
+    key = (id(tokenizer), str(tokenizer.chat_template), info.prompt)
+    if key not in _CHAT:
+        _CHAT[key] = (_layout(tokenizer, info.prompt), _suffix_tokens(tokenizer, info.prompt))
+    layout, suffix = _CHAT[key]
+    if layout is not None:
+        before, between, after = layout
+        texts = [before + a + between + b + after for a, b in zip(texts_a, texts_b, strict=True)]
+    else:
+        texts = render_chat(tokenizer, info.prompt, list(zip(texts_a, texts_b, strict=True)))
+    limit = info.max_length
+    ids = tokenizer(
+        texts,
+        add_special_tokens=False,
+        truncation=True,
+        max_length=limit,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )["input_ids"]
+    truncated = np.zeros(len(ids), dtype=bool)
+    at_limit = [i for i, row in enumerate(ids) if len(row) >= limit]
+    if at_limit:
+        full = tokenizer([texts[i] for i in at_limit], add_special_tokens=False)["input_ids"]
+        truncated[at_limit] = [len(row) > limit for row in full]
+        keep = min(len(suffix), limit)
+        for i in at_limit:
+            if keep:
+                ids[i][-keep:] = suffix[-keep:]
+    return ids, truncated
+
+
 def encode_pairs(
     tokenizer: Any,
     info: ModelInfo,
@@ -53,7 +127,16 @@ def encode_pairs(
     texts_b: list[str],
     truncation: str = "longest_first",
 ) -> tuple[list[list[int]], list[list[int]] | None, np.ndarray]:
-    """Token ids (and type ids) of pairs as the tokenizer builds them, plus a truncated flag."""
+    """Token ids (and type ids) of pairs as the tokenizer builds them, plus a truncated flag.
+
+    As sentence-transformers 6 builds them: through the model's chat template where it has
+    one, else the tokenizer's pair encoding, with the model's prompt before text_a.
+    """
+    if info.chat_template:
+        ids, truncated = _encode_chat(tokenizer, info, texts_a, texts_b)
+        return ids, None, truncated
+    if info.prompt:
+        texts_a = [info.prompt + text for text in texts_a]
     enc = tokenizer(
         texts_a,
         texts_b,

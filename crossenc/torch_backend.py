@@ -11,7 +11,7 @@ import torch
 
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine import cpu_threads
-from crossenc.model import load_model
+from crossenc.model import CAUSAL_LM, SEQUENCE_CLASSIFICATION, ModelInfo, load_model
 from crossenc.prepack import can_prepack, prepack_linears
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,18 @@ class TorchRunner:
         source: str,
         runtime: RuntimeConfig,
         uses_token_type_ids: bool = True,
+        info: ModelInfo | None = None,
     ) -> None:
         self.device = pick_device(runtime.gpus_per_replica)
         self.dtype = pick_dtype(model_cfg.dtype, self.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(runtime))
-        model = load_model(model_cfg, source, dtype=self.dtype)
+        self.kind = info.kind if info is not None else SEQUENCE_CLASSIFICATION
+        model = load_model(model_cfg, source, dtype=self.dtype, kind=self.kind)
         self.attn_implementation = _use_sdpa(model)
+        if self.kind == CAUSAL_LM:
+            assert info is not None and info.score_tokens is not None
+            model = LastTokenScore(model, info.score_tokens)
         self.model = model.to(self.device)
         self.compiled = self.prepacked = False
         if model_cfg.compile:
@@ -150,12 +155,53 @@ class TorchRunner:
         """What runs: for stats and logs."""
         return {
             "backend": "torch",
+            "kind": self.kind,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "attention": self.attn_implementation,
             "compiled": self.compiled,
             "prepacked": self.prepacked,
         }
+
+
+class LastTokenScore(torch.nn.Module):
+    """A causal-LM reranker scored as sentence-transformers' LogitScore does: the last
+    position's logit of the true token, minus the false token's where there is one. The LM
+    head is computed for that position and those one or two vocabulary rows only, not the
+    whole vocabulary at every position (rows x length x vocab); inputs are left-padded.
+    Models whose head rescales logits (softcapping, a logit scale) run their own head on the
+    last position instead."""
+
+    def __init__(self, model: Any, tokens: tuple[int, int | None]) -> None:
+        super().__init__()
+        self.config = model.config
+        self.ids = [tokens[0]] if tokens[1] is None else [tokens[0], tokens[1]]
+        head = model.get_output_embeddings()
+        rescales = any(
+            getattr(model.config, key, None) not in (None, 1.0)
+            for key in ("final_logit_softcapping", "logit_scale")
+        )
+        self.full: Any = None
+        if rescales or not isinstance(head, torch.nn.Linear):
+            self.full = model  # its forward with logits_to_keep=1
+            return
+        self.decoder = model.get_decoder()
+        self.register_buffer("rows", head.weight[self.ids].detach().clone())
+        bias = None if head.bias is None else head.bias[self.ids].detach().clone()
+        self.register_buffer("bias", bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        if self.full is not None:
+            out = self.full(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
+            logits = out.logits[:, -1, self.ids]
+        else:
+            hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask)
+            last = hidden.last_hidden_state[:, -1]
+            logits = torch.nn.functional.linear(last, self.rows, self.bias)
+        score = logits[:, :1] if len(self.ids) == 1 else logits[:, :1] - logits[:, 1:]
+        return SequenceClassifierOutput(logits=score)
 
 
 def _frozen_weights() -> contextlib.AbstractContextManager[Any]:

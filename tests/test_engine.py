@@ -232,6 +232,7 @@ def test_torch_runner_uses_sdpa_float32_on_cpu(models):
     runner = TorchRunner(ModelConfig(name=folder), folder, RuntimeConfig())
     assert runner.describe() == {
         "backend": "torch",
+        "kind": "sequence-classification",
         "device": "cpu",
         "dtype": "float32",
         "attention": "sdpa",
