@@ -29,6 +29,7 @@ from crossenc.errors import (  # noqa: F401  (the exit codes are this module's i
     explain,
 )
 from crossenc.inspect_input import JobPlan, plan_job
+from crossenc.model import CAUSAL_LM, ModelInfo
 from crossenc.postprocess import output_columns
 
 if TYPE_CHECKING:
@@ -74,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_kind_words(info: ModelInfo) -> str:
+    """How the model scores, in words: "causal-LM reranker (Qwen3ForCausalLM): ..."."""
+    arch = f" ({info.architecture})" if info.architecture else ""
+    if info.kind == CAUSAL_LM and info.score_tokens is not None:
+        words = [f"{w!r} ({i})" for w, i in zip(info.score_words, info.score_tokens, strict=False)]
+        how = " - ".join(f"logit({w})" for w in words)
+        return f"causal-LM reranker{arch}: {how} at the last position, left padding"
+    return f"sequence classification{arch}, {info.padding_side} padding"
+
+
 def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
     """What a run with this config would do, in a few lines."""
     info = plan.info
@@ -89,6 +100,10 @@ def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
         f"input: {files}, pairs ({cfg.input.text_a}, {cfg.input.text_b})",
         f"model: {cfg.model.name} ({info.model_type}, {info.num_labels} output(s): "
         f"{', '.join(info.labels)}), activation {info.activation}, max_length {info.max_length}",
+        f"model kind: {model_kind_words(info)}",
+        "prompt: "
+        + (repr(info.prompt) if info.prompt else "none")
+        + (", pairs rendered by the model's chat template" if info.chat_template else ""),
         f"task: {cfg.task}"
         + (f" by {cfg.rerank.group_by}, top_k {cfg.rerank.top_k}" if cfg.task == "rerank" else ""),
         f"output: {cfg.output.path} columns {cfg.carried_columns() + outputs + ['truncated']}",

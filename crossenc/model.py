@@ -242,6 +242,7 @@ class ModelInfo:
     kind: str = SEQUENCE_CLASSIFICATION
     padding_side: str = "right"  # left for causal LMs: the last position is a real token
     score_tokens: tuple[int, int | None] | None = None  # causal LM: the yes (and no) token ids
+    score_words: tuple[str, ...] = ()  # those tokens, as text
     prompt: str | None = None  # prepended to text_a, or the chat template's system message
     chat_template: bool = False  # pairs rendered as query/document messages, as in ST 6
     architecture: str = ""
@@ -548,6 +549,9 @@ def describe_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelInfo:
         kind=kind,
         padding_side="left" if kind == CAUSAL_LM else str(tok.padding_side),
         score_tokens=score_tokens,
+        score_words=tuple(
+            str(tok.convert_ids_to_tokens(i)) for i in (score_tokens or ()) if i is not None
+        ),
         prompt=prompt,
         chat_template=chat,
         architecture=str(architectures[0]) if architectures else "",
