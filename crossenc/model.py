@@ -472,6 +472,25 @@ def _hub_error(cfg: ModelConfig, err: Exception) -> Exception | None:
     return None
 
 
+def _code_error(cfg: ModelConfig, err: Exception) -> ConfigError | None:
+    """A model that needs its own code, or an architecture this transformers does not know,
+    in words; None for other errors."""
+    text = str(err)
+    if "custom code" in text or "trust_remote_code" in text:
+        return ConfigError(
+            f"model.name {cfg.name}: the model ships its own Python code (auto_map in its "
+            "config.json), which crossenc does not run by default; model.trust_remote_code: true "
+            "runs that repository's code on the driver and on every node (review it first)"
+        )
+    if "does not recognize this architecture" in text or "Unrecognized model" in text:
+        return ConfigError(
+            f"model.name {cfg.name}: this transformers does not know the model's architecture "
+            f"({text.splitlines()[0][:200]}); upgrade transformers, or see the README's model "
+            "table for what crossenc serves"
+        )
+    return None
+
+
 def describe_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelInfo:
     """Load config and tokenizer (not the weights) and work out the model's kind, labels,
     activation, prompt and limits. A folder (local, or an s3:// one's copy) is checked for
@@ -486,7 +505,7 @@ def describe_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelInfo:
     except (ConfigError, StorageError):
         raise
     except Exception as err:
-        worded = None if Path(source).is_dir() else _hub_error(cfg, err)
+        worded = _code_error(cfg, err) or (None if Path(source).is_dir() else _hub_error(cfg, err))
         if worded is not None:
             raise worded from err
         raise

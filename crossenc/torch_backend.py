@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from typing import Any
 
@@ -63,6 +64,13 @@ class TorchRunner:
             assert info is not None and info.score_tokens is not None
             model = LastTokenScore(model, info.score_tokens)
         self.model = model.to(self.device)
+        # Left-padded rows get positions counted from their first real token: each row scores
+        # as it would alone, whatever the batch (transformers counts positions from the pads).
+        self.positions = (
+            info is not None
+            and info.padding_side == "left"
+            and "position_ids" in inspect.signature(model.forward).parameters
+        )
         self.compiled = self.prepacked = False
         if model_cfg.compile:
             self._compile(model_cfg.name, runtime, uses_token_type_ids)
@@ -146,6 +154,9 @@ class TorchRunner:
         if self.compiled and rows == 1:
             # A 1-row batch would compile a second graph (size 1 is specialised): pad to 2.
             inputs = {name: np.repeat(array, 2, axis=0) for name, array in inputs.items()}
+        if self.positions:
+            mask = inputs["attention_mask"]
+            inputs = {**inputs, "position_ids": np.maximum(np.cumsum(mask, axis=1) - 1, 0)}
         tensors = {name: self._to_device(array) for name, array in inputs.items()}
         with _frozen_weights() if self.compiled else contextlib.nullcontext():
             logits = self.model(**tensors).logits
@@ -190,14 +201,21 @@ class LastTokenScore(torch.nn.Module):
         bias = None if head.bias is None else head.bias[self.ids].detach().clone()
         self.register_buffer("bias", bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> Any:
         from transformers.modeling_outputs import SequenceClassifierOutput
 
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
         if self.full is not None:
-            out = self.full(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
-            logits = out.logits[:, -1, self.ids]
+            logits = self.full(**inputs, logits_to_keep=1).logits[:, -1, self.ids]
         else:
-            hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask)
+            hidden = self.decoder(**inputs)
             last = hidden.last_hidden_state[:, -1]
             logits = torch.nn.functional.linear(last, self.rows, self.bias)
         score = logits[:, :1] if len(self.ids) == 1 else logits[:, :1] - logits[:, 1:]
