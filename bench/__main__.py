@@ -24,6 +24,11 @@ Out-of-the-box mode (``--mode oob``): whole-process wall time of ``crossenc scor
 preset and nothing else set, against the user's own sentence-transformers script, on 2,400
 and 20,000 pairs (see :mod:`bench.oob`).
 
+Causal mode (``--mode causal``): a causal-LM reranker scored with the LM head on every position,
+on the last position, and on the last position's yes/no rows only (crossenc), and crossenc's
+LocalScorer against CrossEncoder.predict on it; long mode (``--mode long``): peak memory and time
+per row of 512- to 8,192-token rows (see :mod:`bench.rerankers`).
+
 Memory mode (``--mode memory``): the full job with a tiny model on 10^5 and 10^6 rows, reporting
 the peak memory of the driver and every Ray process it started (see :class:`TreeMemory`).
 """
@@ -657,7 +662,11 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--mode", choices=("throughput", "memory", "scale", "oob"), default="throughput")
+    p.add_argument(
+        "--mode",
+        choices=("throughput", "memory", "scale", "oob", "causal", "long"),
+        default="throughput",
+    )
     p.add_argument(
         "--pairs",
         type=int,
@@ -695,6 +704,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--oob-pairs", type=int, nargs="+", default=[2400, 20_000], help="oob mode sizes"
     )
+    p.add_argument(
+        "--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192], help="long mode"
+    )
     args = p.parse_args(argv)
     own = args.work is None
     args.work = args.work or tempfile.mkdtemp(prefix="crossenc-bench-")
@@ -707,6 +719,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench.oob import oob
 
             res = oob(args)
+        elif args.mode in ("causal", "long"):
+            from bench.rerankers import causal, long_inputs
+
+            res = causal(args) if args.mode == "causal" else long_inputs(args)
         else:
             res = throughput(args) if args.mode == "throughput" else memory(args)
     finally:
