@@ -56,8 +56,9 @@ def _check_columns(batch: pa.Table, cfg: JobConfig) -> pa.Table:
 
 
 def _finish(batch: pa.Table) -> pa.Table:
-    """The job's output columns (carried, scores, ``truncated``) plus ``reason``; rows past a
-    rerank's top_k left out, as the job leaves them out."""
+    """The job's output columns (carried, scores, ``windows`` with model.long_text chunk,
+    ``truncated``) plus ``reason``; rows past a rerank's top_k left out, as the job leaves
+    them out."""
     if DROPPED in batch.column_names:
         batch = batch.filter(pc.invert(batch.column(DROPPED)))
     out = batch.select(visible_columns(batch.column_names))
@@ -69,12 +70,14 @@ def scorer(config: JobConfig | dict[str, Any]) -> Callable[[ray.data.Dataset], r
     model, activation, task and runtime settings.
 
     Its dataset has the job's output columns: ``input.keep`` (and a rerank's group column),
-    the task's score, label or rank columns, ``truncated``, and ``reason``: why a row could not
-    be scored (the job's dead-letter reason; null where it was scored, and then its scores are
-    null). A rerank ranks within groups across the whole dataset (a shuffle), without the rows
-    past ``rerank.top_k``. ``input.path`` and ``output.path`` are not needed: the dataset given
-    is the input, the dataset returned the output. The model is described and checked against
-    the task here, once; a missing column is refused when the dataset runs, naming it.
+    the task's score, label or rank columns, ``windows`` (model.long_text chunk: the windows
+    scored for the row, whose best score it keeps), ``truncated``, and ``reason``: why a row
+    could not be scored (the job's dead-letter reason; null where it was scored, and then its
+    scores are null). A rerank ranks within groups across the whole dataset (a shuffle),
+    without the rows past ``rerank.top_k``. ``input.path`` and ``output.path`` are not needed:
+    the dataset given is the input, the dataset returned the output. The model is described
+    and checked against the task here, once; a missing column is refused when the dataset
+    runs, naming it.
     """
     cfg = for_this_machine(_config(config, paths=False))
     info = describe_model(cfg.model, cfg.runtime.cache_dir)

@@ -229,6 +229,31 @@ class ScoringEngine:
         self.stats.real_tokens += int(lengths.sum())
         return out
 
+    def score_windows(
+        self,
+        ids: Sequence[np.ndarray],
+        type_ids: Sequence[np.ndarray] | None,
+        counts: Sequence[int] | np.ndarray,
+    ) -> np.ndarray:
+        """MaxP scores of rows made of windows: ``ids`` holds every row's windows in turn,
+        ``counts`` how many each row has. Every window is scored as a row of :meth:`score` (in
+        the same token-budget batches); a row keeps its best window's score, shape (rows,
+        outputs). A row one of whose windows ran out of memory even alone scores NaN;
+        ``self.unfit`` lists such rows (row positions, not windows)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if int(counts.sum()) != len(ids):
+            raise ValueError(f"{len(ids)} windows, but the counts add up to {int(counts.sum())}")
+        scores = self.score(ids, type_ids)
+        out = np.full((len(counts), self.info.num_labels), np.nan, dtype=np.float32)
+        starts = np.cumsum(counts) - counts
+        has = counts > 0
+        if has.any():
+            out[has] = np.maximum.reduceat(scores, starts[has], axis=0)  # NaN stays NaN
+        owner = np.repeat(np.arange(len(counts)), counts)
+        self.unfit = sorted({int(owner[w]) for w in self.unfit})
+        out[self.unfit] = np.nan
+        return out
+
 
 class LocalScorer:
     """In-process scoring of (text_a, text_b) pairs with the job's tokenizer and engine."""
@@ -240,28 +265,48 @@ class LocalScorer:
         self.runtime = runtime or RuntimeConfig()
         self.info = describe_model(model_cfg, self.runtime.cache_dir)
         self.tokenizer = load_tokenizer(model_cfg, self.info.source)
+        self.chunk = model_cfg.long_text == "chunk"
+        if self.chunk:
+            from crossenc.tokenize import check_chunking
+
+            if self.info.num_labels != 1:
+                raise ConfigError(
+                    f"model.long_text chunk keeps each pair's best window score, which needs a "
+                    f"single-output model; {model_cfg.name} has {self.info.num_labels} outputs"
+                )
+            check_chunking(model_cfg, self.info, self.tokenizer)
         self.engine = ScoringEngine(model_cfg, self.info, self.runtime, self.info.source)
 
-    def encode(
-        self, pairs: Sequence[tuple[str, str]]
-    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> Any:
         """Token ids, and type ids where the model takes them, one array per pair: what a job's
-        tokenizer stage hands its scorers."""
-        from crossenc.tokenize import encode_pairs
+        tokenizer stage hands its scorers. With model.long_text chunk, one array per window
+        and a third item, the windows of each pair (they follow one another)."""
+        from crossenc.tokenize import encode_pairs, encode_windows
 
-        ids, type_ids, _ = encode_pairs(
-            self.tokenizer,
-            self.info,
-            [a for a, _ in pairs],
-            [b for _, b in pairs],
-            self.model_cfg.truncation,
-        )
+        texts_a, texts_b = [a for a, _ in pairs], [b for _, b in pairs]
+        if self.chunk:
+            ids, type_ids, _, counts = encode_windows(
+                self.tokenizer,
+                self.info,
+                texts_a,
+                texts_b,
+                self.model_cfg.truncation,
+                self.model_cfg.chunk_overlap,
+            )
+        else:
+            ids, type_ids, _ = encode_pairs(
+                self.tokenizer, self.info, texts_a, texts_b, self.model_cfg.truncation
+            )
         arrays = [np.asarray(s, dtype=np.int64) for s in ids]
         types = [np.asarray(s, dtype=np.int64) for s in type_ids] if type_ids else None
-        return arrays, types
+        return (arrays, types, counts) if self.chunk else (arrays, types)
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Scores of shape (pairs,) for single-output models, (pairs, outputs) otherwise; NaN
-        for a pair that runs out of memory even alone (``engine.unfit`` lists them)."""
-        scores = self.engine.score(*self.encode(pairs))
+        for a pair that runs out of memory even alone (``engine.unfit`` lists them). With
+        model.long_text chunk, each pair's best window score (MaxP)."""
+        if self.chunk:
+            scores = self.engine.score_windows(*self.encode(pairs))
+        else:
+            scores = self.engine.score(*self.encode(pairs))
         return scores[:, 0] if self.info.num_labels == 1 else scores

@@ -590,6 +590,18 @@ def check_task(cfg: JobConfig, info: ModelInfo) -> None:
         )
     if cfg.task == "classify" and info.num_labels > 1 and cfg.classify.threshold is not None:
         raise ConfigError("classify.threshold applies to single-output models only")
+    if cfg.model.long_text == "chunk":
+        if info.num_labels != 1:
+            raise ConfigError(
+                f"model.long_text chunk keeps each pair's best window score (MaxP), which needs "
+                f"a single-output model (task score, rerank, or classify with "
+                f"classify.threshold); {cfg.model.name} has {info.num_labels} outputs "
+                f"{list(info.labels)}, whose per-window maxima would not be one window's "
+                "scores (use model.long_text: truncate)"
+            )
+        from crossenc.tokenize import check_chunking
+
+        check_chunking(cfg.model, info, load_tokenizer(cfg.model, info.source))
 
 
 def model_fingerprint(cfg: ModelConfig, info: ModelInfo) -> dict[str, Any]:

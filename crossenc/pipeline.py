@@ -54,7 +54,7 @@ from crossenc.summary import (
     metric_columns,
     summary_table,
 )
-from crossenc.tokenize import ERROR, IDS, TYPE_IDS, tokenize_batch
+from crossenc.tokenize import ERROR, IDS, TYPE_IDS, WINDOW_LENGTHS, WINDOWS, tokenize_batch
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +86,38 @@ class ScorerReplica:
         scores = np.zeros((batch.num_rows, self.info.num_labels), dtype=np.float32)
         stats = self.engine.stats
         computed, splits, started = stats.computed_tokens, stats.oom_splits, time.perf_counter()
-        scores[idx] = self.engine.score(
-            [ids[i] for i in idx], [types[i] for i in idx] if types else None
-        )
+        if WINDOW_LENGTHS in batch.column_names:  # model.long_text chunk: rows of windows
+            lengths = _ragged(batch.column(WINDOW_LENGTHS))
+            cuts = [np.cumsum(lengths[i][:-1]) for i in idx]
+            windows = [w for i, cut in zip(idx, cuts, strict=True) for w in np.split(ids[i], cut)]
+            window_types = (
+                [w for i, cut in zip(idx, cuts, strict=True) for w in np.split(types[i], cut)]
+                if types
+                else None
+            )
+            counts = [len(lengths[i]) for i in idx]
+            scores[idx] = self.engine.score_windows(windows, window_types, counts)
+            longest = [int(lengths[i].max(initial=0)) for i in range(batch.num_rows)]
+        else:
+            scores[idx] = self.engine.score(
+                [ids[i] for i in idx], [types[i] for i in idx] if types else None
+            )
+            longest = [len(s) for s in ids]
         busy = time.perf_counter() - started
-        if self.engine.unfit:  # rows that ran out of memory even alone: dead letters
+        if self.engine.unfit:  # rows (a window of them) that ran out of memory alone: dead letters
             errors = batch.column(ERROR).to_pylist()
             for i in idx[self.engine.unfit]:
-                errors[i], valid[i] = f"out_of_memory:{len(ids[i])}_tokens", False
+                errors[i], valid[i] = f"out_of_memory:{longest[i]}_tokens", False
             column = batch.schema.get_field_index(ERROR)
             batch = batch.set_column(column, ERROR, pa.array(errors, type=pa.string()))
         tokens = np.zeros(batch.num_rows, dtype=np.int64)
-        tokens[idx] = [len(ids[i]) for i in idx]
-        out = batch.drop_columns([c for c in (IDS, TYPE_IDS) if c in batch.column_names])
-        columns = score_columns(scores, valid, self.cfg, self.info) | metric_columns(
+        tokens[idx] = [len(ids[i]) for i in idx]  # a row of windows: all of its windows' tokens
+        dropped = (IDS, TYPE_IDS, WINDOW_LENGTHS, WINDOWS)  # windows comes back after the scores
+        out = batch.drop_columns([c for c in dropped if c in batch.column_names])
+        columns = score_columns(scores, valid, self.cfg, self.info)
+        if WINDOWS in batch.column_names:
+            columns[WINDOWS] = batch.column(WINDOWS)
+        columns |= metric_columns(
             self.replica,
             busy,
             tokens,

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from crossenc.config import JobConfig
+from crossenc.config import ConfigError, JobConfig, ModelConfig
 from crossenc.model import ModelInfo, load_tokenizer, render_chat
 
 SOURCE = "_source"  # the input file a row came from
@@ -18,6 +18,8 @@ IDS = "_input_ids"
 TYPE_IDS = "_token_type_ids"
 ERROR = "_error"
 TRUNCATED = "truncated"
+WINDOWS = "windows"  # model.long_text chunk: windows scored for the row (an output column)
+WINDOW_LENGTHS = "_window_lengths"  # chunk: each window's tokens, its ids in _input_ids in turn
 
 # Reason codes of dead-lettered rows. A text column whose Parquet type is not a string makes
 # the whole file bad (input.on_bad_file), since a column has one type per file.
@@ -166,6 +168,106 @@ def encode_pairs(
     return ids, type_ids, truncated
 
 
+def window_size(tokenizer: Any, info: ModelInfo) -> int:
+    """Tokens of a pair's window beside its special tokens: the limit less the pair's specials."""
+    return info.max_length - int(tokenizer.num_special_tokens_to_add(pair=True))
+
+
+def min_room(window: int, overlap: int) -> int:
+    """The fewest tokens of text_b a window must hold for a row to be windowed: twice the
+    overlap and a quarter of the window, so each window advances by at least an eighth of it
+    (a row of a long first text would otherwise cost a window per few tokens of its second)."""
+    return max(2 * overlap, -(-window // 4), 1)
+
+
+def check_chunking(cfg: ModelConfig, info: ModelInfo, tokenizer: Any) -> None:
+    """Refuse model.long_text chunk where it cannot work: a chat template (it wraps the whole
+    pair, so there is no second text to window), an overlap of half the window or more."""
+    if info.chat_template:
+        raise ConfigError(
+            f"model.long_text chunk: model {cfg.name} has a chat template, which renders the "
+            "whole pair as one text; there is no second text to split into windows (use "
+            "model.long_text: truncate)"
+        )
+    window = window_size(tokenizer, info)
+    if 2 * cfg.chunk_overlap >= window:
+        raise ConfigError(
+            f"model.chunk_overlap {cfg.chunk_overlap} must be under half the window of model "
+            f"{cfg.name}: max_length {info.max_length} less {info.max_length - window} special "
+            f"tokens = {window} tokens (windows must advance)"
+        )
+
+
+def encode_windows(
+    tokenizer: Any,
+    info: ModelInfo,
+    texts_a: list[str],
+    texts_b: list[str],
+    truncation: str = "longest_first",
+    overlap: int = 64,
+) -> tuple[list[list[int]], list[list[int]] | None, np.ndarray, np.ndarray]:
+    """model.long_text chunk: the windows of pairs, as :func:`encode_pairs` but a pair longer
+    than the limit has text_b split into windows, consecutive ones sharing ``overlap`` tokens,
+    each built by the tokenizer as a pair with the whole (prompted) text_a.
+
+    Returns every row's windows in row order (ids, type ids), the truncated flag and the
+    windows per row. A pair that fits is one window, as :func:`encode_pairs` encodes it. A row
+    whose text_a leaves less than :func:`min_room` tokens for text_b is truncated as
+    :func:`encode_pairs` truncates it (one window, truncated).
+    """
+    if info.chat_template:
+        raise ConfigError("model.long_text chunk does not apply to a model with a chat template")
+    ids, type_ids, truncated = encode_pairs(tokenizer, info, texts_a, texts_b, truncation)
+    counts = np.ones(len(ids), dtype=np.int32)
+    long_rows = np.flatnonzero(truncated)
+    if not len(long_rows):
+        return ids, type_ids, truncated, counts
+    prompt = info.prompt or ""
+    firsts = [prompt + texts_a[i] for i in long_rows]
+    first_lengths = np.fromiter(
+        (len(s) for s in tokenizer(firsts, add_special_tokens=False)["input_ids"]),
+        dtype=np.int64,
+        count=len(firsts),
+    )
+    window = window_size(tokenizer, info)
+    # Rows whose text_a leaves too little room keep the truncated encoding (the tokenizer
+    # would refuse the whole batch for a row whose window is no larger than the stride).
+    fits = (window - first_lengths) >= min_room(window, overlap)
+    rows = long_rows[fits]
+    if not len(rows):
+        return ids, type_ids, truncated, counts
+    enc = tokenizer(
+        [firsts[j] for j in np.flatnonzero(fits)],
+        [texts_b[i] for i in rows],
+        truncation="only_second",
+        max_length=info.max_length,
+        stride=overlap,
+        return_overflowing_tokens=True,
+        padding=False,
+        return_attention_mask=False,
+        return_token_type_ids=info.uses_token_type_ids,
+        return_length=False,
+    )
+    owner = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
+    windowed: list[list[int]] = [[] for _ in ids]  # window positions in enc, per row
+    for w, j in enumerate(owner):
+        windowed[int(rows[j])].append(w)
+    out_ids: list[list[int]] = []
+    out_types: list[list[int]] | None = [] if type_ids is not None else None
+    for i in range(len(ids)):
+        if windowed[i]:
+            out_ids.extend(enc["input_ids"][w] for w in windowed[i])
+            if out_types is not None:
+                out_types.extend(enc["token_type_ids"][w] for w in windowed[i])
+        else:
+            out_ids.append(ids[i])
+            if out_types is not None:
+                out_types.append(type_ids[i])  # type: ignore[index]
+    counts[rows] = [len(windowed[i]) for i in rows]
+    truncated[rows] = False  # every token of both texts is in some window
+    return out_ids, out_types, truncated, counts
+
+
 def tokenize_batch(batch: pa.Table, cfg: JobConfig, info: ModelInfo) -> pa.Table:
     """Add token ids, the truncated flag and a reason for unscorable rows; drop text columns."""
     a_name, b_name = cfg.input.text_a, cfg.input.text_b
@@ -176,30 +278,51 @@ def tokenize_batch(batch: pa.Table, cfg: JobConfig, info: ModelInfo) -> pa.Table
     texts_a = batch.column(a_name).to_pylist()
     texts_b = batch.column(b_name).to_pylist()
     tokenizer = load_tokenizer(cfg.model, info.source)
-    ids_good, types_good, trunc_good = encode_pairs(
-        tokenizer,
-        info,
-        [texts_a[i] for i in good],
-        [texts_b[i] for i in good],
-        cfg.model.truncation,
-    )
-    ids: list[list[int]] = [[] for _ in errors]
-    types: list[list[int]] = [[] for _ in errors]
+    good_a, good_b = [texts_a[i] for i in good], [texts_b[i] for i in good]
+    chunk = cfg.model.long_text == "chunk"
+    counts = np.zeros(len(errors), dtype=np.int32)  # windows per row: none for a dead letter
+    if chunk:
+        ids_good, types_good, trunc_good, counts_good = encode_windows(
+            tokenizer, info, good_a, good_b, cfg.model.truncation, cfg.model.chunk_overlap
+        )
+    else:
+        ids_good, types_good, trunc_good = encode_pairs(
+            tokenizer, info, good_a, good_b, cfg.model.truncation
+        )
+        counts_good = np.ones(len(good), dtype=np.int32)
+    counts[good] = counts_good
     truncated = np.zeros(len(errors), dtype=bool)
-    for j, i in enumerate(good):
-        ids[i] = ids_good[j]
-        if types_good is not None:
-            types[i] = types_good[j]
     truncated[good] = trunc_good
+    # Every window, in row order (a row holds its windows' ids one after the other): the
+    # stages count rows, so a row stays one row however many windows it has.
+    windows = _list_array(ids_good, np.int32)
+    window_lengths = np.diff(windows.offsets.to_numpy())
+    window_offsets = np.zeros(len(errors) + 1, dtype=np.int32)
+    np.cumsum(counts, out=window_offsets[1:])
+    token_offsets = windows.offsets.to_numpy()[window_offsets]
+
+    def per_row(values: pa.Array) -> pa.Array:
+        return pa.ListArray.from_arrays(pa.array(token_offsets), values)
+
     out = batch.select(cfg.carried_columns())
     # where the job's rows came from, and the read task's retries, for the writer and summary
     for name in (SOURCE, ROW, "_store_retries"):
         if name in batch.column_names:
             out = out.append_column(name, batch.column(name))
-    out = out.append_column(IDS, _list_array(ids, np.int32))
+    out = out.append_column(IDS, per_row(windows.values))
     if info.uses_token_type_ids:
-        out = out.append_column(TYPE_IDS, _list_array(types, np.int8))
+        if types_good is not None:
+            types = per_row(_list_array(types_good, np.int8).values)
+        else:  # a chat template's pairs: no type ids, an empty list per row
+            types = _list_array([[] for _ in errors], np.int8)
+        out = out.append_column(TYPE_IDS, types)
     out = out.append_column(TRUNCATED, pa.array(truncated))
     out = out.append_column(ERROR, pa.array(errors, type=pa.string()))
+    if chunk:
+        lengths = pa.array(window_lengths.astype(np.int32))
+        out = out.append_column(
+            WINDOW_LENGTHS, pa.ListArray.from_arrays(pa.array(window_offsets), lengths)
+        )
+        out = out.append_column(WINDOWS, pa.array(counts))
     assert out.num_rows == batch.num_rows, "tokenize stage must keep every row"
     return out
