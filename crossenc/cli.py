@@ -89,6 +89,7 @@ def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
     """What a run with this config would do, in a few lines."""
     info = plan.info
     outputs = output_columns(cfg, info)
+    extra = (["windows"] if cfg.model.long_text == "chunk" else []) + ["truncated"]
     files = f"{len(plan.files)} Parquet file(s), {plan.rows} rows"
     if plan.pending:
         files = (
@@ -106,7 +107,7 @@ def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
         + (", pairs rendered by the model's chat template" if info.chat_template else ""),
         f"task: {cfg.task}"
         + (f" by {cfg.rerank.group_by}, top_k {cfg.rerank.top_k}" if cfg.task == "rerank" else ""),
-        f"output: {cfg.output.path} columns {cfg.carried_columns() + outputs + ['truncated']}",
+        f"output: {cfg.output.path} columns {cfg.carried_columns() + outputs + extra}",
         f"runtime: {cfg.runtime.replicas} replica(s), {cfg.runtime.gpus_per_replica} GPU each",
     ]
     lines += [f"skipping bad file: {bad.reason}" for bad in plan.skipped]

@@ -156,12 +156,12 @@ class ModelConfig(_Strict):
         "rows/s; the forward passes alone 8.9x, about the windows per row: what a model whose "
         "forward pass dominates pays).",
     )
-    chunk_overlap: int = Field(
-        64,
+    chunk_overlap: int | None = Field(
+        None,
         ge=0,
         description="long_text chunk: tokens of text_b shared by consecutive windows (the "
-        "tokenizer's stride); must be under half the window, the model's max_length less the "
-        "pair's special tokens (64 suits a 512-token model; lower it for shorter limits).",
+        "tokenizer's stride); under half the window, the model's max_length less the pair's "
+        "special tokens. None: 64, or an eighth of the window where that is under 512 tokens.",
     )
     backend: Literal["torch", "onnx"] = Field(
         "torch", description="torch, or ONNX Runtime (CPU), exported from the same folder."
@@ -195,6 +195,7 @@ class ModelConfig(_Strict):
         if (
             self.long_text == "chunk"
             and self.max_length is not None
+            and self.chunk_overlap is not None
             and 2 * self.chunk_overlap >= self.max_length
         ):
             raise ValueError(
@@ -415,11 +416,22 @@ class JobConfig(_Strict):
         """The config as plain data with every secret masked, safe to print or log."""
         return self.model_dump(mode="json")
 
+    def _model_fingerprint(self) -> dict[str, Any]:
+        # compile and prepack change speed, not scores (within 1e-6): a resume may flip them.
+        # Keys added since runs were first fingerprinted count only when set, so that a run
+        # interrupted before they existed still resumes (chunk_overlap only with chunk).
+        model = self.model.model_dump(mode="json", exclude={"storage", "compile", "prepack"})
+        for key, default in (("prompt", None), ("prompt_name", None), ("long_text", "truncate")):
+            if model.get(key) == default:
+                del model[key]
+        if self.model.long_text != "chunk":
+            del model["chunk_overlap"]
+        return model
+
     def fingerprint(self) -> str:
         """Hash of the settings that change scores (model, activation, task, columns)."""
         relevant = {
-            # compile and prepack change speed, not scores (within 1e-6): a resume may flip them
-            "model": self.model.model_dump(mode="json", exclude={"storage", "compile", "prepack"}),
+            "model": self._model_fingerprint(),
             "task": self.task,
             # within_files changes how ranks are computed (in files or by shuffle), not them
             "rerank": self.rerank.model_dump(mode="json", exclude={"within_files"}),

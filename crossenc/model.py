@@ -630,4 +630,8 @@ def model_fingerprint(cfg: ModelConfig, info: ModelInfo) -> dict[str, Any]:
         "activation": info.activation,
         "labels": list(info.labels),
         "max_length": info.max_length,
+        # how the pairs reach the model, where it is not the plain pair (so older runs match)
+        **({"kind": info.kind} if info.kind != SEQUENCE_CLASSIFICATION else {}),
+        **({"prompt": info.prompt} if info.prompt else {}),
+        **({"chat_template": True} if info.chat_template else {}),
     }

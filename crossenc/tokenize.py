@@ -173,6 +173,12 @@ def window_size(tokenizer: Any, info: ModelInfo) -> int:
     return info.max_length - int(tokenizer.num_special_tokens_to_add(pair=True))
 
 
+def overlap_for(overlap: int | None, window: int) -> int:
+    """model.chunk_overlap, or its default: 64 tokens, an eighth of the window for models whose
+    window is under 512 tokens."""
+    return overlap if overlap is not None else min(64, window // 8)
+
+
 def min_room(window: int, overlap: int) -> int:
     """The fewest tokens of text_b a window must hold for a row to be windowed: twice the
     overlap and a quarter of the window, so each window advances by at least an eighth of it
@@ -190,7 +196,7 @@ def check_chunking(cfg: ModelConfig, info: ModelInfo, tokenizer: Any) -> None:
             "model.long_text: truncate)"
         )
     window = window_size(tokenizer, info)
-    if 2 * cfg.chunk_overlap >= window:
+    if 2 * overlap_for(cfg.chunk_overlap, window) >= window:
         raise ConfigError(
             f"model.chunk_overlap {cfg.chunk_overlap} must be under half the window of model "
             f"{cfg.name}: max_length {info.max_length} less {info.max_length - window} special "
@@ -204,7 +210,7 @@ def encode_windows(
     texts_a: list[str],
     texts_b: list[str],
     truncation: str = "longest_first",
-    overlap: int = 64,
+    overlap: int | None = None,
 ) -> tuple[list[list[int]], list[list[int]] | None, np.ndarray, np.ndarray]:
     """model.long_text chunk: the windows of pairs, as :func:`encode_pairs` but a pair longer
     than the limit has text_b split into windows, consecutive ones sharing ``overlap`` tokens,
@@ -230,6 +236,7 @@ def encode_windows(
         count=len(firsts),
     )
     window = window_size(tokenizer, info)
+    overlap = overlap_for(overlap, window)
     # Rows whose text_a leaves too little room keep the truncated encoding (the tokenizer
     # would refuse the whole batch for a row whose window is no larger than the stride).
     fits = (window - first_lengths) >= min_room(window, overlap)

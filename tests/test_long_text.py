@@ -333,6 +333,9 @@ def test_chunk_refuses_an_overlap_of_half_the_window(short_models, tmp_path, cap
         f"input: {{path: '{tmp_path / 'data'}'}}\nmodel: {{name: '{model}', long_text: chunk}}\n"
         f"output: {{path: '{tmp_path / 'out'}'}}\n"
     )
-    assert main(["validate", "--config", str(config)]) == EXIT_CONFIG  # default overlap 64
+    overlap_64 = ["--set", "model.chunk_overlap=64"]
+    assert main(["validate", "--config", str(config), *overlap_64]) == EXIT_CONFIG
     assert "model.chunk_overlap 64" in capsys.readouterr().err
     assert main(["validate", "--config", str(config), "--set", "model.chunk_overlap=8"]) == 0
+    # the default fits the model: an eighth of its window (64 for windows of 512 and more)
+    assert main(["validate", "--config", str(config)]) == 0
