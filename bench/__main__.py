@@ -664,7 +664,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--mode",
-        choices=("throughput", "memory", "scale", "oob", "causal", "long"),
+        choices=("throughput", "memory", "scale", "oob", "causal", "long", "feed", "host"),
         default="throughput",
     )
     p.add_argument(
@@ -719,6 +719,14 @@ def main(argv: list[str] | None = None) -> None:
             from bench.oob import oob
 
             res = oob(args)
+        elif args.mode == "feed":
+            from bench.feed import feed
+
+            res = feed(args)
+        elif args.mode == "host":
+            from bench.host import host
+
+            res = host(args)
         elif args.mode in ("causal", "long"):
             from bench.rerankers import causal, long_inputs
 

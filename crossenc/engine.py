@@ -12,6 +12,7 @@ torch: an ONNX replica never loads it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -110,8 +111,29 @@ class EngineStats:
         return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
 
 
+class ZeroRunner:
+    """A runner whose forward pass costs nothing (zeros): what the data plane and the engine's
+    own host work cost without a model (``CROSSENC_RUNNER=zeros``, for benchmarks only)."""
+
+    def __init__(self, num_labels: int) -> None:
+        self.num_labels = num_labels
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.zeros((len(inputs["input_ids"]), self.num_labels), dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        """What runs: for stats and logs."""
+        return {"backend": "zeros", "device": "cpu"}
+
+
+RUNNER_ENV = "CROSSENC_RUNNER"  # "zeros": benchmarks swap the model for a ZeroRunner
+
+
 def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig, source: str):
     """The runner model.backend names (imported here: an ONNX replica never loads torch)."""
+    if os.environ.get(RUNNER_ENV) == "zeros":
+        log.warning("%s=zeros: scoring with a runner that returns zeros", RUNNER_ENV)
+        return ZeroRunner(info.num_labels)
     if model_cfg.backend == "onnx":
         if info.kind != SEQUENCE_CLASSIFICATION:
             raise ConfigError(f"model.backend onnx serves sequence classification, not {info.kind}")

@@ -560,6 +560,8 @@ def _score_passes(
 def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     """Run the whole job and commit its output; returns the counts and the run summary."""
     started, wall_started = time.monotonic(), time.time()
+    if plan is not None:  # inspected before the call: its phase counts in the run's wall time
+        started, wall_started = started - plan.inspect_seconds, wall_started - plan.inspect_seconds
     retried = retried_requests()
     cfg = for_this_machine(cfg)
 

@@ -27,8 +27,8 @@ from crossenc.testing import (
     sample_sentences,
 )
 from tests.helpers import read_output
+from tests.test_cli import _args
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 WEB = "Given a web search query, retrieve relevant passages that answer the query"
 
 
@@ -185,27 +185,11 @@ def _write(folder: Path, pairs) -> None:
     )
 
 
-def _score(model: Path, data: Path, out: Path, *extra: str) -> int:
-    return main(
-        [
-            "score",
-            "--config",
-            str(CONFIGS / "msmarco-rerank.yaml"),
-            "--set",
-            f"model.name={model}",
-            "--set",
-            f"input.path={data}",
-            "--set",
-            f"output.path={out}",
-            "--set",
-            "task=score",
-            "--set",
-            "input.keep=[pair_id]",
-            "--set",
-            "runtime.batch_tokens=1024",
-            *extra,
-        ]
-    )
+def _score(model: Path, data: Path, out: Path) -> int:
+    """The job on a reranker: the msmarco preset as a plain score, small batches."""
+    extra = ["task=score", "input.keep=[pair_id]", "runtime.batch_tokens=1024"]
+    sets = [arg for item in extra for arg in ("--set", item)]
+    return main(_args("score", "msmarco-rerank", model, data, out, *sets))
 
 
 @pytest.mark.parametrize(
@@ -244,21 +228,8 @@ def test_checkpoint_without_its_head_is_refused_before_scoring(rerankers, tmp_pa
         describe_model(ModelConfig(name=str(headless)))
     _write(tmp_path / "data", _pairs(6))
     for command in ("validate", "score"):
-        code = main(
-            [
-                command,
-                "--config",
-                str(CONFIGS / "msmarco-rerank.yaml"),
-                "--set",
-                "task=score",
-                "--set",
-                f"model.name={headless}",
-                "--set",
-                f"input.path={tmp_path / 'data'}",
-                "--set",
-                f"output.path={tmp_path / 'out'}",
-            ]
-        )
+        args = _args(command, "msmarco-rerank", headless, tmp_path / "data", tmp_path / "out")
+        code = main([*args, "--set", "task=score"])
         err = capsys.readouterr().err
         assert code == EXIT_CONFIG, err
         assert f"model.name {headless}" in err and "score.weight" in err
@@ -335,21 +306,32 @@ def test_reranker_preset_validates_against_matching_model(preset, rerankers, tmp
         ),
         tmp_path / "data" / "p.parquet",
     )
-    code = main(
-        [
-            "validate",
-            "--config",
-            str(CONFIGS / f"{preset}.yaml"),
-            "--set",
-            f"model.name={rerankers[name]}",
-            "--set",
-            f"input.path={tmp_path / 'data'}",
-            "--set",
-            f"output.path={tmp_path / 'out'}",
-        ]
-    )
+    code = main(_args("validate", preset, rerankers[name], tmp_path / "data", tmp_path / "out"))
     out = capsys.readouterr().out
     assert code == EXIT_OK, out
     assert f"model kind: {kind}" in out and "config OK" in out and "5 rows" in out
     limit = 1024 if name != "qwen3-causal" else 512  # the preset's 8192, capped by the model
     assert f"max_length {limit}" in out
+
+
+def test_causal_reranker_loads_from_s3(rerankers, s3_server, tmp_path):
+    """A causal-LM reranker folder on the object store (its 1_LogitScore/ and chat template
+    included) is copied to the cache and scores as the local folder does."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=s3_server)
+    fs.mkdir("rerankers")
+    try:
+        fs.put(str(rerankers["qwen3-causal-prompt"]) + "/", "rerankers/q3p/", recursive=True)
+        storage = {"endpoint_url": s3_server, "key": "testing", "secret": "testing"}
+        remote = LocalScorer(
+            ModelConfig(name="s3://rerankers/q3p", storage=storage),
+            RuntimeConfig(cache_dir=str(tmp_path / "cache")),
+        )
+        assert remote.info.kind == CAUSAL_LM and remote.info.prompt == WEB
+        assert (Path(remote.info.source) / "1_LogitScore" / "config.json").is_file()
+        pairs = _pairs(8)
+        local = LocalScorer(ModelConfig(name=str(rerankers["qwen3-causal-prompt"])))
+        np.testing.assert_allclose(remote.predict(pairs), local.predict(pairs), atol=1e-6)
+    finally:
+        fs.rm("rerankers", recursive=True)
