@@ -151,6 +151,8 @@ def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
         from crossenc.estimate import estimate
 
         result = estimate(cfg, plan, args.pairs_per_second, args.sample_rows)
+        if result.feed_warning:
+            log.warning("%s", result.feed_warning)
         if args.json:
             print(json.dumps(result.as_dict(), indent=2))
         else:

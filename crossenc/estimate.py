@@ -64,6 +64,9 @@ class RunEstimate:
     replicas: int
     replica_hours: float | None
     wall_hours: float | None
+    gpu_pairs_per_second_estimate: float | None = None  # per GPU, for a GPU config
+    cpus_to_feed_each_gpu: float | None = None
+    feed_warning: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -121,6 +124,9 @@ def estimate(
         source = "measured by an earlier run" if pairs_per_second else "unknown"
     replicas = cfg.runtime.replicas
     hours = plan.rows_estimate / pairs_per_second / 3600 if pairs_per_second else None
+    # a throughput recorded earlier may be a CPU run's: only a given one speaks for a GPU
+    given = pairs_per_second if source == "given" else None
+    feed = feed_check(cfg, plan, quantiles.get("mean", FEED_TOKENS), given)
     return RunEstimate(
         files=len(plan.files) + len(plan.pending),
         rows=plan.rows_estimate,  # extrapolated by bytes when footers were sampled
@@ -133,4 +139,83 @@ def estimate(
         replicas=replicas,
         replica_hours=round(hours, 4) if hours is not None else None,
         wall_hours=round(hours / replicas, 4) if hours is not None else None,
+        **feed,
     )
+
+
+# What feeds a GPU, from the benchmarks. The data plane (read, tokenize, hand over, write)
+# around a model that costs nothing: pairs/s per CPU core, MiniLM's WordPiece tokenizer on
+# MS MARCO-like pairs of FEED_TOKENS tokens (python -m bench --mode feed, bench/latest-feed.json).
+FEED_PAIRS_PER_CORE = 700.0
+FEED_TOKENS = 76.0
+# The bf16 engine on an H200 (bench/latest-gpu.json): BERT-base 17-20k pairs/s at ~76 tokens
+# (~2.4e14 useful FLOP/s), MiniLM-L6 52-58k (bound by the host, not the card).
+GPU_USEFUL_FLOPS = 2.4e14
+GPU_PAIRS_CAP = 58_000.0
+_GATED_MLP = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "modernbert")
+
+
+def weight_params(hf_config: Any) -> int:
+    """Weights a token meets in the transformer layers (no embeddings), from the config:
+    attention projections and the MLP (three matrices where it is gated)."""
+    hidden = int(getattr(hf_config, "hidden_size", 768))
+    layers = int(getattr(hf_config, "num_hidden_layers", 12))
+    inner = int(getattr(hf_config, "intermediate_size", 4 * hidden))
+    mlp = (3 if hf_config.model_type in _GATED_MLP else 2) * hidden * inner
+    return layers * (4 * hidden * hidden + mlp)
+
+
+def gpu_pairs_per_second(params: int, tokens: float) -> float:
+    """An H100/H200's pairs/s for a model of ``params`` layer weights at ``tokens`` a pair."""
+    return min(GPU_PAIRS_CAP, GPU_USEFUL_FLOPS / (2 * params * max(tokens, 1.0)))
+
+
+def cpus_to_feed(gpu_rate: float, tokens: float) -> float:
+    """CPU cores whose data plane keeps up with ``gpu_rate`` pairs/s of ``tokens`` a pair."""
+    return gpu_rate / (FEED_PAIRS_PER_CORE * FEED_TOKENS / max(tokens, 1.0))
+
+
+def _cluster_cpus() -> float | None:
+    """CPUs of the Ray cluster this process is attached to, else of this machine when crossenc
+    would start its own Ray; None for a cluster it is not attached to (RAY_ADDRESS)."""
+    import ray
+
+    from crossenc.pipeline import machine_cores, starts_own_ray
+
+    if ray.is_initialized():
+        return float(ray.cluster_resources().get("CPU", 0))
+    return float(machine_cores()) if starts_own_ray() else None
+
+
+def feed_check(
+    cfg: JobConfig, plan: JobPlan, tokens: float, pairs_per_second: float | None
+) -> dict[str, Any]:
+    """For a GPU config: the pairs/s a GPU would score (measured before, else estimated from
+    the model's size), the CPU cores it takes to feed one, and a warning when the machine's
+    CPUs beside the scorers cannot feed its GPUs."""
+    rt = cfg.runtime
+    if not rt.gpus_per_replica:
+        return {}
+    from crossenc.model import load_hf_config
+
+    per_gpu = (pairs_per_second or 0.0) / rt.gpus_per_replica or gpu_pairs_per_second(
+        weight_params(load_hf_config(cfg.model, plan.info.source)), tokens
+    )
+    need = cpus_to_feed(per_gpu, tokens)
+    out: dict[str, Any] = {
+        "gpu_pairs_per_second_estimate": round(per_gpu, 1),
+        "cpus_to_feed_each_gpu": round(need, 1),
+    }
+    gpus = rt.replicas * rt.gpus_per_replica
+    cpus = _cluster_cpus()
+    spare = None if cpus is None else cpus - rt.replicas * rt.cpus_per_replica
+    if spare is not None and spare < need * gpus:
+        out["feed_warning"] = (
+            f"runtime: {gpus:g} GPU(s) would score ~{per_gpu:,.0f} pairs/s each ({cfg.model.name} "
+            f"at {tokens:.0f} tokens a pair), but the data plane reads, tokenizes and writes "
+            f"~{FEED_PAIRS_PER_CORE * FEED_TOKENS / max(tokens, 1.0):,.0f} pairs/s per CPU core: "
+            f"feeding them takes ~{need * gpus:.0f} CPUs beside the scorers, and {spare:g} are "
+            "left; the GPUs will wait on the CPUs (fewer GPU replicas per node, or nodes with "
+            "more CPUs: see the README's CPUs per GPU)"
+        )
+    return out
