@@ -26,7 +26,14 @@ from crossenc.model import SEQUENCE_CLASSIFICATION, ModelInfo
 log = logging.getLogger(__name__)
 
 # A runner maps padded int64 arrays (input_ids, attention_mask[, token_type_ids]) to logits,
-# (rows, outputs), as anything numpy reads as float32 (an array, a CPU tensor).
+# (rows, outputs), as anything numpy reads as float32 (an array, a CPU tensor). It may also have
+# (see :class:`crossenc.torch_backend.TorchRunner` on a GPU):
+#   staging(planes, rows, width) -> an int64 array of that shape, host memory the engine pads
+#     the next batch into (pinned and reused across batches on a GPU); the batch then reaches
+#     the runner as that array's planes, in order: input_ids, attention_mask[, token_type_ids];
+#   fetch(outputs) -> the logits of several of its calls at once, (rows, outputs) float32 in
+#     their order: a call may then return something numpy cannot read (logits left on the
+#     device), which the engine hands back to fetch once per block.
 Runner = Callable[[dict[str, np.ndarray]], Any]
 
 
@@ -70,6 +77,82 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int) -> list[
     return batches
 
 
+def flatten(
+    ids: Sequence[np.ndarray], type_ids: Sequence[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Rows given one array each, as flat buffers: (values, offsets, type values), row ``i``
+    being ``values[offsets[i]:offsets[i + 1]]`` (its type ids at the same positions). Token
+    ids are held as int32 and type ids as int8, as the job's Arrow columns hold them (half and
+    an eighth of the memory the padding reads)."""
+    n = len(ids)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, ids), dtype=np.int64, count=n), out=offsets[1:])
+    if n:
+        values = np.concatenate(ids, dtype=np.int32, casting="unsafe")
+    else:
+        values = np.zeros(0, dtype=np.int32)
+    types = None
+    if type_ids is not None:
+        if n:
+            types = np.concatenate(type_ids, dtype=np.int8, casting="unsafe")
+        else:
+            types = np.zeros(0, dtype=np.int8)
+        if len(types) != len(values):
+            raise ValueError(f"{len(types)} type ids for {len(values)} token ids")
+    return values, offsets, types
+
+
+def pad_spans(
+    values: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    type_values: np.ndarray | None,
+    pad_token_id: int,
+    left: bool = False,
+    out: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Pad rows held in flat buffers to the longest of them, vectorised (no loop per row): row
+    ``r`` is ``values[starts[r]:starts[r] + lengths[r]]`` (its type ids at the same positions
+    of ``type_values``), padded on the right (or the left: decoder models read the last
+    position). Returns int64 input_ids, attention_mask[, token_type_ids], of shape (rows, the
+    longest length or 1): the planes of ``out``, an int64 array of shape (2 or 3, rows, width)
+    where one is given (a runner's staging buffer), else of a new one."""
+    rows = len(starts)
+    width = max(int(lengths.max(initial=0)), 1)
+    planes = 2 if type_values is None else 3
+    if out is None:
+        out = np.empty((planes, rows, width), dtype=np.int64)
+    elif out.shape != (planes, rows, width) or out.dtype != np.int64:
+        raise ValueError(f"a staging buffer of {out.shape} {out.dtype} for {planes, rows, width}")
+    cols = np.arange(width, dtype=np.int64)
+    starts, lengths = starts.astype(np.int64, copy=False), lengths.astype(np.int64, copy=False)
+    mask = out[1]
+    if left:
+        skip = width - lengths  # pads before each row's first token
+        index = (starts - skip)[:, None] + cols
+        np.greater_equal(cols, skip[:, None], out=mask)
+    else:
+        index = starts[:, None] + cols
+        np.less(cols, lengths[:, None], out=mask)
+    # Positions past a row read a neighbour's tokens (or a clipped index), zeroed by the mask.
+    if len(values) == 0:
+        values = np.zeros(1, dtype=np.int64)
+    gathered = values.take(index, mode="clip")
+    if pad_token_id:
+        np.subtract(gathered, pad_token_id, out=out[0], casting="unsafe")
+        out[0] *= mask
+        out[0] += pad_token_id
+    else:
+        np.multiply(gathered, mask, out=out[0], casting="unsafe")  # any int (or float) ids
+    result = {"input_ids": out[0], "attention_mask": mask}
+    if type_values is not None:
+        if len(type_values) == 0:
+            type_values = np.zeros(1, dtype=np.int64)
+        np.multiply(type_values.take(index, mode="clip"), mask, out=out[2], casting="unsafe")
+        result["token_type_ids"] = out[2]
+    return result
+
+
 def pad_batch(
     ids: Sequence[np.ndarray],
     type_ids: Sequence[np.ndarray] | None,
@@ -77,21 +160,10 @@ def pad_batch(
     left: bool = False,
 ) -> dict[str, np.ndarray]:
     """Pad a batch to its longest row, on the right (or the left: decoder models read the last
-    position): int64 input_ids, attention_mask[, token_type_ids]."""
-    width = max(max(len(s) for s in ids), 1)
-    input_ids = np.full((len(ids), width), pad_token_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    types = np.zeros((len(ids), width), dtype=np.int64) if type_ids is not None else None
-    for row, seq in enumerate(ids):
-        cols = slice(width - len(seq), width) if left else slice(0, len(seq))
-        input_ids[row, cols] = seq
-        mask[row, cols] = 1
-        if types is not None:
-            types[row, cols] = type_ids[row]  # type: ignore[index]
-    out = {"input_ids": input_ids, "attention_mask": mask}
-    if types is not None:
-        out["token_type_ids"] = types
-    return out
+    position): int64 input_ids, attention_mask[, token_type_ids]. :func:`pad_spans` on the
+    rows made flat."""
+    values, offsets, types = flatten(ids, type_ids)
+    return pad_spans(values, offsets[:-1], np.diff(offsets), types, pad_token_id, left)
 
 
 @dataclass
@@ -180,14 +252,85 @@ class ScoringEngine:
         self.unfit: list[int] = []  # rows of the last score() that did not fit even alone
         self.runs = runner_label(self.stats.extra)
 
-    def _forward(
-        self, rows: np.ndarray, ids: list[np.ndarray], type_ids: list[np.ndarray] | None
+    def score(
+        self, ids: Sequence[np.ndarray], type_ids: Sequence[np.ndarray] | None = None
     ) -> np.ndarray:
-        """Logits of one batch: ``rows`` (their positions in the scored block) with their ids."""
-        longest = max(len(s) for s in ids)
-        if len(ids) > 1 and len(ids) * longest > self.max_tokens:
-            return self._halves(rows, ids, type_ids)  # as large as a batch that ran out of memory
-        inputs = pad_batch(ids, type_ids, self.info.pad_token_id, self.info.padding_side == "left")
+        """Activated scores, shape (rows, outputs), float32, in the order the rows were given
+        (one array of token ids per row, and of type ids where the model takes them): the rows
+        made flat (:func:`flatten`), then :meth:`score_flat`.
+
+        A row that runs out of memory even alone scores NaN; ``self.unfit`` lists such rows.
+        """
+        values, offsets, types = flatten(ids, type_ids)
+        return self.score_flat(values, offsets, types)
+
+    def score_flat(
+        self,
+        values: np.ndarray,
+        offsets: np.ndarray,
+        type_values: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """:meth:`score` of rows held in flat buffers, as Arrow holds a list column (zero-copy
+        from its buffers): row ``i`` is ``values[offsets[i]:offsets[i + 1]]``, its type ids at
+        the same positions of ``type_values``. ``rows``: the rows to score (default all), in
+        the order of the result."""
+        offsets = np.asarray(offsets)
+        starts, lengths = offsets[:-1], np.diff(offsets)
+        if rows is not None:
+            starts, lengths = starts[rows], lengths[rows]
+        return self.score_spans(values, starts, lengths, type_values)
+
+    def score_spans(
+        self,
+        values: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        type_values: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Activated scores of the rows ``values[starts[r]:starts[r] + lengths[r]]`` (type ids
+        at the same positions of ``type_values``), shape (rows, outputs), float32, in the order
+        given: every other way in. Rows are batched longest first within the token budget,
+        each batch padded by :func:`pad_spans` (into the runner's staging buffer where it has
+        one); the results of the block are gathered and put in order once, at the end.
+
+        A row that runs out of memory even alone scores NaN; ``self.unfit`` lists such rows.
+        """
+        starts = np.asarray(starts, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        n = len(lengths)
+        out = np.empty((n, self.info.num_labels), dtype=np.float32)
+        self.unfit = []
+        if n == 0:
+            return out
+        block = _Block(values, starts, lengths, type_values)
+        for batch in plan_batches(lengths, self.batch_tokens, self.max_batch_rows):
+            self._forward(block, batch)
+        rows, logits = block.results(getattr(self.runner, "fetch", None))
+        with np.errstate(invalid="ignore"):  # NaN: rows that did not fit even alone
+            out[rows] = activate(logits, self.info.activation)
+        self.stats.rows += n
+        self.stats.real_tokens += int(lengths.sum())
+        return out
+
+    def _forward(self, block: _Block, rows: np.ndarray) -> None:
+        """Run one batch: ``rows`` (positions in the block); its logits kept in the block."""
+        lengths = block.lengths[rows]
+        longest = int(lengths.max())
+        if len(rows) > 1 and len(rows) * longest > self.max_tokens:
+            return self._halves(block, rows)  # as large as a batch that ran out of memory
+        staging = getattr(self.runner, "staging", None)
+        planes = 2 if block.type_values is None else 3
+        buffer = staging(planes, len(rows), max(longest, 1)) if staging else None
+        inputs = pad_spans(
+            block.values,
+            block.starts[rows],
+            lengths,
+            block.type_values,
+            self.info.pad_token_id,
+            self.info.padding_side == "left",
+            buffer,
+        )
         try:
             logits = self.runner(inputs)
         except oom_errors():
@@ -195,61 +338,34 @@ class ScoringEngine:
             # the failed pass's tensors, so the cache could not release them
         if logits is None:
             _release_gpu_cache()
-            if len(ids) == 1:
+            if len(rows) == 1:
                 # A row that does not fit even alone: left unscored (NaN; a job dead-letters it
                 # with its reason), not a failed run.
                 self.unfit.append(int(rows[0]))
                 log.warning("out of memory on one row of %d tokens alone: left unscored", longest)
-                return np.full((1, self.info.num_labels), np.nan, dtype=np.float32)
+                block.add(rows, np.full((1, self.info.num_labels), np.nan, dtype=np.float32))
+                return None
             # Out of memory on a batch: split it and retry each half, never fail the run; and
             # split every later batch as large before trying it, not after another failure.
             self.stats.oom_splits += 1
-            self.max_tokens = (len(ids) + 1) // 2 * longest
+            self.max_tokens = (len(rows) + 1) // 2 * longest
             log.warning(
                 "out of memory on a batch of %d rows x %d tokens: retrying it as two halves; "
                 "batches above %d tokens are split from now on",
-                len(ids),
+                len(rows),
                 longest,
                 self.max_tokens,
             )
-            return self._halves(rows, ids, type_ids)
+            return self._halves(block, rows)
         self.stats.forward_passes += 1
         self.stats.computed_tokens += int(inputs["input_ids"].size)
-        return np.asarray(logits, dtype=np.float32)
+        block.add(rows, logits, deferred=hasattr(self.runner, "fetch"))
+        return None
 
-    def _halves(
-        self, rows: np.ndarray, ids: list[np.ndarray], type_ids: list[np.ndarray] | None
-    ) -> np.ndarray:
-        h = len(ids) // 2
-        return np.concatenate(
-            [
-                self._forward(rows[:h], ids[:h], type_ids[:h] if type_ids else None),
-                self._forward(rows[h:], ids[h:], type_ids[h:] if type_ids else None),
-            ]
-        )
-
-    def score(
-        self, ids: Sequence[np.ndarray], type_ids: Sequence[np.ndarray] | None = None
-    ) -> np.ndarray:
-        """Activated scores, shape (rows, outputs), float32, in the order the rows were given.
-
-        A row that runs out of memory even alone scores NaN; ``self.unfit`` lists such rows.
-        """
-        n = len(ids)
-        out = np.empty((n, self.info.num_labels), dtype=np.float32)
-        self.unfit = []
-        if n == 0:
-            return out
-        lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=n)
-        for batch in plan_batches(lengths, self.batch_tokens, self.max_batch_rows):
-            logits = self._forward(
-                batch, [ids[i] for i in batch], [type_ids[i] for i in batch] if type_ids else None
-            )
-            with np.errstate(invalid="ignore"):  # NaN: rows that did not fit even alone
-                out[batch] = activate(logits, self.info.activation)
-        self.stats.rows += n
-        self.stats.real_tokens += int(lengths.sum())
-        return out
+    def _halves(self, block: _Block, rows: np.ndarray) -> None:
+        h = len(rows) // 2
+        self._forward(block, rows[:h])
+        self._forward(block, rows[h:])
 
     def score_windows(
         self,
@@ -265,7 +381,28 @@ class ScoringEngine:
         counts = np.asarray(counts, dtype=np.int64)
         if int(counts.sum()) != len(ids):
             raise ValueError(f"{len(ids)} windows, but the counts add up to {int(counts.sum())}")
-        scores = self.score(ids, type_ids)
+        return self._best_windows(self.score(ids, type_ids), counts)
+
+    def score_windows_flat(
+        self,
+        values: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        counts: np.ndarray,
+        type_values: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """:meth:`score_windows` of windows held in flat buffers: window ``w`` is
+        ``values[starts[w]:starts[w] + lengths[w]]``, every row's windows in turn, ``counts``
+        of them per row."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if int(counts.sum()) != len(lengths):
+            raise ValueError(
+                f"{len(lengths)} windows, but the counts add up to {int(counts.sum())}"
+            )
+        return self._best_windows(self.score_spans(values, starts, lengths, type_values), counts)
+
+    def _best_windows(self, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Each row's best window score (NaN stays NaN); ``self.unfit`` turned into rows."""
         out = np.full((len(counts), self.info.num_labels), np.nan, dtype=np.float32)
         starts = np.cumsum(counts) - counts
         has = counts > 0
@@ -275,6 +412,43 @@ class ScoringEngine:
         self.unfit = sorted({int(owner[w]) for w in self.unfit})
         out[self.unfit] = np.nan
         return out
+
+
+class _Block:
+    """The rows of one scoring call, and the logits of its batches as they run: the runner's
+    own outputs where it can fetch them later (logits left on a GPU), fetched at once."""
+
+    def __init__(
+        self,
+        values: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        type_values: np.ndarray | None,
+    ) -> None:
+        self.values, self.starts, self.lengths = values, starts, lengths
+        self.type_values = type_values
+        self.rows: list[np.ndarray] = []
+        self.logits: list[Any] = []
+        self.deferred: list[bool] = []
+
+    def add(self, rows: np.ndarray, logits: Any, deferred: bool = False) -> None:
+        deferred = deferred and not isinstance(logits, np.ndarray)
+        self.rows.append(rows)
+        self.logits.append(logits if deferred else np.asarray(logits, dtype=np.float32))
+        self.deferred.append(deferred)
+
+    def results(self, fetch: Callable[[list[Any]], Any] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, logits) of every batch, in the order they ran: one fetch for the deferred."""
+        pieces = list(self.logits)
+        later = [i for i, deferred in enumerate(self.deferred) if deferred]
+        if later:
+            assert fetch is not None
+            fetched = np.asarray(fetch([pieces[i] for i in later]), dtype=np.float32)
+            at = 0
+            for i in later:
+                size = len(self.rows[i])
+                pieces[i], at = fetched[at : at + size], at + size
+        return np.concatenate(self.rows), np.concatenate(pieces)
 
 
 class LocalScorer:

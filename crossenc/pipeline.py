@@ -59,16 +59,22 @@ from crossenc.tokenize import ERROR, IDS, TYPE_IDS, WINDOW_LENGTHS, WINDOWS, tok
 log = logging.getLogger(__name__)
 
 
-def _ragged(col: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
-    """A list<int> column as one numpy view per row."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    offsets = arr.offsets.to_numpy()
-    values = arr.values.to_numpy()
-    return [values[offsets[i] : offsets[i + 1]] for i in range(len(arr))]
+def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A list column's own buffers, without a copy where it is one chunk (as a block is):
+    (values, offsets), row ``i`` being ``values[offsets[i]:offsets[i + 1]]``, offsets from 0."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    offsets = col.offsets.to_numpy()
+    values = col.values.to_numpy()[offsets[0] : offsets[-1]]  # a slice's rows only
+    return values, (offsets - offsets[0]).astype(np.int64, copy=False)
 
 
 class ScorerReplica:
-    """A Ray actor holding one model replica; scores tokenized blocks."""
+    """A Ray actor holding one model replica; scores tokenized blocks.
+
+    A block's token ids reach the engine as the Arrow column's own flat buffers (no array per
+    row): :meth:`crossenc.engine.ScoringEngine.score_flat`, or ``score_windows_flat`` for
+    model.long_text chunk's rows of windows."""
 
     def __init__(self, cfg: JobConfig, info: ModelInfo) -> None:
         started = time.perf_counter()
@@ -78,40 +84,63 @@ class ScorerReplica:
         self.replica = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
         self.load_seconds = time.perf_counter() - started  # reported with the first rows scored
 
+    @staticmethod
+    def _flat_types(batch: pa.Table, offsets: np.ndarray) -> np.ndarray | None:
+        """The type ids column's values, at the positions of the token ids they go with; None
+        without one, or where every row's list is empty (a chat template's pairs)."""
+        if TYPE_IDS not in batch.column_names:
+            return None
+        values, type_offsets = _flat(batch.column(TYPE_IDS))
+        if np.array_equal(type_offsets, offsets):
+            return values
+        if type_offsets[-1] == 0:
+            return None
+        raise ValueError(f"{TYPE_IDS} and {IDS} hold rows of different lengths")
+
+    @staticmethod
+    def _window_spans(
+        batch: pa.Table, offsets: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """model.long_text chunk: (starts, lengths) of the windows of the ``valid`` rows in the
+        flat token ids (a row holds its windows one after the other), their counts per valid
+        row, and each row's longest window (every row)."""
+        lengths, window_offsets = _flat(batch.column(WINDOW_LENGTHS))
+        lengths = lengths.astype(np.int64)
+        counts = np.diff(window_offsets)
+        ends = np.cumsum(lengths)
+        has = counts > 0
+        if (ends[window_offsets[1:][has] - 1] != offsets[1:][has]).any() or (
+            np.diff(offsets)[~has] != 0
+        ).any():
+            raise ValueError(f"{WINDOW_LENGTHS} does not add up to each row's {IDS}")
+        keep = np.repeat(valid, counts)  # the windows of the rows to score
+        longest = np.zeros(len(counts), dtype=np.int64)
+        if has.any():
+            longest[has] = np.maximum.reduceat(lengths, window_offsets[:-1][has])
+        return (ends - lengths)[keep], lengths[keep], counts[valid], longest
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         valid = pc.is_null(batch.column(ERROR)).to_numpy(zero_copy_only=False)
         idx = np.flatnonzero(valid)
-        ids = _ragged(batch.column(IDS))
-        types = _ragged(batch.column(TYPE_IDS)) if TYPE_IDS in batch.column_names else None
+        values, offsets = _flat(batch.column(IDS))
+        types = self._flat_types(batch, offsets)
+        tokens = np.where(valid, np.diff(offsets), 0)  # a row of windows: all of their tokens
         scores = np.zeros((batch.num_rows, self.info.num_labels), dtype=np.float32)
         stats = self.engine.stats
         computed, splits, started = stats.computed_tokens, stats.oom_splits, time.perf_counter()
         if WINDOW_LENGTHS in batch.column_names:  # model.long_text chunk: rows of windows
-            lengths = _ragged(batch.column(WINDOW_LENGTHS))
-            cuts = [np.cumsum(lengths[i][:-1]) for i in idx]
-            windows = [w for i, cut in zip(idx, cuts, strict=True) for w in np.split(ids[i], cut)]
-            window_types = (
-                [w for i, cut in zip(idx, cuts, strict=True) for w in np.split(types[i], cut)]
-                if types
-                else None
-            )
-            counts = [len(lengths[i]) for i in idx]
-            scores[idx] = self.engine.score_windows(windows, window_types, counts)
-            longest = [int(lengths[i].max(initial=0)) for i in range(batch.num_rows)]
+            starts, lengths, counts, longest = self._window_spans(batch, offsets, valid)
+            scores[idx] = self.engine.score_windows_flat(values, starts, lengths, counts, types)
         else:
-            scores[idx] = self.engine.score(
-                [ids[i] for i in idx], [types[i] for i in idx] if types else None
-            )
-            longest = [len(s) for s in ids]
+            scores[idx] = self.engine.score_flat(values, offsets, types, rows=idx)
+            longest = tokens
         busy = time.perf_counter() - started
         if self.engine.unfit:  # rows (a window of them) that ran out of memory alone: dead letters
             errors = batch.column(ERROR).to_pylist()
             for i in idx[self.engine.unfit]:
-                errors[i], valid[i] = f"out_of_memory:{longest[i]}_tokens", False
+                errors[i], valid[i] = f"out_of_memory:{int(longest[i])}_tokens", False
             column = batch.schema.get_field_index(ERROR)
             batch = batch.set_column(column, ERROR, pa.array(errors, type=pa.string()))
-        tokens = np.zeros(batch.num_rows, dtype=np.int64)
-        tokens[idx] = [len(ids[i]) for i in idx]  # a row of windows: all of its windows' tokens
         dropped = (IDS, TYPE_IDS, WINDOW_LENGTHS, WINDOWS)  # windows comes back after the scores
         out = batch.drop_columns([c for c in dropped if c in batch.column_names])
         columns = score_columns(scores, valid, self.cfg, self.info)

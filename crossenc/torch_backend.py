@@ -1,4 +1,14 @@
-"""The torch backend: the transformers model on CPU or one GPU, one padded batch at a time."""
+"""The torch backend: the transformers model on CPU or one GPU, one padded batch at a time.
+
+On CPU the engine's padded arrays reach the model without a copy (``torch.from_numpy``) and
+its logits come back the same way. On a GPU the engine pads each batch straight into one of two
+pinned host buffers the runner keeps (:class:`Staging`: reused across batches, grown when a
+batch is larger), which reaches the device in one asynchronous copy (input ids, mask and type
+ids packed one after the other, sliced on the device; left-padded rows' positions computed
+there); the logits stay on the device until the engine fetches a whole block's at once
+(:meth:`TorchRunner.fetch`, one copy back). Nothing waits on the GPU between batches, so the
+host pads the next batch while the current one runs.
+"""
 
 from __future__ import annotations
 
@@ -34,13 +44,79 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+class Staging:
+    """Host buffers the engine pads batches into, reused across batches: ``slots`` of them in
+    turn, each grown (doubled) when a batch is larger. Pinned (page-locked) for a GPU, whose
+    copies from them run asynchronously: a slot is written again only once the copy last made
+    from it has completed (a CUDA event recorded after it)."""
+
+    def __init__(self, pin: bool, slots: int = 2) -> None:
+        self.pin = pin
+        self.tensors: list[torch.Tensor | None] = [None] * slots
+        self.arrays: list[np.ndarray | None] = [None] * slots
+        self.events: list[Any] = [None] * slots
+        self.next = 0
+        self.grown = 0  # buffers allocated: the first of each slot, and every growth
+        self.current: tuple[int, tuple[int, int, int]] | None = None  # the last buffer given
+
+    def take(self, planes: int, rows: int, width: int) -> np.ndarray:
+        """The next slot's buffer as an int64 array of shape (planes, rows, width)."""
+        size = planes * rows * width
+        slot, self.next = self.next, (self.next + 1) % len(self.tensors)
+        event, self.events[slot] = self.events[slot], None
+        if event is not None:
+            event.synchronize()  # the copy from this buffer (two batches ago) is done
+        tensor = self.tensors[slot]
+        if tensor is None or tensor.numel() < size:
+            capacity = max(size, 2 * tensor.numel() if tensor is not None else 0)
+            tensor = torch.empty(capacity, dtype=torch.int64, pin_memory=self.pin)
+            self.tensors[slot], self.arrays[slot] = tensor, tensor.numpy()
+            self.grown += 1
+        self.current = (slot, (planes, rows, width))
+        return self.arrays[slot][:size].reshape(planes, rows, width)  # type: ignore[index]
+
+    def packed(self, arrays: list[np.ndarray]) -> tuple[int, torch.Tensor]:
+        """(slot, the flat host tensor holding ``arrays`` one after the other): the buffer
+        :meth:`take` gave last where they are its planes (the engine padded into it), else a
+        copy of them into the next one."""
+        rows, width = arrays[0].shape
+        shape = (len(arrays), rows, width)
+        if self.current is not None and self.current[1] == shape:
+            slot = self.current[0]
+            base = self.arrays[slot].__array_interface__["data"][0]  # type: ignore[union-attr]
+            plane = rows * width * 8
+            if all(
+                a.dtype == np.int64
+                and a.flags.c_contiguous
+                and a.__array_interface__["data"][0] == base + i * plane
+                for i, a in enumerate(arrays)
+            ):
+                self.current = None
+                return slot, self.tensors[slot][: len(arrays) * rows * width]  # type: ignore[index]
+        staged = self.take(*shape)
+        for plane, array in zip(staged, arrays, strict=True):
+            plane[...] = array
+        slot = self.current[0]  # type: ignore[index]
+        self.current = None
+        return slot, self.tensors[slot][: staged.size]  # type: ignore[index]
+
+    def copied(self, slot: int) -> None:
+        """A copy from ``slot`` was queued: the slot waits for it before it is written again."""
+        if self.pin:
+            event = torch.cuda.Event()
+            event.record()
+            self.events[slot] = event
+
+
 class TorchRunner:
     """The transformers model on CPU or one GPU.
 
-    On GPU: bfloat16/float16 weights (model.dtype), SDPA attention, inputs copied from pinned
-    host memory with non-blocking copies. On CPU: float32 unless the config says otherwise,
-    intra-op threads set to the replica's CPUs, linear layers on pre-packed oneDNN weights
-    (model.prepack). On both, torch.compile with model.compile.
+    On GPU: bfloat16/float16 weights (model.dtype), SDPA attention, each batch padded by the
+    engine into a reused pinned buffer (:meth:`staging`) and copied to the device in one
+    non-blocking copy, its logits left there until :meth:`fetch` (once per block). On CPU:
+    float32 unless the config says otherwise, intra-op threads set to the replica's CPUs, the
+    padded arrays read in place, linear layers on pre-packed oneDNN weights (model.prepack).
+    On both, torch.compile with model.compile.
     ``uses_token_type_ids``: whether the engine's batches carry token_type_ids (the compile's
     warm-up batch must have the same inputs, or the first real batch compiles again).
     """
@@ -64,6 +140,11 @@ class TorchRunner:
             assert info is not None and info.score_tokens is not None
             model = LastTokenScore(model, info.score_tokens)
         self.model = model.to(self.device)
+        # GPU: pinned staging buffers, one copy per batch, logits fetched per block. Set on
+        # CPU too by tests of that path (the buffers are then plain memory).
+        self.staged = self.device.type == "cuda"
+        self._staging = Staging(pin=self.device.type == "cuda")
+        self.copies = 0  # host-to-device copies of staged batches
         # Left-padded rows get positions counted from their first real token: each row scores
         # as it would alone, whatever the batch (transformers counts positions from the pads).
         self.positions = (
@@ -78,11 +159,30 @@ class TorchRunner:
         if model_cfg.prepack and cpu_float32 and not self.compiled:  # a failed compile too
             self._prepack(model_cfg.name, uses_token_type_ids)
 
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+    def staging(self, planes: int, rows: int, width: int) -> np.ndarray:
+        """Host memory for the engine to pad the next batch into, (planes, rows, width) int64:
+        a reused pinned buffer on a GPU, a new array on CPU (the model reads it in place)."""
+        if self.staged:
+            return self._staging.take(planes, rows, width)
+        return np.empty((planes, rows, width), dtype=np.int64)
+
+    def _tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """The batch as the model's tensors: on CPU the arrays themselves (no copy); staged,
+        one copy of the packed planes to the device, sliced there."""
+        if not self.staged:
+            return {name: torch.from_numpy(array) for name, array in inputs.items()}
+        names = list(inputs)
+        slot, host = self._staging.packed([inputs[name] for name in names])
+        device = host.to(self.device, non_blocking=True)
+        self._staging.copied(slot)
+        self.copies += 1
+        planes = device.view(len(names), *inputs[names[0]].shape)
+        return {name: planes[i] for i, name in enumerate(names)}
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The logits of one batch on the host (the warm-up and check batches)."""
+        logits = self(inputs)
+        return self.fetch([logits]) if isinstance(logits, torch.Tensor) else logits
 
     def _compile(self, name: str, runtime: RuntimeConfig, uses_token_type_ids: bool) -> None:
         """torch.compile the model and build its graph on a warm-up batch; eager if that fails.
@@ -101,7 +201,7 @@ class TorchRunner:
         tokens, max_rows = runtime.batch_budget(self.device.type == "cuda")
         rows = max(2, min(max_rows, tokens // length))
         try:
-            self(self._sample_batch(rows, length, uses_token_type_ids))
+            self._run(self._sample_batch(rows, length, uses_token_type_ids))
         except Exception as err:  # noqa: BLE001 - any failure to compile means: run eagerly
             log.warning("torch.compile of %s failed, running it eagerly: %s", name, err)
             self.model, self.compiled = eager, False
@@ -126,11 +226,11 @@ class TorchRunner:
             log.info("this PyTorch has no oneDNN packed linear ops: %s runs plain", name)
             return
         sample = self._sample_batch(4, 24, uses_token_type_ids)
-        plain = self(sample)
+        plain = self._run(sample)
         packed = None
         try:
             packed = prepack_linears(self.model)  # leaves the model as it was if it raises
-            diff = float(np.abs(self(sample) - plain).max())
+            diff = float(np.abs(self._run(sample) - plain).max())
             why = f"its logits differ from the plain model's by {diff:.2e}"
         except Exception as err:  # noqa: BLE001 - an op this build lacks: keep the plain model
             diff, why = float("nan"), f"{type(err).__name__}: {err}"
@@ -149,18 +249,26 @@ class TorchRunner:
         )
 
     @torch.inference_mode()
-    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray | torch.Tensor:
+        """Logits of one padded batch, float32 (rows, outputs): a numpy array, or staged (on a
+        GPU) a tensor left on the device for :meth:`fetch`."""
         rows = len(inputs["input_ids"])
         if self.compiled and rows == 1:
             # A 1-row batch would compile a second graph (size 1 is specialised): pad to 2.
             inputs = {name: np.repeat(array, 2, axis=0) for name, array in inputs.items()}
-        if self.positions:
-            mask = inputs["attention_mask"]
-            inputs = {**inputs, "position_ids": np.maximum(np.cumsum(mask, axis=1) - 1, 0)}
-        tensors = {name: self._to_device(array) for name, array in inputs.items()}
+        tensors = self._tensors(inputs)
+        if self.positions:  # counted from each row's first real token, on the batch's device
+            tensors["position_ids"] = (tensors["attention_mask"].cumsum(1) - 1).clamp_min(0)
         with _frozen_weights() if self.compiled else contextlib.nullcontext():
             logits = self.model(**tensors).logits
-        return logits[:rows].float().cpu().numpy()
+        logits = logits[:rows].float()
+        return logits if self.staged else logits.cpu().numpy()
+
+    @torch.inference_mode()
+    def fetch(self, outputs: list[Any]) -> np.ndarray:
+        """The logits of several staged calls, in their order, (rows, outputs) float32: one
+        copy back to the host (which waits for the batches to finish)."""
+        return torch.cat([torch.as_tensor(out) for out in outputs]).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         """What runs: for stats and logs."""
