@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,7 +21,7 @@ from crossenc import __version__
 from crossenc.config import ConfigError, JobConfig, OutputConfig
 from crossenc.engine import ScoringEngine
 from crossenc.inspect_input import InputFile, JobPlan, finish_inspection, plan_job
-from crossenc.model import ModelInfo, model_fingerprint, model_source
+from crossenc.model import ModelInfo, load_tokenizer, model_fingerprint, model_source
 from crossenc.output.commit import (
     Manifest,
     RunRecord,
@@ -45,7 +46,7 @@ from crossenc.output.parts import (
 )
 from crossenc.output.writer import WriterOptions, write_block, writer_actor
 from crossenc.postprocess import rank_group, score_columns
-from crossenc.read import pending_units, read_row_groups, read_units
+from crossenc.read import pending_units, read_tokenized, read_units
 from crossenc.storage import resolve, retried_requests
 from crossenc.summary import (
     RunMetrics,
@@ -54,9 +55,23 @@ from crossenc.summary import (
     metric_columns,
     summary_table,
 )
-from crossenc.tokenize import ERROR, IDS, TYPE_IDS, WINDOW_LENGTHS, WINDOWS, tokenize_batch
+from crossenc.tokenize import (
+    ERROR,
+    IDS,
+    TYPE_IDS,
+    WINDOW_LENGTHS,
+    WINDOWS,
+    encoder_spec,
+    tokenize_batch,
+)
 
 log = logging.getLogger(__name__)
+
+# Ray Data warns when a stage capped at n tasks at a time got fewer than n blocks: the write
+# stage's cap (one task per writer) is a bound, not a wish, so a small run needs no warning.
+warnings.filterwarnings(
+    "ignore", message=r"The maximum number of concurrent tasks for 'MapBatches\(write_block\)'"
+)
 
 
 def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -164,21 +179,40 @@ class ScorerReplica:
         return out
 
 
+def tokenizer_spec(cfg: JobConfig, info: ModelInfo) -> dict[str, Any] | None:
+    """The tokenizer's backend for the tokenize tasks to encode with (they never import
+    transformers; see :func:`crossenc.tokenize.encoder_spec`), or None where they load the
+    tokenizer themselves (a chat template, model.long_text chunk)."""
+    if cfg.model.long_text == "chunk":
+        return None
+    return encoder_spec(load_tokenizer(cfg.model, info.source), info)
+
+
+TOKENIZE_CPUS = 0.5  # a tokenize task's reservation: its own tasks, never fused into the scorers
+
+
 def scoring_stages(
-    ds: ray.data.Dataset, cfg: JobConfig, info: ModelInfo, rank_partitions: int | None = None
+    ds: ray.data.Dataset,
+    cfg: JobConfig,
+    info: ModelInfo,
+    rank_partitions: int | None = None,
+    tokenized: bool = False,
 ) -> ray.data.Dataset:
-    """Tokenize, score on the replicas, and (with ``rank_partitions``) rank each rerank group
-    after a shuffle into that many partitions: the stages the job and :func:`crossenc.scorer`
-    share. Rows keep the carried columns and gain the score columns, ``truncated`` and the
-    internal ones (the error, metrics; see :data:`crossenc.output.writer.INTERNAL`)."""
+    """Tokenize (unless ``tokenized``: the rows hold the token columns already, as the job's
+    read tasks leave them), score on the replicas, and (with ``rank_partitions``) rank each
+    rerank group after a shuffle into that many partitions: the stages the job and
+    :func:`crossenc.scorer` share. Rows keep the carried columns and gain the score columns,
+    ``truncated`` and the internal ones (the error, metrics; see
+    :data:`crossenc.output.writer.INTERNAL`)."""
     rt = cfg.runtime
-    ds = ds.map_batches(
-        tokenize_batch,
-        fn_kwargs={"cfg": cfg, "info": info},
-        batch_size=rt.block_rows,
-        batch_format="pyarrow",
-        num_cpus=0.5,  # its own tasks, overlapping the replicas rather than fused into them
-    )
+    if not tokenized:
+        ds = ds.map_batches(
+            tokenize_batch,
+            fn_kwargs={"cfg": cfg, "info": info, "encoder": tokenizer_spec(cfg, info)},
+            batch_size=rt.block_rows,
+            batch_format="pyarrow",
+            num_cpus=TOKENIZE_CPUS,
+        )
     ds = ds.map_batches(
         ScorerReplica,
         fn_constructor_kwargs={"cfg": cfg, "info": info},
@@ -210,22 +244,29 @@ def build_dataset(
     one progress row per block (rows handed over, and the parts of files that closed)."""
     rt = cfg.runtime
     ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 1000)))
+    # Each row group is read and tokenized by one task: the texts never go through the object
+    # store, and one kind of task (one worker process per CPU Ray gives them) does both.
     ds = ds.map_batches(
-        read_row_groups,
+        read_tokenized,
         fn_kwargs={
             "storage": cfg.input,
             "columns": cfg.needed_columns(),
             "block_rows": rt.block_rows,
             "cfg": cfg,
+            "info": info,
+            "encoder": tokenizer_spec(cfg, info),
             "reference": reference,
         },
         batch_size=1,
         batch_format="pyarrow",
-        num_cpus=0.25,  # I/O-bound; a distinct reservation also keeps Ray from fusing stages
+        num_cpus=TOKENIZE_CPUS,
     )
     rows = sum(max(int(u["end"]) - int(u["start"]), 0) for u in units)  # type: ignore[call-overload]
     partitions = max(1, min(200, rows // rt.block_rows + 1))
-    ds = scoring_stages(ds, cfg, info, partitions if rerank_shuffle else None)
+    ds = scoring_stages(ds, cfg, info, partitions if rerank_shuffle else None, tokenized=True)
+    # The write tasks only wait on the writers: they reserve no CPU (a reservation of theirs
+    # would keep tokenize tasks from the CPUs they leave idle), and as many run at a time as
+    # there are writers (two per writer ran no faster), not a worker process per block.
     ds = ds.map_batches(
         write_block,
         fn_kwargs={
@@ -235,7 +276,8 @@ def build_dataset(
             "options": replace(options, expected_rows={}),  # only the writers need those
         },
         batch_size=rt.block_rows,
-        num_cpus=0.25,  # I/O-bound: must not wait for a whole CPU beside the scorers
+        num_cpus=0,
+        concurrency=len(writers),
         batch_format="pyarrow",
     )
     # Reading and tokenizing outrun the scorers; without a budget of its own the queue ahead of
@@ -363,12 +405,19 @@ def starts_own_ray() -> bool:
     return not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
 
 
+IDLE_WORKER_MS = 300_000  # crossenc's own in-process Ray: how long an idle worker is kept
+
+
 def ensure_ray() -> None:
     """Join the cluster named by RAY_ADDRESS (or the Ray this process runs already), else start
     an in-process Ray on this machine's cores, without a dashboard."""
     if starts_own_ray():
         ray.init(
             num_cpus=machine_cores(),
+            # Idle workers are kept for the run rather than killed after 1 s (Ray's default
+            # once more workers exist than CPUs: the actors count), so a stage's next task
+            # reuses a worker that has imported crossenc instead of starting one that must.
+            _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_MS},
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=True,

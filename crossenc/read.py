@@ -7,6 +7,7 @@ interrupted run did not write, with bookkeeping per row range, not per row.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,9 +17,10 @@ import pyarrow.parquet as pq
 
 from crossenc.config import InputConfig, JobConfig
 from crossenc.inspect_input import InputError, InputFile, schema_problem
+from crossenc.model import ModelInfo
 from crossenc.storage import resolve, retried_requests
 from crossenc.summary import STORE_RETRIES
-from crossenc.tokenize import ROW, SOURCE
+from crossenc.tokenize import ROW, SOURCE, tokenize_batch
 
 UNIT_SCHEMA = ("file", "row_group", "offset", "start", "end")
 
@@ -107,3 +109,25 @@ def read_row_groups(
             position += batch.num_rows
             if position >= end:
                 break
+
+
+def read_tokenized(
+    units: pa.Table,
+    storage: InputConfig,
+    columns: list[str],
+    block_rows: int,
+    cfg: JobConfig,
+    info: ModelInfo,
+    encoder: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
+) -> Iterator[pa.Table]:
+    """The job's read-and-tokenize task: :func:`read_row_groups`, each slice tokenized where it
+    was read (:func:`crossenc.tokenize.tokenize_batch`), so the texts never travel through the
+    object store and one kind of task, one worker per CPU Ray gives them, does both.
+
+    The Rust tokenizer runs on this task's thread alone: Ray runs as many of these tasks as
+    there are CPUs for them, and processes scale where the tokenizer's own threads do not (on
+    2 cores, two processes tokenized 1.2x the pairs/s of one process on two threads)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # this worker process's tokenizer calls
+    for table in read_row_groups(units, storage, columns, block_rows, cfg, reference):
+        yield tokenize_batch(table, cfg, info, encoder)

@@ -1,8 +1,19 @@
-"""Tokenize stage: text pairs to token ids on CPU; unscorable rows get a reason code."""
+"""Tokenize stage: text pairs to token ids on CPU; unscorable rows get a reason code.
+
+Pairs are encoded by the fast tokenizer's Rust backend itself (:class:`PairEncoder`), as the
+tokenizer's ``__call__`` encodes them (the same truncation, special tokens and type ids), without
+transformers' per-row conversion and without the character offsets it asks the backend for; a
+job's tokenize tasks get the backend as JSON (:func:`encoder_spec`), so they never import
+transformers. A model with a chat template, and model.long_text chunk's windows, go through the
+transformers tokenizer.
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,6 +49,169 @@ def row_errors(col: pa.ChunkedArray | pa.Array, name: str) -> list[str | None]:
     for i in np.flatnonzero(is_null | blank):
         out[i] = f"{NULL_TEXT}:{name}" if is_null[i] else f"{EMPTY_TEXT}:{name}"
     return out
+
+
+@dataclass
+class Encoded:
+    """Pairs' token ids as flat buffers: row ``i`` is ``ids[offsets[i]:offsets[i + 1]]``."""
+
+    ids: np.ndarray  # int32
+    offsets: np.ndarray  # int32, one more than the rows
+    type_ids: np.ndarray | None  # int8, beside ids; None for a model without them
+    truncated: np.ndarray  # bool per row
+
+    def lists(self) -> tuple[list[list[int]], list[list[int]] | None]:
+        """The ids (and type ids) as one list per row."""
+        cuts = self.offsets[1:-1]
+        ids = [row.tolist() for row in np.split(self.ids, cuts)]
+        types = None
+        if self.type_ids is not None:
+            types = [row.tolist() for row in np.split(self.type_ids, cuts)]
+        return ids, types
+
+
+class PairEncoder:
+    """A fast tokenizer's Rust backend encoding text pairs as the tokenizer's ``__call__`` does
+    with ``truncation``, ``max_length`` and no padding (see transformers' TokenizersBackend:
+    the backend's truncation set the same way, its ``encode_special_tokens`` from the
+    tokenizer's split_special_tokens, special tokens added), through ``encode_batch_fast``
+    (no character offsets: nothing here reads them) and into flat buffers.
+
+    Built from a loaded tokenizer (:meth:`of`: it shares that tokenizer's backend, as its own
+    calls do) or from :func:`encoder_spec`'s JSON (:meth:`from_spec`, in a process that never
+    imports transformers)."""
+
+    def __init__(self, backend: Any, truncation_side: str, split_special_tokens: bool) -> None:
+        self.backend = backend
+        self.truncation_side = truncation_side
+        self.split_special_tokens = split_special_tokens
+
+    _from_spec: dict[str, PairEncoder] = {}
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> PairEncoder | None:
+        """The encoder of a loaded tokenizer (its own backend and current settings), or None
+        where its ``__call__`` may do more than the backend's pair encoding (not a
+        TokenizersBackend, or a class that overrides how it encodes): such a tokenizer is
+        called as it is."""
+        if not _encodes_as_backend(type(tokenizer)):
+            return None
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        split = bool(getattr(tokenizer, "split_special_tokens", False))
+        return cls(backend, tokenizer.truncation_side, split)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> PairEncoder:
+        """The encoder :func:`encoder_spec` describes, built once per process."""
+        found = cls._from_spec.get(spec["key"])
+        if found is None:
+            from tokenizers import Tokenizer
+
+            found = cls(
+                Tokenizer.from_str(spec["backend"]),
+                spec["truncation_side"],
+                spec["split_special_tokens"],
+            )
+            cls._from_spec[spec["key"]] = found
+        return found
+
+    def _encode(self, texts_a: list[str], texts_b: list[str], truncation: Any) -> list[Any]:
+        """The backend's encodings of the pairs; ``truncation``: (strategy, max_length) or
+        None for none."""
+        backend = self.backend
+        if truncation is None:
+            if backend.truncation is not None:
+                backend.no_truncation()
+        else:
+            strategy, max_length = truncation
+            target = {
+                "max_length": max_length,
+                "stride": 0,
+                "strategy": strategy,
+                "direction": self.truncation_side,
+            }
+            current = backend.truncation
+            if current is None or {k: current.get(k) for k in target} != target:
+                backend.enable_truncation(**target)
+        if backend.padding is not None:
+            backend.no_padding()
+        if backend.encode_special_tokens != self.split_special_tokens:
+            backend.encode_special_tokens = self.split_special_tokens
+        return backend.encode_batch_fast(
+            list(zip(texts_a, texts_b, strict=True)), add_special_tokens=True
+        )
+
+    def encode(
+        self,
+        texts_a: list[str],
+        texts_b: list[str],
+        max_length: int,
+        truncation: str = "longest_first",
+        type_ids: bool = True,
+    ) -> Encoded:
+        """The pairs cut to ``max_length`` by ``truncation``, flat, and which were cut."""
+        encodings = self._encode(texts_a, texts_b, (truncation, max_length))
+        n = len(encodings)
+        lengths = np.fromiter(map(len, encodings), dtype=np.int32, count=n)
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        chain = itertools.chain.from_iterable
+        ids = np.fromiter(chain(e.ids for e in encodings), dtype=np.int32, count=total)
+        types = None
+        if type_ids:
+            types = np.fromiter(chain(e.type_ids for e in encodings), dtype=np.int8, count=total)
+        # A pair at the limit may have been cut; confirm with an untruncated count of those only.
+        truncated = np.zeros(n, dtype=bool)
+        at_limit = np.flatnonzero(lengths >= max_length)
+        if len(at_limit):
+            full = self._encode(
+                [texts_a[i] for i in at_limit], [texts_b[i] for i in at_limit], None
+            )
+            truncated[at_limit] = [len(e) > max_length for e in full]
+        return Encoded(ids, offsets, types, truncated)
+
+
+@functools.lru_cache(maxsize=64)
+def _encodes_as_backend(cls: type) -> bool:
+    """True when a tokenizer class's ``__call__`` on pairs is its backend's ``encode_batch``
+    with truncation set (transformers' TokenizersBackend, its encoding methods not
+    overridden)."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return False
+    return (
+        issubclass(cls, TokenizersBackend)
+        and cls.__call__ is PreTrainedTokenizerBase.__call__
+        and cls._encode_plus is TokenizersBackend._encode_plus
+        and cls.set_truncation_and_padding is TokenizersBackend.set_truncation_and_padding
+        and cls._get_padding_truncation_strategies
+        is PreTrainedTokenizerBase._get_padding_truncation_strategies
+        and getattr(cls, "_switch_to_input_mode", None)
+        is getattr(PreTrainedTokenizerBase, "_switch_to_input_mode", None)
+    )
+
+
+def encoder_spec(tokenizer: Any, info: ModelInfo) -> dict[str, Any] | None:
+    """What a tokenize task needs to build the tokenizer's :class:`PairEncoder` without
+    transformers (its backend as JSON, truncation side, split_special_tokens), or None where
+    the pairs go through the tokenizer itself (a chat template, or a tokenizer that encodes
+    differently)."""
+    if info.chat_template or PairEncoder.of(tokenizer) is None:
+        return None
+    backend = tokenizer.backend_tokenizer.to_str()
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
+    key = hashlib.sha256(f"{backend}\0{tokenizer.truncation_side}\0{split}".encode()).hexdigest()
+    return {
+        "key": key,
+        "backend": backend,
+        "truncation_side": tokenizer.truncation_side,
+        "split_special_tokens": split,
+    }
 
 
 def _list_array(seqs: list[list[int]], dtype: Any) -> pa.Array:
@@ -137,6 +311,11 @@ def encode_pairs(
     if info.chat_template:
         ids, truncated = _encode_chat(tokenizer, info, texts_a, texts_b)
         return ids, None, truncated
+    encoder = PairEncoder.of(tokenizer)
+    if encoder is not None:
+        encoded = encode_pairs_flat(encoder, info, texts_a, texts_b, truncation)
+        ids, type_ids = encoded.lists()
+        return ids, type_ids, encoded.truncated
     if info.prompt:
         texts_a = [info.prompt + text for text in texts_a]
     enc = tokenizer(
@@ -166,6 +345,21 @@ def encode_pairs(
         )["input_ids"]
         truncated[at_limit] = [len(s) > info.max_length for s in full]
     return ids, type_ids, truncated
+
+
+def encode_pairs_flat(
+    encoder: PairEncoder,
+    info: ModelInfo,
+    texts_a: list[str],
+    texts_b: list[str],
+    truncation: str = "longest_first",
+) -> Encoded:
+    """:func:`encode_pairs` (a model without a chat template) as flat buffers."""
+    if info.chat_template:
+        raise ValueError("a chat template's pairs are rendered by the tokenizer: encode_pairs")
+    if info.prompt:
+        texts_a = [info.prompt + text for text in texts_a]
+    return encoder.encode(texts_a, texts_b, info.max_length, truncation, info.uses_token_type_ids)
 
 
 def window_size(tokenizer: Any, info: ModelInfo) -> int:
@@ -275,8 +469,24 @@ def encode_windows(
     return out_ids, out_types, truncated, counts
 
 
-def tokenize_batch(batch: pa.Table, cfg: JobConfig, info: ModelInfo) -> pa.Table:
-    """Add token ids, the truncated flag and a reason for unscorable rows; drop text columns."""
+def _pair_encoder(
+    cfg: JobConfig, info: ModelInfo, spec: dict[str, Any] | None
+) -> PairEncoder | None:
+    """The encoder of the job's pairs: from the spec (no transformers in this process), else
+    from the loaded tokenizer; None where the tokenizer itself encodes them."""
+    if cfg.model.long_text == "chunk" or info.chat_template:
+        return None
+    if spec is not None:
+        return PairEncoder.from_spec(spec)
+    return PairEncoder.of(load_tokenizer(cfg.model, info.source))
+
+
+def tokenize_batch(
+    batch: pa.Table, cfg: JobConfig, info: ModelInfo, encoder: dict[str, Any] | None = None
+) -> pa.Table:
+    """Add token ids, the truncated flag and a reason for unscorable rows; drop text columns.
+    ``encoder``: :func:`encoder_spec` of the model's tokenizer (a job's tasks get it, so they
+    need not import transformers), else the tokenizer is loaded here."""
     a_name, b_name = cfg.input.text_a, cfg.input.text_b
     errors_a = row_errors(batch.column(a_name), a_name)
     errors_b = row_errors(batch.column(b_name), b_name)
@@ -284,42 +494,52 @@ def tokenize_batch(batch: pa.Table, cfg: JobConfig, info: ModelInfo) -> pa.Table
     good = [i for i, e in enumerate(errors) if e is None]
     texts_a = batch.column(a_name).to_pylist()
     texts_b = batch.column(b_name).to_pylist()
-    tokenizer = load_tokenizer(cfg.model, info.source)
     good_a, good_b = [texts_a[i] for i in good], [texts_b[i] for i in good]
     chunk = cfg.model.long_text == "chunk"
     counts = np.zeros(len(errors), dtype=np.int32)  # windows per row: none for a dead letter
-    if chunk:
-        ids_good, types_good, trunc_good, counts_good = encode_windows(
-            tokenizer, info, good_a, good_b, cfg.model.truncation, cfg.model.chunk_overlap
-        )
+    pair_encoder = _pair_encoder(cfg, info, encoder)
+    type_values: np.ndarray | None = None
+    if pair_encoder is not None:
+        encoded = encode_pairs_flat(pair_encoder, info, good_a, good_b, cfg.model.truncation)
+        values, offsets, type_values = encoded.ids, encoded.offsets, encoded.type_ids
+        trunc_good, counts_good = encoded.truncated, np.ones(len(good), dtype=np.int32)
     else:
-        ids_good, types_good, trunc_good = encode_pairs(
-            tokenizer, info, good_a, good_b, cfg.model.truncation
-        )
-        counts_good = np.ones(len(good), dtype=np.int32)
+        tokenizer = load_tokenizer(cfg.model, info.source)
+        if chunk:
+            ids_good, types_good, trunc_good, counts_good = encode_windows(
+                tokenizer, info, good_a, good_b, cfg.model.truncation, cfg.model.chunk_overlap
+            )
+        else:
+            ids_good, types_good, trunc_good = encode_pairs(
+                tokenizer, info, good_a, good_b, cfg.model.truncation
+            )
+            counts_good = np.ones(len(good), dtype=np.int32)
+        windows = _list_array(ids_good, np.int32)
+        values, offsets = windows.values.to_numpy(), windows.offsets.to_numpy()
+        if types_good is not None:
+            type_values = _list_array(types_good, np.int8).values.to_numpy()
     counts[good] = counts_good
     truncated = np.zeros(len(errors), dtype=bool)
     truncated[good] = trunc_good
     # Every window, in row order (a row holds its windows' ids one after the other): the
     # stages count rows, so a row stays one row however many windows it has.
-    windows = _list_array(ids_good, np.int32)
-    window_lengths = np.diff(windows.offsets.to_numpy())
+    window_lengths = np.diff(offsets)
     window_offsets = np.zeros(len(errors) + 1, dtype=np.int32)
     np.cumsum(counts, out=window_offsets[1:])
-    token_offsets = windows.offsets.to_numpy()[window_offsets]
+    token_offsets = pa.array(offsets[window_offsets])
 
-    def per_row(values: pa.Array) -> pa.Array:
-        return pa.ListArray.from_arrays(pa.array(token_offsets), values)
+    def per_row(flat: np.ndarray) -> pa.Array:
+        return pa.ListArray.from_arrays(token_offsets, pa.array(flat))
 
     out = batch.select(cfg.carried_columns())
     # where the job's rows came from, and the read task's retries, for the writer and summary
     for name in (SOURCE, ROW, "_store_retries"):
         if name in batch.column_names:
             out = out.append_column(name, batch.column(name))
-    out = out.append_column(IDS, per_row(windows.values))
+    out = out.append_column(IDS, per_row(values))
     if info.uses_token_type_ids:
-        if types_good is not None:
-            types = per_row(_list_array(types_good, np.int8).values)
+        if type_values is not None:
+            types = per_row(type_values)
         else:  # a chat template's pairs: no type ids, an empty list per row
             types = _list_array([[] for _ in errors], np.int8)
         out = out.append_column(TYPE_IDS, types)
