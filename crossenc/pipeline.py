@@ -277,7 +277,7 @@ def build_dataset(
         },
         batch_size=rt.block_rows,
         num_cpus=0,
-        concurrency=len(writers),
+        concurrency=max(1, len(writers)),  # (a dataset built without writers: tests)
         batch_format="pyarrow",
     )
     # Reading and tokenizing outrun the scorers; without a budget of its own the queue ahead of
