@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -261,6 +262,32 @@ class FilesConfig(_Strict):
     )
 
 
+class CatalogConfig(_Strict):
+    """The Iceberg catalog of output.format iceberg."""
+
+    type: Literal["sql", "rest"] = Field(
+        "sql",
+        description="sql: pyiceberg's SqlCatalog (SQLite file by default, no server); rest: a "
+        "REST catalog at uri.",
+    )
+    uri: str | None = Field(
+        None,
+        description="sql: a SQLite file path or SQLAlchemy URL (None: <output.path>/_catalog.db, "
+        "local outputs only); rest: the catalog's URL.",
+    )
+    name: str = Field("crossenc", description="The catalog's name (pyiceberg's).")
+    properties: dict[str, str] = Field(
+        default_factory=dict,
+        description="Further pyiceberg catalog properties (e.g. credential, warehouse).",
+    )
+
+    @model_validator(mode="after")
+    def _rest_needs_uri(self) -> CatalogConfig:
+        if self.type == "rest" and not self.uri:
+            raise ValueError("output.catalog.uri: a rest catalog needs its URL")
+        return self
+
+
 class OutputConfig(_Strict):
     """Where the scored rows go."""
 
@@ -268,11 +295,37 @@ class OutputConfig(_Strict):
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Object-store options for the output."
     )
-    mode: Literal["error", "overwrite", "resume"] = Field(
+    format: Literal["parquet", "delta", "iceberg"] = Field(
+        "parquet",
+        description="parquet: a folder of Parquet files with a manifest and _SUCCESS; delta: "
+        "a Delta Lake table at path (deltalake); iceberg: an Iceberg table (pyiceberg) in "
+        "output.catalog, its data and metadata at path. A table gets one commit per run.",
+    )
+    mode: Literal["error", "overwrite", "resume", "append"] = Field(
         "error",
-        description="error: refuse when committed output exists; overwrite: replace it on "
-        "commit; resume: keep what an interrupted run with the same model and settings "
-        "completed, score only the rest.",
+        description="error: refuse when committed output exists (a table: in this run's "
+        "partition); overwrite: replace it on commit (a table: this run's partition, or the "
+        "whole table without partition_by); resume: keep what an interrupted run with the same "
+        "model and settings completed, score only the rest; append (tables only, their default): "
+        "add this run's rows to the table.",
+    )
+    table: str | None = Field(
+        None,
+        description="output.format iceberg: the table identifier, namespace.name (created at "
+        "the first commit, its location at output.path).",
+    )
+    catalog: CatalogConfig = Field(
+        default_factory=CatalogConfig, description="output.format iceberg: the catalog."
+    )
+    partition_by: list[str] = Field(
+        default_factory=list,
+        description="Partition columns of a table; each is a constant column of every row, "
+        "its value from partition_value (e.g. [dt]).",
+    )
+    partition_value: dict[str, str] = Field(
+        default_factory=dict,
+        description="This run's value of each partition_by column "
+        "(--set output.partition_value.dt=2026-11-27).",
     )
     dead_letter: str | None = Field(
         None,
@@ -293,7 +346,9 @@ class OutputConfig(_Strict):
     compare_to: str | None = Field(
         None,
         description="A previous run's output folder (same storage options): its label shares "
-        "and score quantiles are compared with this run's, the nightly drift check.",
+        "and score quantiles are compared with this run's, the nightly drift check. A table: "
+        "a Delta table's path or iceberg:<namespace.name> (in output.catalog), optionally "
+        "@<version> and #<col>=<value> (the latest run of that partition).",
     )
     drift: DriftConfig = Field(
         default_factory=DriftConfig, description="Thresholds of the compare_to check."
@@ -302,6 +357,59 @@ class OutputConfig(_Strict):
         default_factory=FilesConfig,
         description="Output file size: a file closes at whichever bound it reaches first.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _table_defaults(cls, data: Any) -> Any:
+        # A table appends by default; YAML reads 2026-11-27 as a date: partition values are text.
+        if isinstance(data, dict):
+            data = dict(data)
+            if data.get("format") in ("delta", "iceberg") and "mode" not in data:
+                data["mode"] = "append"
+            values = data.get("partition_value")
+            if isinstance(values, dict):
+                data["partition_value"] = {
+                    k: v if v is None or isinstance(v, str) else str(v) for k, v in values.items()
+                }
+        return data
+
+    @model_validator(mode="after")
+    def _check_table(self) -> OutputConfig:
+        if self.mode == "append" and self.format == "parquet":
+            raise ValueError(
+                "output.mode append needs a table (output.format delta or iceberg); a Parquet "
+                "folder holds one run: use overwrite"
+            )
+        if len(set(self.partition_by)) != len(self.partition_by):
+            raise ValueError(f"output.partition_by lists a column twice: {self.partition_by}")
+        missing = [c for c in self.partition_by if c not in self.partition_value]
+        if missing:
+            raise ValueError(
+                f"output.partition_value.{missing[0]} is not set: every output.partition_by "
+                f"column needs this run's value (--set output.partition_value.{missing[0]}=...)"
+            )
+        extra = sorted(set(self.partition_value) - set(self.partition_by))
+        if extra:
+            raise ValueError(
+                f"output.partition_value.{extra[0]} names no output.partition_by column "
+                f"({self.partition_by})"
+            )
+        if self.format == "iceberg":
+            if not self.table or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", self.table):
+                raise ValueError(
+                    f"output.table {self.table!r}: output.format iceberg needs a table "
+                    "identifier namespace.name (letters, digits, _)"
+                )
+            remote = self.path.startswith(("s3://", "s3a://"))
+            if self.catalog.type == "sql" and self.catalog.uri is None and remote:
+                raise ValueError(
+                    "output.catalog.uri is not set: the default SQLite catalog lives beside a "
+                    "local output; for an s3:// output give a SQLite file or SQLAlchemy URL, or a "
+                    "rest catalog"
+                )
+        elif self.table is not None:
+            raise ValueError("output.table names an Iceberg table: set output.format iceberg")
+        return self
 
     def dead_letter_path(self) -> str:
         """The dead-letter folder, on the output's store."""
@@ -400,6 +508,18 @@ class JobConfig(_Strict):
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     output: OutputConfig
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _partition_columns_are_new(self) -> JobConfig:
+        taken = set(self.carried_columns()) | {"score", "label", "rank", "truncated", "windows"}
+        clash = [c for c in self.output.partition_by if c in taken or c.startswith("score_")]
+        if clash:
+            raise ValueError(
+                f"output.partition_by column {clash[0]!r} is already an output column "
+                "(input.keep, rerank.group_by or a score column): name the partition column "
+                "differently"
+            )
+        return self
 
     def carried_columns(self) -> list[str]:
         """Input columns copied to the output: the kept ones, and the group key of a rerank."""

@@ -65,7 +65,8 @@ class RunRecord:
     run_id: str
     config_hash: str
     model: dict[str, Any]
-    base_generation: int = 0
+    base_generation: int = 0  # a table: its version when the run started (-1: no table yet)
+    partition: dict[str, str] = field(default_factory=dict)  # output.partition_value
 
 
 @dataclass
@@ -225,9 +226,7 @@ def staged_runs(out: OutputConfig) -> list[str]:
 
 
 @output_errors
-def staged_parts(
-    out: OutputConfig, record: RunRecord, after: str | None = None
-) -> list[PartStats]:
+def staged_parts(out: OutputConfig, record: RunRecord, after: str | None = None) -> list[PartStats]:
     """Every part that earlier, uncommitted runs (started after run ``after``, the committed
     one, when given) journaled, for a resume to take over.
 
@@ -244,6 +243,8 @@ def staged_parts(
         previous = _read_json(loc, f"{staging}/{RUN_RECORD}")
         if previous is None:
             return []  # the run died before recording itself: it wrote nothing usable
+        if previous.get("partition", {}) != record.partition:
+            return []  # a run of another partition of the same table: not this run's to take
         check_same_run(previous, record, f"run {run_id}")
         if "base_generation" not in previous and loc.fs.exists(f"{staging}/parts"):
             raise ConfigError(

@@ -33,6 +33,7 @@ class PartStats:
     metrics: str = "{}"  # JSON crossenc.summary.part_metrics record
     input_rows: int = -1  # rows of the whole input file (its footer), -1 where not known
     siblings: int = 1  # parts of the same output file: a resume takes all of them or none
+    file_bytes: int = -1  # size of the output file, -1 where not known (a table commit needs it)
 
     @property
     def accounted(self) -> int:
@@ -57,6 +58,7 @@ PART_SCHEMA = pa.schema(
         ("metrics", pa.string()),
         ("input_rows", pa.int64()),
         ("siblings", pa.int64()),
+        ("file_bytes", pa.int64()),
     ]
 )
 

@@ -107,6 +107,7 @@ class _Sink:
     def close(self) -> str:
         self._write_row_group()
         self.writer.close()
+        self.size = self.stream.tell()
         if self.local:
             self.stream.close()
             os.replace(self.tmp, self.path)
@@ -138,6 +139,14 @@ def dead_columns(columns: list[str]) -> list[str]:
     return [
         c for c in visible_columns(columns) if c not in outputs and not c.startswith(f"{SCORE}_")
     ]
+
+
+def with_partition_values(table: pa.Table, out: OutputConfig) -> pa.Table:
+    """The rows with output.partition_by's constant columns appended (their partition_value)."""
+    for column in out.partition_by:
+        value = out.partition_value[column]
+        table = table.append_column(column, pa.array([value] * table.num_rows, pa.string()))
+    return table
 
 
 def by_source(block: pa.Table) -> list[tuple[str, pa.Table]]:
@@ -249,7 +258,7 @@ class RollingWriter:
         piece.dropped_rows += int(pc.sum(dropped).as_py() or 0)
         good = rows.filter(pc.and_(pc.invert(bad), pc.invert(dropped)))
         if good.num_rows:
-            good = good.select(visible_columns(rows.column_names))
+            good = with_partition_values(good.select(visible_columns(rows.column_names)), self.out)
             if self.data is None:
                 self.data = _Sink(self.loc, self._file_name(), good.schema)
             self.data.write(good)
@@ -259,6 +268,7 @@ class RollingWriter:
             dead = dead.select(dead_columns(rows.column_names)).append_column(
                 "reason", dead.column(ERROR)
             )
+            dead = with_partition_values(dead, self.out)
             if self.dead is None:
                 self.dead = _Sink(self.dead_loc, self._file_name(), dead.schema)
             self.dead.write(dead)
@@ -285,6 +295,7 @@ class RollingWriter:
         with storage_errors("output", self.out.path, self.out.storage):
             data = self.data.close() if self.data is not None else None
             dead = self.dead.close() if self.dead is not None else None
+        size = self.data.size if self.data is not None else -1
         first = next(iter(self.pieces.values()))  # the writes' retries count once, here
         first.metrics.append({"store_retries": retried_requests() - self.retried})
         self.retried = retried_requests()
@@ -301,6 +312,7 @@ class RollingWriter:
                 metrics=json.dumps(merge_part_metrics(piece.metrics)),
                 input_rows=piece.input_rows,
                 siblings=len(self.pieces),
+                file_bytes=size if piece.rows else -1,
             )
             for source, piece in self.pieces.items()
         ]
