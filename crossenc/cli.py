@@ -1,4 +1,4 @@
-"""The ``crossenc`` command: score, validate, schema."""
+"""The ``crossenc`` command: score, validate, plan, history, schema."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         ("score", "run the scoring job"),
         ("validate", "check config, input schema and model; score nothing"),
         ("plan", "files, rows, token lengths and cost; score nothing"),
+        ("history", "the runs committed to output.path (a table's from its commit metadata)"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", required=True, help="YAML config file")
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sample-rows", type=int, default=2000, help="pairs to tokenize")
     p.add_argument("--json", action="store_true", help="print JSON")
+    commands["history"].add_argument("--json", action="store_true", help="print JSON lines")
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.add_argument("--markdown", action="store_true", help="a Markdown reference table instead")
     return parser
@@ -145,6 +147,9 @@ def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
         overrides.append(f"output.report={json.dumps(args.report)}")
     cfg = load_config(args.config, overrides)
     loaded.append(cfg)
+    if args.command == "history":  # reads the output only: no input, no model
+        print_history(cfg, args.json)
+        return EXIT_OK
     log.info("config:\n%s", yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
     plan = plan_job(cfg)
     if args.command == "plan":
@@ -180,6 +185,43 @@ def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
         except OSError as err:  # the run is committed: a full or read-only cache cannot undo it
             log.warning("throughput not recorded for later plans: %s", err)
     return exit_code(cfg, result)
+
+
+HISTORY_COLUMNS = (
+    "version",
+    "time",
+    "run_id",
+    "operation",
+    "partition",
+    "rows_written",
+    "rows_dead_lettered",
+    "model",
+    "config_hash",
+)
+
+
+def print_history(cfg: JobConfig, as_json: bool = False) -> None:
+    """Print the runs committed to output.path, oldest first: one line each (JSON lines with
+    ``--json``, every recorded fact)."""
+    from crossenc.output.tables import committer_for
+
+    rows = committer_for(cfg.output).history()
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return
+    cells = [
+        [
+            ",".join(f"{k}={v}" for k, v in row[c].items()) if c == "partition" else str(row[c])
+            for c in HISTORY_COLUMNS
+        ]
+        for row in rows
+    ]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(HISTORY_COLUMNS)]
+    for line in [list(HISTORY_COLUMNS), *cells]:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+    if not rows:
+        print(f"(no crossenc run committed to {cfg.output.path})")
 
 
 def exit_code(cfg: JobConfig, result: RunResult) -> int:

@@ -18,23 +18,17 @@ import pyarrow.compute as pc
 import ray
 
 from crossenc import __version__
-from crossenc.config import ConfigError, JobConfig, OutputConfig
+from crossenc.config import ConfigError, JobConfig
 from crossenc.engine import ScoringEngine
 from crossenc.inspect_input import InputFile, JobPlan, finish_inspection, plan_job
 from crossenc.model import ModelInfo, load_tokenizer, model_fingerprint, model_source
 from crossenc.output.commit import (
     Manifest,
     RunRecord,
-    check_not_outrun,
-    check_output_mode,
     check_same_run,
-    commit,
-    read_manifest,
-    roll_forward,
     staged_parts,
     staging_dir,
     write_run_record,
-    write_summary,
 )
 from crossenc.output.journal import Journal
 from crossenc.output.parts import (
@@ -44,6 +38,7 @@ from crossenc.output.parts import (
     new_run_id,
     overlaps,
 )
+from crossenc.output.tables import committer_for, previous_manifest
 from crossenc.output.writer import WriterOptions, write_block, writer_actor
 from crossenc.postprocess import rank_group, score_columns
 from crossenc.read import pending_units, read_tokenized, read_units
@@ -459,10 +454,10 @@ def _already_committed(manifest: dict[str, Any], seconds: float, path: str) -> R
         rows_dropped_top_k=manifest["rows_dropped_top_k"],
         rows_scored=0,
         rows_resumed=manifest["rows_read"],
-        files_resumed=len(manifest["input_files"]),
+        files_resumed=manifest.get("input_file_count", len(manifest.get("input_files", []))),
         files_skipped=len(manifest.get("skipped_files", [])),
         skipped=[b["reason"] for b in manifest.get("skipped_files", [])],
-        files_written=len(manifest["files"]),
+        files_written=manifest.get("file_count", len(manifest.get("files", []))),
         seconds=seconds,
         output_path=path,
         already_committed=True,
@@ -523,11 +518,12 @@ def previous_summary(cfg: JobConfig) -> dict[str, Any] | None:
     """The summary of the run at output.compare_to, or None when no comparison is asked for."""
     if not cfg.output.compare_to:
         return None
-    manifest = read_manifest(OutputConfig(path=cfg.output.compare_to, storage=cfg.output.storage))
+    manifest = previous_manifest(cfg.output)  # a Parquet folder, or a table's commit
     if manifest is None or not manifest.get("summary", {}).get("scores"):
         raise ConfigError(
             f"output.compare_to {cfg.output.compare_to} holds no committed crossenc run with a "
-            "summary (_SUCCESS and _manifest.json); remove compare_to for a first run"
+            "summary (_SUCCESS and _manifest.json, or a table commit of crossenc); remove "
+            "compare_to for a first run"
         )
     return manifest["summary"]
 
@@ -642,10 +638,11 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         started, wall_started = started - plan.inspect_seconds, wall_started - plan.inspect_seconds
     retried = retried_requests()
     cfg = for_this_machine(cfg)
+    committer = committer_for(cfg.output)  # the Parquet folder, a Delta or an Iceberg table
 
     def prepare() -> tuple[int, dict[str, Any] | None, dict[str, Any] | None, JobPlan]:
-        base, committed = roll_forward(cfg.output)
-        check_output_mode(cfg.output, committed)
+        base, committed = committer.prepare()
+        committer.check_mode(committed)
         return base, committed, previous_summary(cfg), plan or plan_job(cfg)
 
     # The output's state and the input's footers are read while Ray starts (seconds each).
@@ -657,7 +654,11 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
             base, committed, previous, plan = prepared.result()
     phases: dict[str, float | None] = {"inspect": round(plan.inspect_seconds, 3)}
     record = RunRecord(
-        new_run_id(), cfg.fingerprint(), model_fingerprint(cfg.model, plan.info), base
+        new_run_id(),
+        cfg.fingerprint(),
+        model_fingerprint(cfg.model, plan.info),
+        base,
+        dict(cfg.output.partition_value),
     )
     kept: list[PartStats] = []
     pending = None
@@ -720,7 +721,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     except Exception:
         # A run that committed meanwhile outran this one (and may have removed its files):
         # say so, rather than report the failure it caused.
-        check_not_outrun(cfg.output, base, record.run_id, parts)
+        committer.check_not_outrun(base, record.run_id, parts)
         raise
     finally:
         progress.close()
@@ -779,13 +780,13 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         resumed_from=sorted({p.run_id for p in kept}),
         summary=summary,
     )
-    committed_at = commit(cfg.output, manifest, parts, base)
+    committed_at = committer.commit(manifest, parts, base)
     phases["commit"] = round(committed_at - staged_at, 3)
     phases["cleanup"] = round(time.monotonic() - committed_at, 3)
     seconds = time.monotonic() - started
     summary["wall_seconds"] = round(seconds, 3)
     summary["store"]["retried_requests"] += retried_requests() - retried  # the driver's own
-    write_summary(cfg.output, summary)
+    committer.write_summary(summary)
     result = RunResult(
         run_id=record.run_id,
         rows_read=plan.rows,
