@@ -62,6 +62,34 @@ def s3_server():
 
 
 @pytest.fixture(scope="session")
+def s3_server_process():
+    """moto's S3 server in a process of its own; yields its endpoint URL. For clients that hold
+    the GIL while they wait on a request (deltalake's history), which would deadlock with the
+    in-process server's threads."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
 def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A MiniLM-L6-H384 cross-encoder (real weights, seeded head): slow enough to interrupt."""
     from crossenc.testing import build_minilm_cross_encoder
