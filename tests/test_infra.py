@@ -49,8 +49,10 @@ def load_yaml(path: Path) -> Any:
 
 
 def pyproject_dependencies() -> dict[str, Requirement]:
+    """The dependencies a cluster's Python needs: crossenc's own and its tables extra."""
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    reqs = [Requirement(r) for r in data["project"]["dependencies"]]
+    extras = data["project"]["optional-dependencies"]["tables"]
+    reqs = [Requirement(r) for r in data["project"]["dependencies"] + extras]
     return {r.name.lower(): r for r in reqs}
 
 
