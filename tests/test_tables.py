@@ -12,6 +12,7 @@ with ``read_parquet`` on local disk, and the Arrow dataset deltalake / pyiceberg
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from pathlib import Path
 
@@ -23,11 +24,11 @@ import s3fs
 import yaml
 
 from crossenc.cli import EXIT_CONFIG, EXIT_OK, main
-from crossenc.config import OutputConfig, StorageConfig
+from crossenc.config import ConfigError, OutputConfig, StorageConfig
 from crossenc.failpoints import FailpointError
 from crossenc.output.commit import ConcurrentRunError, Manifest
 from crossenc.output.parts import new_run_id
-from crossenc.output.tables import TableCommitter, committer_for
+from crossenc.output.tables import TableCommitter, committer_for, previous_manifest
 from crossenc.output.writer import RollingWriter, WriterOptions
 from crossenc.pipeline import run_job
 from crossenc.testing import build_tiny_model, write_pairs
@@ -201,6 +202,11 @@ def test_commit_partitions_overwrite_retries_and_metadata(table):
     assert facts["summary"]["scores"]["score"]["mean"] == 0.5
     assert facts["dead_letter"] == out2.dead_letter_path() and facts["write_mode"] == "append"
     assert c3.find(None, None)["run_id"] == r3
+    ref = "iceberg:nightly.scores" if table["format"] == "iceberg" else table["path"]
+    for spec, run in ((f"@{v2}", r2), ("#dt=d1", r3), (f"@{v1}#dt=d1", r1), ("", r3)):
+        assert previous_manifest(_out(table, compare_to=ref + spec))["run_id"] == run, spec
+    with pytest.raises(ConfigError, match="no crossenc run at version 99"):
+        previous_manifest(_out(table, compare_to=f"{ref}@99"))
     assert committer.prepare()[1]["run_id"] == r3  # the latest run of partition d1
 
 
@@ -223,6 +229,37 @@ def test_two_runs_of_one_partition_from_the_same_state(table):
     committer_for(other).commit(_manifest(rc), _stage(other, rc), base)
     assert [h["run_id"] for h in committer.history()] == [ra, rc]
     assert len(_native(committer)) == 60
+
+
+def test_runs_of_one_partition_committing_at_the_same_moment(table):
+    """Three runs of one partition from the same state commit at once, one thread each:
+    exactly one commits (whether the pre-commit check or the table's own optimistic commit
+    catches the others), each other stops with ConcurrentRunError, and the table holds the
+    winner's rows once."""
+    out = _out(table)
+    committer = committer_for(out)
+    base = committer.prepare()[0]
+    staged = {r: _stage(out, r) for r in (new_run_id(), new_run_id(), new_run_id())}
+    barrier = threading.Barrier(len(staged))
+    outcome: dict[str, str] = {}
+
+    def race(run_id: str) -> None:
+        barrier.wait()
+        try:
+            committer_for(out).commit(_manifest(run_id), staged[run_id], base)
+            outcome[run_id] = "committed"
+        except ConcurrentRunError:
+            outcome[run_id] = "outrun"
+
+    threads = [threading.Thread(target=race, args=(r,)) for r in staged]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcome.values()) == ["committed", "outrun", "outrun"]
+    (winner,) = [r for r, o in outcome.items() if o == "committed"]
+    assert [h["run_id"] for h in committer.history()] == [winner]
+    assert len(_native(committer)) == 30
 
 
 # -- whole jobs ---------------------------------------------------------------------------------

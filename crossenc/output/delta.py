@@ -36,6 +36,10 @@ class DeltaCommitter(TableCommitter):
     def _options(self) -> dict[str, str]:
         return delta_storage_options(self.out.storage)
 
+    def load(self) -> Any:
+        """The DeltaTable at its latest version, None when there is none."""
+        return self._table()
+
     def _table(self) -> Any:
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
@@ -50,9 +54,9 @@ class DeltaCommitter(TableCommitter):
         table = self._table()
         return -1 if table is None else int(table.version())
 
-    def commits_since(self, base: int) -> list[TableCommit]:
+    def commits_since(self, base: int, table: Any = None) -> list[TableCommit]:
         """The commits after version ``base``: the newest ``version - base`` of the history."""
-        table = self._table()
+        table = table if table is not None else self._table()
         if table is None or table.version() <= base:
             return []
         commits = []
@@ -66,9 +70,15 @@ class DeltaCommitter(TableCommitter):
         return sorted((c for c in commits if c.version > base), key=lambda c: c.version)
 
     def write(
-        self, files: list[DataFile], schema: pa.Schema | None, overwrite: bool, meta: dict[str, str]
+        self,
+        files: list[DataFile],
+        schema: pa.Schema | None,
+        overwrite: bool,
+        meta: dict[str, str],
+        table: Any,
     ) -> None:
-        """One Delta commit adding ``files`` (see the module docstring)."""
+        """One Delta commit adding ``files`` on top of ``table``'s version (see the module
+        docstring)."""
         from deltalake import CommitProperties, Schema
         from deltalake.exceptions import CommitFailedError, DeltaError
         from deltalake.transaction import AddAction, create_table_with_add_actions
@@ -87,7 +97,6 @@ class DeltaCommitter(TableCommitter):
         ]
         props = CommitProperties(custom_metadata=meta, max_commit_retries=0)
         partition_by = list(self.out.partition_by) or None
-        table = self._table()
         try:
             if table is None:
                 if schema is None:

@@ -81,6 +81,10 @@ class IcebergCommitter(TableCommitter):
         assert out.table is not None  # the config requires it for this format
         self.identifier = out.table
 
+    def load(self) -> Any:
+        """The table's current metadata, None when there is no table."""
+        return self._table()
+
     def _table(self) -> Any:
         from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 
@@ -94,9 +98,9 @@ class IcebergCommitter(TableCommitter):
         table = self._table()
         return -1 if table is None else int(table.metadata.last_sequence_number)
 
-    def commits_since(self, base: int) -> list[TableCommit]:
+    def commits_since(self, base: int, table: Any = None) -> list[TableCommit]:
         """The snapshots after sequence number ``base``, oldest first."""
-        table = self._table()
+        table = table if table is not None else self._table()
         if table is None:
             return []
         commits = []
@@ -113,30 +117,51 @@ class IcebergCommitter(TableCommitter):
         return sorted(commits, key=lambda c: c.version)
 
     def _create(self, schema: pa.Schema) -> Any:
-        from pyiceberg.exceptions import TableAlreadyExistsError
-
+        """The table, with its partition spec, in one catalog update; a run that created it
+        (or its namespace) meanwhile wins, and its table is loaded."""
         namespace = self.identifier.rsplit(".", 1)[0]
-        self.catalog.create_namespace_if_not_exists(namespace)
         try:
-            table = self.catalog.create_table(
+            self.catalog.create_namespace_if_not_exists(namespace)
+        except Exception:  # two first runs at once: the SQL catalog's unique key refuses one
+            if not self._namespace_exists(namespace):
+                raise
+        try:
+            tx = self.catalog.create_table_transaction(
                 self.identifier, schema=schema, location=warehouse(self.out)
             )
-        except TableAlreadyExistsError:
-            return self.catalog.load_table(self.identifier)
-        if self.out.partition_by:
-            with table.update_spec() as update:
-                for column in self.out.partition_by:
-                    update.add_identity(column)
+            if self.out.partition_by:
+                with tx.update_spec() as update:
+                    for column in self.out.partition_by:
+                        update.add_identity(column)
+            tx.commit_transaction()
+        except Exception as err:
+            if self._table() is None:  # not the race of two first runs
+                raise
+            raise TableConflictError(f"Iceberg table created meanwhile: {err}") from err
         return self.catalog.load_table(self.identifier)
 
+    def _namespace_exists(self, namespace: str) -> bool:
+        from pyiceberg.exceptions import NoSuchNamespaceError
+
+        try:
+            self.catalog.load_namespace_properties(namespace)
+        except NoSuchNamespaceError:
+            return False
+        return True
+
     def write(
-        self, files: list[DataFile], schema: pa.Schema | None, overwrite: bool, meta: dict[str, str]
+        self,
+        files: list[DataFile],
+        schema: pa.Schema | None,
+        overwrite: bool,
+        meta: dict[str, str],
+        table: Any,
     ) -> None:
-        """One catalog commit: the partition's delete (overwrite) and ``add_files``."""
+        """One catalog commit on top of ``table``'s snapshot: the partition's delete
+        (overwrite) and ``add_files``."""
         from pyiceberg.exceptions import CommitFailedException
         from pyiceberg.expressions import AlwaysTrue, And, EqualTo
 
-        table = self._table()
         if table is None:
             if schema is None:
                 raise ValueError("the run wrote no rows: there is no schema to create a table")

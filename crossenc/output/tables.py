@@ -39,6 +39,7 @@ from crossenc.errors import storage_errors
 from crossenc.failpoints import failpoint
 from crossenc.output import commit as folder
 from crossenc.output.commit import (
+    ConcurrentRunError,
     Manifest,
     _remove,
     _remove_tree,
@@ -217,17 +218,28 @@ class TableCommitter(ABC):
         """The table's current version (Iceberg: sequence number); -1 when no table exists."""
 
     @abstractmethod
-    def commits_since(self, base: int) -> list[TableCommit]:
-        """The table's commits after version ``base``, oldest first."""
+    def load(self) -> Any:
+        """The table as it is now (one snapshot of it), None when there is none."""
+
+    @abstractmethod
+    def commits_since(self, base: int, table: Any = None) -> list[TableCommit]:
+        """The commits of ``table`` (loaded now when None) after version ``base``, oldest
+        first ([] without a table)."""
 
     @abstractmethod
     def write(
-        self, files: list[DataFile], schema: pa.Schema | None, overwrite: bool, meta: dict[str, str]
+        self,
+        files: list[DataFile],
+        schema: pa.Schema | None,
+        overwrite: bool,
+        meta: dict[str, str],
+        table: Any,
     ) -> None:
-        """Add the files in one table commit (replacing this run's partition, or the whole
-        table unpartitioned, when ``overwrite``) with ``meta`` as its metadata; creates the
-        table when there is none. Raises TableConflictError when another commit got there
-        first."""
+        """Add the files in one table commit on top of ``table`` (the state the caller
+        checked; None: create the table), replacing this run's partition, or the whole table
+        unpartitioned, when ``overwrite``, with ``meta`` as its metadata. Raises
+        TableConflictError when any commit landed after that state (or the table was created
+        meanwhile)."""
 
     def file_uri(self, path: str) -> str:
         """A data file's URI as the table format records it."""
@@ -283,8 +295,6 @@ class TableCommitter(ABC):
     def check_not_outrun(self, base: int, run_id: str, parts: Iterable[PartStats]) -> None:
         """Another crossenc run committed to this partition since ``base``: this run's files
         are removed and ConcurrentRunError raised."""
-        if self.version() < 0:
-            return
         rival = self._rival(self.commits_since(base), run_id)
         if rival is not None:
             self._discard(run_id, parts)
@@ -333,7 +343,8 @@ class TableCommitter(ABC):
                 schema = pq.read_schema(f)
         failpoint("table.before_commit")
         for _ in range(COMMIT_ATTEMPTS):
-            since = self.commits_since(base) if self.version() >= 0 else []
+            table = self.load()  # the check and the commit see this same state
+            since = self.commits_since(base, table)
             if any(c.run_id == manifest.run_id for c in since):
                 log.info("run %s is already committed to %s", manifest.run_id, self.out.path)
                 break  # a retried commit whose first attempt landed
@@ -342,13 +353,16 @@ class TableCommitter(ABC):
                 self._discard(manifest.run_id, parts)
                 raise outrun(self.out, rival.run_id or "?", manifest.run_id)
             try:
-                self.write(files, schema, self.out.mode == "overwrite", meta)
+                self.write(files, schema, self.out.mode == "overwrite", meta, table)
                 break
             except TableConflictError as err:
                 log.info("%s: %s; checking the table again", self.out.path, err)
-        else:
-            raise RuntimeError(
-                f"{self.out.path}: {COMMIT_ATTEMPTS} table commits were overtaken by others"
+        else:  # other writers (compaction, another engine) kept committing first
+            self._discard(manifest.run_id, parts)
+            raise ConcurrentRunError(
+                f"{self.out.path}: this run's table commit was overtaken {COMMIT_ATTEMPTS} times "
+                f"by other commits; nothing of run {manifest.run_id} was committed and its files "
+                "were removed"
             )
         done = time.monotonic()
         failpoint("table.after_commit")
@@ -382,8 +396,6 @@ class TableCommitter(ABC):
     @output_errors
     def history(self) -> list[dict[str, Any]]:
         """The table's crossenc commits, oldest first."""
-        if self.version() < 0:
-            return []
         rows: dict[str, dict[str, Any]] = {}
         for c in self.commits_since(-1):
             if c.run_id:  # an Iceberg overwrite is a delete and an append snapshot: one run
@@ -394,7 +406,7 @@ class TableCommitter(ABC):
         """The compact manifest of the crossenc commit at ``version`` (the latest one when
         None), among the commits of ``partition`` when given; ConfigError naming the table
         when there is none."""
-        commits = [c for c in self.commits_since(-1) if c.run_id] if self.version() >= 0 else []
+        commits = [c for c in self.commits_since(-1) if c.run_id]
         if partition is not None:
             commits = [c for c in commits if c.manifest().get("partition", {}) == partition]
         if version is not None:
