@@ -218,6 +218,22 @@ def staged_runs(out: OutputConfig) -> list[str]:
     """Run ids with a staging folder at the output path (interrupted or in-flight runs)."""
     loc = resolve(out.path, out.storage)
     root = loc.join(STAGING)
+    if not isinstance(loc.fs, LocalFileSystem):
+        # Delimited listings of the prefix: s3fs's ls of an empty prefix lists the parent
+        # instead (the whole output folder: a request per 1,000 data files of a table).
+        bucket, _, prefix = root.partition("/")
+        names: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            page = loc.fs.call_s3(
+                "list_objects_v2", Bucket=bucket, Prefix=prefix + "/", Delimiter="/", **token
+            )
+            names += [
+                c["Prefix"].rstrip("/").rsplit("/", 1)[1] for c in page.get("CommonPrefixes", [])
+            ]
+            if not page.get("IsTruncated"):
+                return sorted(names)
+            token = {"ContinuationToken": page["NextContinuationToken"]}
     loc.fs.invalidate_cache(root)
     try:
         return sorted(p.rstrip("/").rsplit("/", 1)[1] for p in loc.fs.ls(root, detail=False))
