@@ -109,7 +109,9 @@ def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
         + (", pairs rendered by the model's chat template" if info.chat_template else ""),
         f"task: {cfg.task}"
         + (f" by {cfg.rerank.group_by}, top_k {cfg.rerank.top_k}" if cfg.task == "rerank" else ""),
-        f"output: {cfg.output.path} columns {cfg.carried_columns() + outputs + extra}",
+        f"output: {cfg.output.path} ({cfg.output.format}"
+        + (f" table {cfg.output.table}" if cfg.output.table else "")
+        + f") columns {cfg.carried_columns() + outputs + extra + cfg.output.partition_by}",
         f"runtime: {cfg.runtime.replicas} replica(s), {cfg.runtime.gpus_per_replica} GPU each",
     ]
     lines += [f"skipping bad file: {bad.reason}" for bad in plan.skipped]
