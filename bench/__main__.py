@@ -29,6 +29,9 @@ on the last position, and on the last position's yes/no rows only (crossenc), an
 LocalScorer against CrossEncoder.predict on it; long mode (``--mode long``): peak memory and time
 per row of 512- to 8,192-token rows (see :mod:`bench.rerankers`).
 
+Tables mode (``--mode tables``): the driver's Delta and Iceberg table commit for 10^3 and 10^4
+data files, on local disk and moto (see :mod:`bench.tables`).
+
 Memory mode (``--mode memory``): the full job with a tiny model on 10^5 and 10^6 rows, reporting
 the peak memory of the driver and every Ray process it started (see :class:`TreeMemory`).
 """
@@ -679,7 +682,17 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--mode",
-        choices=("throughput", "memory", "scale", "oob", "causal", "long", "feed", "host"),
+        choices=(
+            "throughput",
+            "memory",
+            "scale",
+            "oob",
+            "causal",
+            "long",
+            "feed",
+            "host",
+            "tables",
+        ),
         default="throughput",
     )
     p.add_argument(
@@ -711,6 +724,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--stores", nargs="+", default=["s3", "local"], choices=("s3", "local"))
     p.add_argument(
+        "--files", type=int, nargs="+", default=[1000, 10_000], help="tables mode: data files"
+    )
+    p.add_argument(
         "--max-inspect-files",
         type=int,
         default=10_000,
@@ -730,6 +746,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench.scale import scale
 
             res = scale(args)
+        elif args.mode == "tables":
+            from bench.tables import tables
+
+            res = tables(args)
         elif args.mode == "oob":
             from bench.oob import oob
 
