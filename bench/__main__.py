@@ -229,6 +229,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     from crossenc.engine import LocalScorer, ScoringEngine
     from crossenc.testing import build_minilm_cross_encoder
     from crossenc.tokenize import encode_pairs
+    from crossenc.torch_backend import cpu_has_bf16_matmul
 
     work = Path(args.work)
     cores = os.cpu_count() or 1
@@ -264,7 +265,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         cache_dir=str(work / "cache"),
     )
     for model_name, (folder, coef) in models.items():
-        cfg = ModelConfig(name=str(folder))
+        # on CPU the contenders run float32 (auto's bfloat16, on a CPU with AMX, is one more)
+        cfg = ModelConfig(name=str(folder), dtype="auto" if cuda else "float32")
         t0 = time.perf_counter()
         torch_scorer = LocalScorer(cfg, runtime)
         start_seconds = {"engine_torch": time.perf_counter() - t0}
@@ -283,6 +285,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         if cuda:
             st16 = CrossEncoder(str(folder), device="cuda").to(torch.bfloat16)
             contenders["st_predict_bf16"] = lambda st16=st16: st16.predict(pairs, batch_size=32)
+        if cuda:
             contenders["local_torch_auto_dtype"] = partial(torch_scorer.predict, pairs)
             # float32 on the GPU too, for a like-for-like score check
             fp32 = LocalScorer(cfg.model_copy(update={"dtype": "float32"}), runtime)
@@ -290,6 +293,10 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             warm.append(fp32)
         else:
             contenders["local_torch"] = partial(torch_scorer.predict, pairs)
+            if cpu_has_bf16_matmul():  # what model.dtype auto runs on this CPU: bfloat16
+                auto = LocalScorer(cfg.model_copy(update={"dtype": "auto"}), runtime)
+                contenders["local_torch_auto_dtype"] = partial(auto.predict, pairs)
+                warm.append(auto)
         engine: ScoringEngine = torch_scorer.engine
         contenders["engine_torch"] = partial(_score, engine, ids, types)
         if not cuda:
@@ -383,6 +390,13 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                     "max_abs_diff": round(float(np.abs(q - ref).max()), 5),
                     "score_std_float32": round(float(ref.std()), 5),
                 }
+        if "local_torch_auto_dtype" in scores:  # bfloat16 against float32
+            q = scores["local_torch_auto_dtype"]
+            block["auto_dtype_fidelity"] = {
+                "spearman_vs_torch_float32": round(_spearman(q, ref), 5),
+                "max_abs_diff": round(float(np.abs(q - ref).max()), 5),
+                "score_std_float32": round(float(ref.std()), 5),
+            }
         for name in ("engine_torch_plain", "engine_torch_compiled"):
             if name in scores:
                 block[f"{name}_max_abs_diff"] = float(np.abs(scores[name] - ref).max())
@@ -499,7 +513,13 @@ def _job_runner(
         cfg = build_config(
             {
                 "input": {"path": str(data), "keep": ["pair_id"]},
-                "model": {"name": str(folder), "backend": backend},
+                # float32 on CPU: the job's scores are checked against predict's (auto would
+                # run bfloat16 on a CPU with AMX); on a GPU, auto's bfloat16
+                "model": {
+                    "name": str(folder),
+                    "backend": backend,
+                    "dtype": "auto" if gpus else "float32",
+                },
                 "task": "score",
                 "output": {"path": str(out)},
                 # one scorer using every core (or one GPU); the tokenizer stage shares the CPUs

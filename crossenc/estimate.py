@@ -145,9 +145,12 @@ def estimate(
 
 # What feeds a GPU, from the benchmarks. The data plane (read, tokenize, hand over, write)
 # around a model that costs nothing: pairs/s per CPU core, MiniLM's WordPiece tokenizer on
-# MS MARCO-like pairs of FEED_TOKENS tokens (python -m bench --mode feed, bench/latest-feed.json).
-FEED_PAIRS_PER_CORE = 700.0
-FEED_TOKENS = 76.0
+# MS MARCO-like pairs of FEED_TOKENS tokens (python -m bench --mode feed): the scoring phase's
+# rate on 2 cores once the run's fixed cost is spread, 11,076 rows/s at 3*10^5 rows
+# (bench/latest-feed-3e5.json) and 11,071 at 10^6 (bench/2026-12-02-feed-1m.json); a
+# 10^5-row run, 6,843 (bench/latest-feed.json), is a fifth Ray workers starting.
+FEED_PAIRS_PER_CORE = 5_500.0
+FEED_TOKENS = 82.0
 # The bf16 engine on an H200 (bench/latest-gpu.json): BERT-base 17-20k pairs/s at ~76 tokens
 # (~2.4e14 useful FLOP/s), MiniLM-L6 52-58k (bound by the host, not the card).
 GPU_USEFUL_FLOPS = 2.4e14

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,20 @@ class Encoded:
         if self.type_ids is not None:
             types = [row.tolist() for row in np.split(self.type_ids, cuts)]
         return ids, types
+
+
+def cut_at_limit(
+    lengths: Any, limit: int, full_lengths: Callable[[np.ndarray], Iterable[int]]
+) -> np.ndarray:
+    """Which rows ``limit`` cut. A row shorter than the limit was not; one at it may have been,
+    so only those are encoded again untruncated: ``full_lengths(rows)`` gives their lengths."""
+    lengths = np.asarray(lengths)
+    truncated = np.zeros(len(lengths), dtype=bool)
+    at_limit = np.flatnonzero(lengths >= limit)
+    if len(at_limit):
+        full = np.fromiter(full_lengths(at_limit), dtype=np.int64, count=len(at_limit))
+        truncated[at_limit] = full > limit
+    return truncated
 
 
 class PairEncoder:
@@ -163,14 +178,13 @@ class PairEncoder:
         types = None
         if type_ids:
             types = np.fromiter(chain(e.type_ids for e in encodings), dtype=np.int8, count=total)
-        # A pair at the limit may have been cut; confirm with an untruncated count of those only.
-        truncated = np.zeros(n, dtype=bool)
-        at_limit = np.flatnonzero(lengths >= max_length)
-        if len(at_limit):
-            full = self._encode(
-                [texts_a[i] for i in at_limit], [texts_b[i] for i in at_limit], None
-            )
-            truncated[at_limit] = [len(e) > max_length for e in full]
+        truncated = cut_at_limit(
+            lengths,
+            max_length,
+            lambda rows: map(
+                len, self._encode([texts_a[i] for i in rows], [texts_b[i] for i in rows], None)
+            ),
+        )
         return Encoded(ids, offsets, types, truncated)
 
 
@@ -284,15 +298,17 @@ def _encode_chat(
         return_attention_mask=False,
         return_token_type_ids=False,
     )["input_ids"]
-    truncated = np.zeros(len(ids), dtype=bool)
-    at_limit = [i for i, row in enumerate(ids) if len(row) >= limit]
-    if at_limit:
-        full = tokenizer([texts[i] for i in at_limit], add_special_tokens=False)["input_ids"]
-        truncated[at_limit] = [len(row) > limit for row in full]
-        keep = min(len(suffix), limit)
-        for i in at_limit:
-            if keep:
-                ids[i][-keep:] = suffix[-keep:]
+    truncated = cut_at_limit(
+        [len(row) for row in ids],
+        limit,
+        lambda rows: map(
+            len, tokenizer([texts[i] for i in rows], add_special_tokens=False)["input_ids"]
+        ),
+    )
+    keep = min(len(suffix), limit)
+    if keep:  # the rows cut lost the template's tail: written back over their last tokens
+        for i in np.flatnonzero(truncated):
+            ids[i][-keep:] = suffix[-keep:]
     return ids, truncated
 
 
@@ -331,19 +347,20 @@ def encode_pairs(
     )
     ids = enc["input_ids"]
     type_ids = enc["token_type_ids"] if info.uses_token_type_ids else None
-    lengths = np.fromiter((len(s) for s in ids), dtype=np.int32, count=len(ids))
-    # A pair at the limit may have been cut; confirm with an untruncated count of those only.
-    truncated = np.zeros(len(ids), dtype=bool)
-    at_limit = np.flatnonzero(lengths >= info.max_length)
-    if len(at_limit):
-        full = tokenizer(
-            [texts_a[i] for i in at_limit],
-            [texts_b[i] for i in at_limit],
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        truncated[at_limit] = [len(s) > info.max_length for s in full]
+    truncated = cut_at_limit(
+        [len(row) for row in ids],
+        info.max_length,
+        lambda rows: map(
+            len,
+            tokenizer(
+                [texts_a[i] for i in rows],
+                [texts_b[i] for i in rows],
+                truncation=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"],
+        ),
+    )
     return ids, type_ids, truncated
 
 

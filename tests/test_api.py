@@ -33,7 +33,7 @@ def test_scorer_in_a_pipeline_matches_the_job_row_by_row(ray_local, models, pair
     # read_parquet -> filter -> crossenc -> write_parquet, config as a plain dict, no paths
     score = crossenc.scorer(
         {
-            "model": {"name": str(model)},
+            "model": {"name": str(model), "dtype": "float32"},
             "input": {"text_a": "query", "text_b": "passage", "keep": ["qid", "doc_id"]},
         }
     )
@@ -95,7 +95,11 @@ def test_scorer_reranks_across_the_dataset_with_top_k(ray_local, models, pairs_d
     crossenc.run(job_config(pairs_dir, tmp_path / "job", model, **sections))
     expected = _by(read_output(tmp_path / "job"), "doc_id")
     score = crossenc.scorer(
-        {"model": {"name": str(model)}, "input": {"keep": ["doc_id"]}, **sections}
+        {
+            "model": {"name": str(model), "dtype": "float32"},
+            "input": {"keep": ["doc_id"]},
+            **sections,
+        }
     )
     got = score(ray_local.data.read_parquet(str(pairs_dir))).take_all()
     assert len(got) == len(expected) == 30 * 3  # 30 queries, the best 3 of each

@@ -229,7 +229,7 @@ def test_replica_dead_letters_a_row_that_does_not_fit_alone(models, tmp_path):
 
 def test_torch_runner_uses_sdpa_float32_on_cpu(models):
     folder = str(models[("bert", 1)])
-    runner = TorchRunner(ModelConfig(name=folder), folder, RuntimeConfig())
+    runner = TorchRunner(ModelConfig(dtype="float32", name=folder), folder, RuntimeConfig())
     assert runner.describe() == {
         "backend": "torch",
         "kind": "sequence-classification",
@@ -265,8 +265,8 @@ def _nine_pairs() -> list[tuple[str, str]]:
 def test_compiled_model_scores_as_the_eager_one_without_recompiling(arch, models, inductor_config):
     folder = str(models[(arch, 3)])
     runtime = RuntimeConfig(max_batch_rows=4)  # 9 pairs: batches of 4, 4 and 1 rows
-    eager = LocalScorer(ModelConfig(name=folder), runtime)
-    compiled = LocalScorer(ModelConfig(name=folder, compile=True), runtime)
+    eager = LocalScorer(ModelConfig(dtype="float32", name=folder), runtime)
+    compiled = LocalScorer(ModelConfig(dtype="float32", name=folder, compile=True), runtime)
     assert compiled.engine.stats.extra["compiled"] is True
     assert inductor_config.freezing is False  # set for the model's calls only
     # one graph, built on the warm-up batch, serves every later (rows, length), a 1-row batch too
@@ -282,11 +282,13 @@ def test_a_model_that_fails_to_compile_runs_eagerly(models, inductor_config, cap
     inductor_config.fx_graph_cache = False
     folder = str(models[("electra", 1)])
     with caplog.at_level("WARNING", logger="crossenc.torch_backend"):
-        scorer = LocalScorer(ModelConfig(name=folder, compile=True), RuntimeConfig())
+        scorer = LocalScorer(
+            ModelConfig(dtype="float32", name=folder, compile=True), RuntimeConfig()
+        )
     assert scorer.engine.stats.extra["compiled"] is False
     assert "torch.compile of" in caplog.text and "running it eagerly" in caplog.text
     assert scorer.engine.runs == "torch cpu float32 sdpa prepacked"  # as without compile
-    eager = LocalScorer(ModelConfig(name=folder), RuntimeConfig())
+    eager = LocalScorer(ModelConfig(dtype="float32", name=folder), RuntimeConfig())
     np.testing.assert_allclose(scorer.predict(_nine_pairs()), eager.predict(_nine_pairs()))
 
 

@@ -256,7 +256,7 @@ def _torch_engine(folder: str, staged: bool, rows: int = 8):
     from crossenc.model import describe_model
     from crossenc.torch_backend import TorchRunner
 
-    cfg = ModelConfig(name=folder)
+    cfg = ModelConfig(dtype="float32", name=folder)
     info = describe_model(cfg)
     runtime = RuntimeConfig(batch_tokens=512, max_batch_rows=rows)
     runner = TorchRunner(cfg, folder, runtime, info.uses_token_type_ids, info)
@@ -339,7 +339,7 @@ def test_replica_scores_a_block_however_it_is_sliced_or_chunked(models, tmp_path
 
 def test_local_scorer_scores_through_the_flat_path_as_row_by_row(models):
     folder = str(models[("electra", 1)])
-    scorer = LocalScorer(ModelConfig(name=folder), RuntimeConfig(max_batch_rows=4))
+    scorer = LocalScorer(ModelConfig(dtype="float32", name=folder), RuntimeConfig(max_batch_rows=4))
     pairs = [(f"query {i}", "passage words " * (i + 1)) for i in range(9)]
     alone = np.concatenate([scorer.predict([pair]) for pair in pairs])
     np.testing.assert_allclose(scorer.predict(pairs), alone, rtol=0, atol=1e-5)

@@ -48,7 +48,9 @@ def short_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _chunk(path: Path, **extra: object) -> ModelConfig:
-    return ModelConfig(name=str(path), long_text="chunk", chunk_overlap=OVERLAP, **extra)
+    return ModelConfig(
+        dtype="float32", name=str(path), long_text="chunk", chunk_overlap=OVERLAP, **extra
+    )
 
 
 # --- the reference: windows built by hand, each scored alone with transformers -------------
@@ -146,7 +148,7 @@ def test_local_scorer_chunk_is_the_best_window_of_the_reference(short_models, ar
     ref = Reference(short_models[arch])
     pairs, kinds = _long_pairs(ref, seed=ARCHS.index(arch) + 1)
     chunk = LocalScorer(_chunk(short_models[arch]))
-    truncate = LocalScorer(ModelConfig(name=str(short_models[arch])))
+    truncate = LocalScorer(ModelConfig(dtype="float32", name=str(short_models[arch])))
     assert chunk.info.activation == "sigmoid" and chunk.info.max_length == LIMIT
     got, plain = chunk.predict(pairs), truncate.predict(pairs)
     _, _, truncated, counts = encode_windows(
@@ -188,7 +190,7 @@ def test_chunk_windows_take_the_prompt_before_text_a(short_models):
 def test_a_row_is_unscored_when_one_of_its_windows_does_not_fit_alone(short_models):
     """score_windows: max per row over the flattened windows; a window that runs out of memory
     even alone leaves its whole row NaN, listed in unfit by row."""
-    cfg = ModelConfig(name=str(short_models["roberta"]))
+    cfg = ModelConfig(dtype="float32", name=str(short_models["roberta"]))
     info = describe_model(cfg)
 
     def runner(inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -236,7 +238,7 @@ def _score(model: Path, data: Path, out: Path, *overrides: str) -> int:
     config = out.parent / f"{out.name}.yaml"
     config.write_text(
         f"input: {{path: '{data}', text_a: query, text_b: passage, keep: [qid, doc_id]}}\n"
-        f"model: {{name: '{model}'}}\n"
+        f"model: {{name: '{model}', dtype: float32}}\n"
         f"output: {{path: '{out}', max_dead_letter_fraction: 0.5}}\n"
     )
     return main(["score", "--config", str(config), *(a for o in overrides for a in ("--set", o))])
@@ -267,7 +269,7 @@ def test_the_job_writes_windows_and_the_local_scorers_maxp(ray_local, short_mode
 
     plain = read_output(tmp_path / "truncated")  # truncate mode: as before, no windows
     assert plain.column_names == ["qid", "doc_id", "score", "truncated"]
-    truncate_scores = LocalScorer(ModelConfig(name=str(model))).predict(pairs)
+    truncate_scores = LocalScorer(ModelConfig(dtype="float32", name=str(model))).predict(pairs)
     for r in plain.to_pylist():
         assert r["score"] == pytest.approx(float(truncate_scores[r["doc_id"]]), abs=1e-5)
     assert sum(r["truncated"] for r in plain.to_pylist()) > 2
@@ -277,7 +279,12 @@ def test_the_scorer_adds_windows_in_chunk_mode(ray_local, short_models, tmp_path
     model = short_models["roberta"]
     pairs, _ = _long_pairs(Reference(model), seed=2)
     rows = [{"id": i, "query": a, "passage": b} for i, (a, b) in enumerate(pairs)]
-    section = {"name": str(model), "long_text": "chunk", "chunk_overlap": OVERLAP}
+    section = {
+        "name": str(model),
+        "long_text": "chunk",
+        "chunk_overlap": OVERLAP,
+        "dtype": "float32",
+    }
     score = crossenc.scorer({"model": section, "input": {"keep": ["id"]}})
     out = sorted(score(ray_local.data.from_items(rows)).take_all(), key=lambda r: r["id"])
     assert list(out[0]) == ["id", "score", "windows", "truncated", "reason"]

@@ -33,8 +33,8 @@ def test_onnx_scores_match_torch(models, tmp_path, arch, outputs):
     folder = str(models[(arch, outputs)])
     runtime = RuntimeConfig(batch_tokens=512, cache_dir=str(tmp_path))  # many batch widths
     pairs = _pairs()
-    theirs = LocalScorer(ModelConfig(name=folder), runtime).predict(pairs)
-    scorer = LocalScorer(ModelConfig(name=folder, backend="onnx"), runtime)
+    theirs = LocalScorer(ModelConfig(dtype="float32", name=folder), runtime).predict(pairs)
+    scorer = LocalScorer(ModelConfig(dtype="float32", name=folder, backend="onnx"), runtime)
     ours = scorer.predict(pairs)
     assert scorer.engine.stats.extra["backend"] == "onnx"
     assert scorer.engine.stats.forward_passes > 1
@@ -65,11 +65,17 @@ def test_minilm_onnx_float32_and_int8(minilm, tmp_path):
     table: pa.Table = make_pairs(300, seed=5)
     pairs = list(zip(table["query"].to_pylist(), table["passage"].to_pylist(), strict=True))
     runtime = RuntimeConfig(cache_dir=str(tmp_path))
-    ref = LocalScorer(ModelConfig(name=minilm), runtime).predict(pairs)
-    fp32 = LocalScorer(ModelConfig(name=minilm, backend="onnx"), runtime).predict(pairs)
+    ref = LocalScorer(ModelConfig(dtype="float32", name=minilm), runtime).predict(pairs)
+    fp32 = LocalScorer(ModelConfig(dtype="float32", name=minilm, backend="onnx"), runtime).predict(
+        pairs
+    )
     np.testing.assert_allclose(fp32, ref, atol=1e-5, rtol=0)
-    int8 = LocalScorer(ModelConfig(name=minilm, backend="onnx", quantize="int8"), runtime)
-    full = LocalScorer(ModelConfig(name=minilm, backend="onnx", quantize="int8-full"), runtime)
+    int8 = LocalScorer(
+        ModelConfig(dtype="float32", name=minilm, backend="onnx", quantize="int8"), runtime
+    )
+    full = LocalScorer(
+        ModelConfig(dtype="float32", name=minilm, backend="onnx", quantize="int8-full"), runtime
+    )
     # MiniLM-L6: 6 layers x (query, key, value, attention output) int8; x (intermediate, output)
     # feed-forward MatMuls float32 under int8, int8 under int8-full.
     assert _graph_ops(int8)["MatMulInteger"] == 24
@@ -88,7 +94,8 @@ def test_feed_forward_matmuls_found_by_weight_shape(models, tmp_path):
 
     folder = models[("bert", 1)]
     scorer = LocalScorer(
-        ModelConfig(name=str(folder), backend="onnx"), RuntimeConfig(cache_dir=str(tmp_path))
+        ModelConfig(dtype="float32", name=str(folder), backend="onnx"),
+        RuntimeConfig(cache_dir=str(tmp_path)),
     )
     graph = onnx.load(str(scorer.engine.runner.path))
     width = json.loads((folder / "config.json").read_text())["intermediate_size"]
@@ -102,7 +109,7 @@ def test_feed_forward_matmuls_found_by_weight_shape(models, tmp_path):
 def test_export_is_cached_by_folder_hash_and_options(models, tmp_path, monkeypatch):
     folder = str(models[("bert", 1)])
     runtime = RuntimeConfig(cache_dir=str(tmp_path))
-    cfg = ModelConfig(name=folder, backend="onnx")
+    cfg = ModelConfig(dtype="float32", name=folder, backend="onnx")
     LocalScorer(cfg, runtime)
     exported = list(tmp_path.glob("onnx/*/model.onnx"))
     assert len(exported) == 1
@@ -136,7 +143,7 @@ def test_onnx_replica_with_a_cached_export_never_imports_torch(models, tmp_path)
     from crossenc.model import describe_model
 
     folder = str(models[("bert", 1)])
-    cfg = ModelConfig(name=folder, backend="onnx")
+    cfg = ModelConfig(dtype="float32", name=folder, backend="onnx")
     onnx_backend.ensure_onnx_model(cfg, folder, True, str(tmp_path))  # the cached export
     info = describe_model(cfg, str(tmp_path))  # the driver's work: the replica is handed it
     script = f"""
@@ -144,7 +151,7 @@ import sys, numpy as np
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine import ScoringEngine
 from crossenc.model import ModelInfo
-cfg = ModelConfig(name={folder!r}, backend="onnx")
+cfg = ModelConfig(dtype="float32", name={folder!r}, backend="onnx")
 runtime = RuntimeConfig(cache_dir={str(tmp_path)!r})
 info = {info!r}
 engine = ScoringEngine(cfg, info, runtime, {folder!r})

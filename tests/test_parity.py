@@ -40,7 +40,8 @@ def test_scores_match_sentence_transformers(models, arch, outputs, activation):
     pairs = _pairs()
     # A small token budget forces many length-sorted batches of different widths.
     scorer = LocalScorer(
-        ModelConfig(name=folder, activation=activation), RuntimeConfig(batch_tokens=512)
+        ModelConfig(dtype="float32", name=folder, activation=activation),
+        RuntimeConfig(batch_tokens=512),
     )
     ours = scorer.predict(pairs)
     theirs = CrossEncoder(folder, device="cpu").predict(
@@ -60,7 +61,7 @@ def test_auto_activation_follows_the_models_stored_choice(models, tmp_path):
     folder = tmp_path / "stsb-like"
     ce = CrossEncoder(str(models[("roberta", 1)]), activation_fn=torch.nn.Identity())
     ce.save(str(folder))
-    scorer = LocalScorer(ModelConfig(name=str(folder)))
+    scorer = LocalScorer(ModelConfig(dtype="float32", name=str(folder)))
     assert scorer.info.activation == "identity"
     pairs = _pairs()[:8]
     np.testing.assert_allclose(

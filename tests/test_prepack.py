@@ -31,8 +31,8 @@ def _linears(model: nn.Module) -> list[type]:
 def test_prepacked_model_scores_as_the_plain_one(arch, models):
     folder = str(models[(arch, 3)])
     runtime = RuntimeConfig(max_batch_rows=5)  # several batches of several widths
-    plain = LocalScorer(ModelConfig(name=folder, prepack=False), runtime)
-    packed = LocalScorer(ModelConfig(name=folder), runtime)
+    plain = LocalScorer(ModelConfig(dtype="float32", name=folder, prepack=False), runtime)
+    packed = LocalScorer(ModelConfig(dtype="float32", name=folder), runtime)
     assert packed.engine.runs == "torch cpu float32 " + (
         "sdpa prepacked" if arch != "deberta-v2" and arch != "deberta" else "eager prepacked"
     )
@@ -44,7 +44,9 @@ def test_prepacked_model_scores_as_the_plain_one(arch, models):
 
 
 def test_feed_forward_gelu_is_fused_into_the_projection(models):
-    model = LocalScorer(ModelConfig(name=str(models[("bert", 1)]))).engine.runner.model
+    model = LocalScorer(
+        ModelConfig(dtype="float32", name=str(models[("bert", 1)]))
+    ).engine.runner.model
     intermediate = model.bert.encoder.layer[0].intermediate
     assert intermediate.dense.attr == "gelu"
     assert isinstance(intermediate.intermediate_act_fn, nn.Identity)
@@ -53,7 +55,9 @@ def test_feed_forward_gelu_is_fused_into_the_projection(models):
 
 
 def test_undo_puts_back_every_original_module(models):
-    model = LocalScorer(ModelConfig(name=str(models[("roberta", 1)]), prepack=False))
+    model = LocalScorer(
+        ModelConfig(dtype="float32", name=str(models[("roberta", 1)]), prepack=False)
+    )
     model = model.engine.runner.model
     before = dict(model.named_modules())
     packed = prepack_linears(model)
@@ -77,13 +81,13 @@ def test_a_pack_that_does_not_score_as_plain_is_refused(broken, models, monkeypa
     folder = str(models[("electra", 1)])
     monkeypatch.setattr(PackedLinear, "forward", broken)
     with caplog.at_level("WARNING", logger="crossenc.torch_backend"):
-        scorer = LocalScorer(ModelConfig(name=folder))
+        scorer = LocalScorer(ModelConfig(dtype="float32", name=folder))
     assert "pre-packed weights for" in caplog.text and "it runs plain" in caplog.text
     assert scorer.engine.stats.extra["prepacked"] is False
     assert scorer.engine.runs == "torch cpu float32 sdpa"
     assert set(_linears(scorer.engine.runner.model)) == {nn.Linear}
     monkeypatch.undo()
-    plain = LocalScorer(ModelConfig(name=folder, prepack=False))
+    plain = LocalScorer(ModelConfig(dtype="float32", name=folder, prepack=False))
     np.testing.assert_array_equal(scorer.predict(_pairs()), plain.predict(_pairs()))
 
 
@@ -124,10 +128,10 @@ def test_a_layer_that_cannot_be_packed_leaves_the_whole_model_plain(models, monk
 
     monkeypatch.setattr(PackedLinear, "__init__", fails_on_the_fifth)
     with caplog.at_level("WARNING", logger="crossenc.torch_backend"):
-        scorer = LocalScorer(ModelConfig(name=folder))
+        scorer = LocalScorer(ModelConfig(dtype="float32", name=folder))
     assert "unsupported weight layout" in caplog.text and "it runs plain" in caplog.text
     assert scorer.engine.runs == "torch cpu float32 sdpa"
     assert set(_linears(scorer.engine.runner.model)) == {nn.Linear}  # the first four put back
     monkeypatch.undo()
-    plain = LocalScorer(ModelConfig(name=folder, prepack=False))
+    plain = LocalScorer(ModelConfig(dtype="float32", name=folder, prepack=False))
     np.testing.assert_array_equal(scorer.predict(_pairs()), plain.predict(_pairs()))

@@ -99,7 +99,9 @@ def test_local_scorer_matches_sentence_transformers(rerankers, name):
     folder = rerankers[name]
     pairs = _pairs()
     # A small budget: several length-sorted passes of different widths (padding side matters).
-    scorer = LocalScorer(ModelConfig(name=str(folder)), RuntimeConfig(batch_tokens=512))
+    scorer = LocalScorer(
+        ModelConfig(dtype="float32", name=str(folder)), RuntimeConfig(batch_tokens=512)
+    )
     ours = scorer.predict(pairs)
     theirs = _st(folder, pairs)
     assert scorer.info.kind == KINDS[name]
@@ -113,7 +115,8 @@ def test_local_scorer_matches_sentence_transformers(rerankers, name):
     # predict's batches move by ~1e-5 with the padding (positions counted from the pads);
     # crossenc's do not (positions counted from each row's first token).
     identity = LocalScorer(
-        ModelConfig(name=str(folder), activation="identity"), RuntimeConfig(batch_tokens=512)
+        ModelConfig(dtype="float32", name=str(folder), activation="identity"),
+        RuntimeConfig(batch_tokens=512),
     ).predict(pairs[:12])
     alone = _st(folder, pairs[:12], torch.nn.Identity(), batch_size=1)
     np.testing.assert_allclose(identity, alone, atol=1e-5, rtol=0)
@@ -124,7 +127,7 @@ def test_chat_template_and_prompt_reach_the_model(rerankers):
     default prompt as its instruction (and as text_a's prefix without a template)."""
     info = describe_model(ModelConfig(name=str(rerankers["qwen3-causal-prompt"])))
     assert info.chat_template and info.prompt == WEB and info.score_words == ("yes", "no")
-    scorer = LocalScorer(ModelConfig(name=str(rerankers["qwen3-causal-prompt"])))
+    scorer = LocalScorer(ModelConfig(dtype="float32", name=str(rerankers["qwen3-causal-prompt"])))
     ids, _ = scorer.encode([("the query", "the document")])
     text = scorer.tokenizer.decode(ids[0])
     assert "<Instruct>: " + WEB in text and "<Query>: the query" in text
@@ -133,7 +136,9 @@ def test_chat_template_and_prompt_reach_the_model(rerankers):
     )
     bert = describe_model(ModelConfig(name=str(rerankers["bert-prompt"])))
     assert bert.prompt == "query: " and not bert.chat_template
-    other = LocalScorer(ModelConfig(name=str(rerankers["qwen3-causal-prompt"]), prompt="Find it"))
+    other = LocalScorer(
+        ModelConfig(dtype="float32", name=str(rerankers["qwen3-causal-prompt"]), prompt="Find it")
+    )
     assert "<Instruct>: Find it" in other.tokenizer.decode(other.encode([("q", "d")])[0][0])
     with pytest.raises(ConfigError, match="model.prompt_name nope.*it has: web"):
         describe_model(ModelConfig(name=str(rerankers["qwen3-causal-prompt"]), prompt_name="nope"))
@@ -142,7 +147,9 @@ def test_chat_template_and_prompt_reach_the_model(rerankers):
 def test_truncated_template_rows_keep_the_templates_tail(rerankers):
     """A pair past the limit is cut at max_length with the template's tail written back (as
     sentence-transformers does), so the last position is still the assistant prefill."""
-    scorer = LocalScorer(ModelConfig(name=str(rerankers["qwen3-causal"]), max_length=128))
+    scorer = LocalScorer(
+        ModelConfig(dtype="float32", name=str(rerankers["qwen3-causal"]), max_length=128)
+    )
     pairs = _pairs(4)
     ids, _ = scorer.encode(pairs)
     assert max(len(row) for row in ids) == 128
@@ -161,7 +168,9 @@ def test_long_pairs_near_the_limit_stay_within_the_token_budget(rerankers, name)
         (a, b + " " + " ".join(sample_sentences(12, seed=i, min_words=60, max_words=90)))
         for i, (a, b) in enumerate(pairs)
     ]
-    scorer = LocalScorer(ModelConfig(name=str(rerankers[name])), RuntimeConfig(batch_tokens=2048))
+    scorer = LocalScorer(
+        ModelConfig(dtype="float32", name=str(rerankers[name])), RuntimeConfig(batch_tokens=2048)
+    )
     ours = scorer.predict(pairs)
     lengths = [len(row) for row in scorer.encode(pairs)[0]]
     assert min(lengths) >= 900 and max(lengths) == 1024
@@ -187,7 +196,12 @@ def _write(folder: Path, pairs) -> None:
 
 def _score(model: Path, data: Path, out: Path) -> int:
     """The job on a reranker: the msmarco preset as a plain score, small batches."""
-    extra = ["task=score", "input.keep=[pair_id]", "runtime.batch_tokens=1024"]
+    extra = [
+        "task=score",
+        "input.keep=[pair_id]",
+        "runtime.batch_tokens=1024",
+        "model.dtype=float32",
+    ]
     sets = [arg for item in extra for arg in ("--set", item)]
     return main(_args("score", "msmarco-rerank", model, data, out, *sets))
 
@@ -325,13 +339,15 @@ def test_causal_reranker_loads_from_s3(rerankers, s3_server, tmp_path):
         fs.put(str(rerankers["qwen3-causal-prompt"]) + "/", "rerankers/q3p/", recursive=True)
         storage = {"endpoint_url": s3_server, "key": "testing", "secret": "testing"}
         remote = LocalScorer(
-            ModelConfig(name="s3://rerankers/q3p", storage=storage),
+            ModelConfig(dtype="float32", name="s3://rerankers/q3p", storage=storage),
             RuntimeConfig(cache_dir=str(tmp_path / "cache")),
         )
         assert remote.info.kind == CAUSAL_LM and remote.info.prompt == WEB
         assert (Path(remote.info.source) / "1_LogitScore" / "config.json").is_file()
         pairs = _pairs(8)
-        local = LocalScorer(ModelConfig(name=str(rerankers["qwen3-causal-prompt"])))
+        local = LocalScorer(
+            ModelConfig(dtype="float32", name=str(rerankers["qwen3-causal-prompt"]))
+        )
         np.testing.assert_allclose(remote.predict(pairs), local.predict(pairs), atol=1e-6)
     finally:
         fs.rm("rerankers", recursive=True)
