@@ -212,7 +212,7 @@ def test_driver_killed_during_commit_then_resumed(ray_local, models, tmp_path, p
         yaml.safe_dump(
             {
                 "input": {"path": str(inp), "keep": ["pair_id"]},
-                "model": {"name": str(models[("bert", 1)])},
+                "model": {"name": str(models[("bert", 1)]), "dtype": "float32"},
                 "output": {"path": str(out), "mode": "overwrite", "files": {"max_rows": 50}},
             }
         )

@@ -99,7 +99,7 @@ def test_driver_killed_then_resumed(ray_local, minilm, tmp_path):
         yaml.safe_dump(
             {
                 "input": {"path": str(tmp_path / "in"), "keep": ["pair_id"]},
-                "model": {"name": str(minilm)},
+                "model": {"name": str(minilm), "dtype": "float32"},  # as job_config's
                 "output": {"path": str(tmp_path / "out"), "files": {"max_rows": 40}},
                 "runtime": {"block_rows": 20},
             }

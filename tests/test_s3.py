@@ -64,7 +64,7 @@ def test_job_reads_model_and_pairs_from_s3_and_writes_back(
     ).to_table()
     assert out.num_rows == 300 == sum(f["rows"] for f in manifest["files"])
     inp = pq.read_table(str(pairs_dir))
-    want = LocalScorer(ModelConfig(name=str(models[("bert", 1)]))).predict(
+    want = LocalScorer(ModelConfig(name=str(models[("bert", 1)]), dtype="float32")).predict(
         list(zip(inp.column("query").to_pylist(), inp.column("passage").to_pylist(), strict=True))
     )
     got = dict(zip(out.column("doc_id").to_pylist(), out.column("score").to_pylist(), strict=True))
