@@ -36,21 +36,21 @@ def amx(monkeypatch):
     monkeypatch.setattr(torch_backend, "cpu_has_bf16_matmul", lambda: True)
 
 
-def test_auto_runs_bfloat16_close_to_float32(amx, models):
-    folder = str(models[("bert", 1)])
+def test_auto_runs_bfloat16_close_to_float32(amx, minilm):
+    """Real MiniLM-L6 weights (a seeded head): bfloat16 keeps 8 bits of mantissa, so the scores
+    move, but by little against their spread, and in nearly the same order."""
     runtime = RuntimeConfig(batch_tokens=512)
-    auto = LocalScorer(ModelConfig(name=folder, activation="identity"), runtime)
-    fp32 = LocalScorer(ModelConfig(name=folder, activation="identity", dtype="float32"), runtime)
+    auto = LocalScorer(ModelConfig(name=str(minilm)), runtime)
+    fp32 = LocalScorer(ModelConfig(name=str(minilm), dtype="float32"), runtime)
     assert auto.engine.runs == "torch cpu bfloat16 sdpa"  # no oneDNN float32 pre-packing
     assert fp32.engine.runs == "torch cpu float32 sdpa prepacked"
-    pairs = _pairs()
+    pairs = _pairs(200)
     got, want = np.ravel(auto.predict(pairs)), np.ravel(fp32.predict(pairs))
     assert got.dtype == np.float32
     assert not np.array_equal(got, want)  # it did run in bfloat16
-    # bfloat16 keeps 8 bits of mantissa: this tiny seeded BERT's logits (up to ~3.7) move by up
-    # to ~0.09, 2.3% of their range (real MiniLM-L6: 2.4e-4 after the sigmoid)
-    assert np.abs(got - want).max() <= 0.04 * max(1.0, np.abs(want).max())
-    assert spearmanr(got, want).statistic > 0.98
+    # measured: max abs diff 2.4e-4 after the sigmoid, scores' std 2.9e-3, Spearman 0.9999
+    assert np.abs(got - want).max() < 1e-3
+    assert spearmanr(got, want).statistic > 0.99
 
 
 def test_a_model_that_fails_in_bfloat16_is_loaded_in_float32(amx, models, caplog):
