@@ -19,32 +19,31 @@ from typing import Any
 import pyarrow as pa
 
 from crossenc.config import OutputConfig
-from crossenc.output.tables import DataFile, TableCommit, TableCommitter, TableConflictError
+from crossenc.output.tables import (
+    DataFile,
+    TableCommit,
+    TableCommitter,
+    TableConflictError,
+    store_options,
+)
 from crossenc.storage import is_remote
 
 CATALOG_FILE = "_catalog.db"  # the default SQLite catalog, under a local output.path
 
 
+ICEBERG_OPTIONS = {
+    "endpoint_url": "s3.endpoint",
+    "key": "s3.access-key-id",
+    "secret": "s3.secret-access-key",
+    "token": "s3.session-token",
+    "region": "s3.region",
+    "anon": "s3.anonymous",
+}
+
+
 def file_io_properties(out: OutputConfig) -> dict[str, str]:
     """pyiceberg's S3 FileIO properties for the output's storage options."""
-    storage = out.storage
-    props: dict[str, str] = {}
-    if storage.endpoint_url:
-        props["s3.endpoint"] = storage.endpoint_url
-    for key, name in (
-        ("key", "s3.access-key-id"),
-        ("secret", "s3.secret-access-key"),
-        ("token", "s3.session-token"),
-    ):
-        value = getattr(storage, key)
-        if value is not None:
-            props[name] = value.get_secret_value()
-    region = storage.region or ("us-east-1" if storage.endpoint_url else None)
-    if region:
-        props["s3.region"] = region
-    if storage.anon:
-        props["s3.anonymous"] = "true"
-    return props
+    return store_options(out.storage, ICEBERG_OPTIONS)
 
 
 def warehouse(out: OutputConfig) -> str:

@@ -474,26 +474,39 @@ def previous_manifest(out: OutputConfig) -> dict[str, Any] | None:
     return folder.read_manifest(target)
 
 
-def delta_storage_options(storage: StorageConfig) -> dict[str, str]:
-    """deltalake's (object_store's) options for the same store as crossenc's s3fs."""
+def store_options(storage: StorageConfig, names: dict[str, str]) -> dict[str, str]:
+    """The endpoint, credentials, region and anonymity of crossenc's s3fs store, under a table
+    library's own option ``names`` (keys: endpoint_url, key, secret, token, region, anon)."""
     options: dict[str, str] = {}
     if storage.endpoint_url:
-        options["AWS_ENDPOINT_URL"] = storage.endpoint_url
-        if storage.endpoint_url.startswith("http://"):
-            options["AWS_ALLOW_HTTP"] = "true"
-    for key, name in (
-        ("key", "AWS_ACCESS_KEY_ID"),
-        ("secret", "AWS_SECRET_ACCESS_KEY"),
-        ("token", "AWS_SESSION_TOKEN"),
-    ):
+        options[names["endpoint_url"]] = storage.endpoint_url
+    for key in ("key", "secret", "token"):
         value = getattr(storage, key)
         if value is not None:
-            options[name] = value.get_secret_value()
+            options[names[key]] = value.get_secret_value()
     region = storage.region or ("us-east-1" if storage.endpoint_url else None)
     if region:
-        options["AWS_REGION"] = region
+        options[names["region"]] = region
     if storage.anon:
-        options["AWS_SKIP_SIGNATURE"] = "true"
+        options[names["anon"]] = "true"
+    return options
+
+
+DELTA_OPTIONS = {
+    "endpoint_url": "AWS_ENDPOINT_URL",
+    "key": "AWS_ACCESS_KEY_ID",
+    "secret": "AWS_SECRET_ACCESS_KEY",
+    "token": "AWS_SESSION_TOKEN",
+    "region": "AWS_REGION",
+    "anon": "AWS_SKIP_SIGNATURE",
+}
+
+
+def delta_storage_options(storage: StorageConfig) -> dict[str, str]:
+    """deltalake's (object_store's) options for the same store as crossenc's s3fs."""
+    options = store_options(storage, DELTA_OPTIONS)
+    if (storage.endpoint_url or "").startswith("http://"):
+        options["AWS_ALLOW_HTTP"] = "true"
     return options
 
 
