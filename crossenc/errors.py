@@ -388,13 +388,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def output_errors(fn: F) -> F:
-    """Decorate a function whose first argument is an OutputConfig: store and disk problems
-    become StorageErrors naming output.path."""
+    """Decorate a function whose first argument is an OutputConfig, or a method of an object
+    holding one as ``out`` (an output committer): store and disk problems become StorageErrors
+    naming output.path."""
 
     @wraps(fn)
-    def wrapper(out: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(first: Any, *args: Any, **kwargs: Any) -> Any:
+        out = getattr(first, "out", first)
         with storage_errors("output", out.path, out.storage):
-            return fn(out, *args, **kwargs)
+            return fn(first, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

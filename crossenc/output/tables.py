@@ -25,17 +25,16 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from functools import wraps
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crossenc.config import ConfigError, OutputConfig, StorageConfig
-from crossenc.errors import storage_errors
+from crossenc.errors import output_errors
 from crossenc.failpoints import failpoint
 from crossenc.output import commit as folder
 from crossenc.output.commit import (
@@ -57,21 +56,6 @@ PREFIX = "crossenc."  # commit metadata keys: crossenc.run_id, crossenc.manifest
 RUN_ID = PREFIX + "run_id"
 MANIFEST = PREFIX + "manifest"
 COMMIT_ATTEMPTS = 10  # table commits that another commit overtook, checked and tried again
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def output_errors(fn: F) -> F:
-    """Decorate a committer's method: store and disk problems become StorageErrors naming
-    output.path (as :func:`crossenc.errors.output_errors` does for functions)."""
-
-    @wraps(fn)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with storage_errors("output", self.out.path, self.out.storage):
-            return fn(self, *args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 class Committer(Protocol):
