@@ -501,7 +501,18 @@ class LocalScorer:
         """Scores of shape (pairs,) for single-output models, (pairs, outputs) otherwise; NaN
         for a pair that runs out of memory even alone (``engine.unfit`` lists them). With
         model.long_text chunk, each pair's best window score (MaxP)."""
-        if self.chunk:
+        from crossenc.tokenize import PairEncoder, encode_pairs_flat
+
+        encoder = None
+        if not self.chunk and not self.info.chat_template:
+            encoder = PairEncoder.of(self.tokenizer)
+        if encoder is not None:  # the fast tokenizer's flat buffers, straight to the engine
+            texts_a, texts_b = [a for a, _ in pairs], [b for _, b in pairs]
+            flat = encode_pairs_flat(
+                encoder, self.info, texts_a, texts_b, self.model_cfg.truncation
+            )
+            scores = self.engine.score_flat(flat.ids, flat.offsets, flat.type_ids)
+        elif self.chunk:
             scores = self.engine.score_windows(*self.encode(pairs))
         else:
             scores = self.engine.score(*self.encode(pairs))
