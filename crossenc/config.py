@@ -330,6 +330,21 @@ class OutputConfig(_Strict):
         description="This run's value of each partition_by column "
         "(--set output.partition_value.dt=2026-11-27).",
     )
+    incremental: bool | Literal["skip"] = Field(
+        False,
+        description="true: pairs (text_a, text_b) an earlier run of the same scoring key (model, "
+        "weights, activation, max_length, truncation, dtype...) scored are not scored again; "
+        "their scores are copied from it, and every row gets a pair_hash column (BLAKE2b-128 of "
+        "the two texts). skip: the same, but only the new pairs are written (a table that "
+        "holds every night). The earlier runs: output.reuse_from.",
+    )
+    reuse_from: list[str] = Field(
+        default_factory=list,
+        description="output.incremental: where the earlier runs are, each a Parquet folder, a "
+        "Delta table path or iceberg:<namespace.name> (optionally @<version>, #<col>=<value>); "
+        "every run there with this run's scoring key is used. Empty: this output itself, its "
+        "latest such run (incremental true) or all of them (skip).",
+    )
     dead_letter: str | None = Field(
         None,
         description="Where unscorable rows go, with their reason (None: <path>/_dead_letter/, "
@@ -396,6 +411,17 @@ class OutputConfig(_Strict):
             raise ValueError(
                 f"output.partition_value.{extra[0]} names no output.partition_by column "
                 f"({self.partition_by})"
+            )
+        if self.reuse_from and not self.incremental:
+            raise ValueError(
+                "output.reuse_from names earlier runs to reuse scores from: set "
+                "output.incremental to true (or skip)"
+            )
+        if self.incremental == "skip" and self.format == "parquet" and not self.reuse_from:
+            raise ValueError(
+                "output.incremental skip writes only the new pairs: a Parquet folder holds one "
+                "run, so the next night would lose the rest; write to a table (output.format "
+                "delta or iceberg) or name the earlier folders in output.reuse_from"
             )
         if self.format == "iceberg":
             if not self.table or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", self.table):
@@ -551,6 +577,14 @@ class JobConfig(_Strict):
             del model["chunk_overlap"]
         return model
 
+    def scoring_key(self, model: dict[str, Any]) -> str:
+        """What makes two runs' scores of the same pair interchangeable (output.incremental):
+        the model's fingerprint (``model``: name, revision, weights, activation, labels,
+        max_length, kind, prompt; see :func:`crossenc.model.model_fingerprint`) and the
+        settings that change scores (truncation, long_text, dtype, backend, quantize...)."""
+        relevant = {"model": model, "settings": self._model_fingerprint()}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:32]
+
     def fingerprint(self) -> str:
         """Hash of the settings that change scores (model, activation, task, columns)."""
         relevant = {
@@ -562,6 +596,8 @@ class JobConfig(_Strict):
             "text_a": self.input.text_a,
             "text_b": self.input.text_b,
         }
+        if self.output.incremental:  # the output's columns (pair_hash) and rows (skip) differ
+            relevant["incremental"] = self.output.incremental
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -20,6 +20,7 @@ import ray
 from crossenc import __version__
 from crossenc.config import ConfigError, JobConfig
 from crossenc.engine import ScoringEngine
+from crossenc.incremental import REUSE_SCORES, earlier_runs, match, reuse_path, reused_scores
 from crossenc.inspect_input import InputFile, JobPlan, finish_inspection, plan_job
 from crossenc.model import ModelInfo, load_tokenizer, model_fingerprint, model_source
 from crossenc.output.commit import (
@@ -131,15 +132,20 @@ class ScorerReplica:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         valid = pc.is_null(batch.column(ERROR)).to_numpy(zero_copy_only=False)
-        idx = np.flatnonzero(valid)
+        reused, copied = reused_scores(batch)  # output.incremental: scored by an earlier run
+        reused &= valid
+        todo = valid & ~reused
+        idx = np.flatnonzero(todo)
         values, offsets = _flat(batch.column(IDS))
         types = self._flat_types(batch, offsets)
-        tokens = np.where(valid, np.diff(offsets), 0)  # a row of windows: all of their tokens
+        tokens = np.where(todo, np.diff(offsets), 0)  # a row of windows: all of their tokens
         scores = np.zeros((batch.num_rows, self.info.num_labels), dtype=np.float32)
+        if copied is not None:
+            scores[reused] = copied[reused]
         stats = self.engine.stats
         computed, splits, started = stats.computed_tokens, stats.oom_splits, time.perf_counter()
         if WINDOW_LENGTHS in batch.column_names:  # model.long_text chunk: rows of windows
-            starts, lengths, counts, longest = self._window_spans(batch, offsets, valid)
+            starts, lengths, counts, longest = self._window_spans(batch, offsets, todo)
             scores[idx] = self.engine.score_windows_flat(values, starts, lengths, counts, types)
         else:
             scores[idx] = self.engine.score_flat(values, offsets, types, rows=idx)
@@ -151,7 +157,7 @@ class ScorerReplica:
                 errors[i], valid[i] = f"out_of_memory:{int(longest[i])}_tokens", False
             column = batch.schema.get_field_index(ERROR)
             batch = batch.set_column(column, ERROR, pa.array(errors, type=pa.string()))
-        dropped = (IDS, TYPE_IDS, WINDOW_LENGTHS, WINDOWS)  # windows comes back after the scores
+        dropped = (IDS, TYPE_IDS, WINDOW_LENGTHS, WINDOWS, REUSE_SCORES)  # windows: see below
         out = batch.drop_columns([c for c in dropped if c in batch.column_names])
         columns = score_columns(scores, valid, self.cfg, self.info)
         if WINDOWS in batch.column_names:
@@ -161,7 +167,7 @@ class ScorerReplica:
             busy,
             tokens,
             stats.computed_tokens - computed,
-            valid,
+            todo,
             self.load_seconds,
             self.engine.runs,
             stats.oom_splits - splits,
@@ -304,6 +310,7 @@ class RunResult:
     output_path: str
     already_committed: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
+    rows_reused: int = 0  # output.incremental: rows whose scores an earlier run gave
     skipped: list[str] = field(default_factory=list)  # why each skipped input file was bad
 
     @property
@@ -551,9 +558,11 @@ def _score_pass(
     attempt: int,
     on_parts: Any,
     on_progress: Any,
+    reuse: dict[str, str] | None = None,
 ) -> None:
     """One pass of the pipeline over the todo ranges: writers started, the stream consumed,
-    the writers flushed (a writer that died loses its open file: the next pass redoes it)."""
+    the writers flushed (a writer that died loses its open file: the next pass redoes it).
+    ``reuse``: output.incremental's matches, per input file (see :mod:`crossenc.incremental`)."""
     ensure_ray()
     files = cfg.output.files
     count = cfg.runtime.writers or cfg.runtime.replicas
@@ -580,6 +589,9 @@ def _score_pass(
     writers = [actor.remote(cfg.output, run_id, f"{prefix}w{i}", options) for i in range(count)]
     try:
         units = read_units(plan.files, todo) + pending_units([p for p, _ in plan.pending])
+        if cfg.output.incremental:
+            for unit in units:
+                unit["reuse"] = (reuse or {}).get(str(unit["file"]), "")
         ds = build_dataset(
             cfg,
             units,
@@ -612,6 +624,7 @@ def _score_passes(
     pending: Any,
     on_parts: Any,
     on_progress: Any,
+    reuse: dict[str, str] | None = None,
 ) -> tuple[JobPlan, dict[str, list[list[int]]]]:
     """Score the todo ranges; while rows are missing (a writer died with its open file), score
     them again, at most twice. Returns the plan with every footer read, and what is missing."""
@@ -624,11 +637,41 @@ def _score_passes(
                 _todo_rows(todo),
                 len(todo),
             )
-        _score_pass(cfg, plan, todo, run_id, attempt, on_parts, on_progress)
+        _score_pass(cfg, plan, todo, run_id, attempt, on_parts, on_progress, reuse)
         if pending is not None:  # every footer is known now: the accounting needs them all
             plan, pending = pending.result(), None
         todo = _todo(plan.files, parts)
     return plan, todo
+
+
+def _match_earlier(
+    cfg: JobConfig,
+    plan: JobPlan,
+    todo: dict[str, list[list[int]]],
+    key: str,
+    staging: str,
+    rows: int,
+) -> dict[str, str]:
+    """output.incremental: the earlier runs with this run's scoring key, matched against the
+    rows to score; returns each matched input file's file of matches."""
+    earlier = earlier_runs(cfg, key)
+    where = ", ".join(cfg.output.reuse_from) or cfg.output.path
+    if earlier.other_keys:
+        log.warning(
+            "incremental: %d earlier run(s) in %s scored with another scoring key (another "
+            "model, revision, weights, activation, max_length, truncation, dtype...): their "
+            "scores are not reused",
+            len(earlier.other_keys),
+            where,
+        )
+    if not earlier.files:
+        log.info(
+            "incremental: no earlier run in %s has scoring key %s: every row is scored", where, key
+        )
+        return {}
+    units = read_units(plan.files, todo) + pending_units([p for p, _ in plan.pending])
+    matched = match(cfg, plan.info, units, earlier, staging, rows)
+    return {source: reuse_path(staging, source) for source in matched}
 
 
 def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
@@ -713,10 +756,16 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         metrics.progress(t, rows)
         progress.add(rows)
 
+    key = cfg.scoring_key(record.model) if cfg.output.incremental else ""
+    reuse: dict[str, str] = {}
+    if key and (todo or plan.pending):
+        match_started = time.monotonic()
+        reuse = _match_earlier(cfg, plan, todo, key, staging_dir(loc, record.run_id), rows_scored)
+        phases["match"] = round(time.monotonic() - match_started, 3)
     score_started = time.monotonic()
     try:
         plan, todo = _score_passes(
-            cfg, plan, todo, parts, record.run_id, pending, on_parts, on_progress
+            cfg, plan, todo, parts, record.run_id, pending, on_parts, on_progress, reuse
         )
     except Exception:
         # A run that committed meanwhile outran this one (and may have removed its files):
@@ -733,6 +782,9 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     written = sum(p.rows for p in parts)
     dead = sum(p.dead_rows for p in parts)
     dropped = sum(p.dropped_rows for p in parts)
+    reused = sum(p.reused_rows for p in parts)
+    skipped = sum(p.skipped_rows for p in parts)
+    reused_now = reused - sum(p.reused_rows for p in kept)
     phases["commit"] = None  # known once committed: _summary.json and the report carry it
     summary = build_summary(
         metrics,
@@ -748,6 +800,13 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
             "dead_lettered": dead,
             "dropped_top_k": dropped,
             "resumed": plan.rows - rows_scored,
+            # output.incremental: rows this run read that no earlier run had scored, rows whose
+            # scores were copied (and, skip, of those the ones not written)
+            **(
+                {"new": rows_scored - reused_now, "reused": reused, "skipped_reused": skipped}
+                if key
+                else {}
+            ),
         },
         files={
             "input": len(plan.files),
@@ -779,6 +838,9 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         crossenc_version=__version__,
         resumed_from=sorted({p.run_id for p in kept}),
         summary=summary,
+        scoring_key=key,
+        rows_reused=reused,
+        rows_skipped_reused=skipped,
     )
     committed_at = committer.commit(manifest, parts, base)
     phases["commit"] = round(committed_at - staged_at, 3)
@@ -802,6 +864,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         seconds=seconds,
         output_path=cfg.output.path,
         summary=summary,
+        rows_reused=reused,
     )
     log.info(
         "run %s committed: %d rows written, %d dead-lettered, %.1f s (inspect %.1f s, score "

@@ -16,8 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crossenc.config import InputConfig, JobConfig
+from crossenc.incremental import PAIR_HASH, Reuse, load_reuse, pair_hashes, reuse_for, with_reuse
 from crossenc.inspect_input import InputError, InputFile, schema_problem
 from crossenc.model import ModelInfo
+from crossenc.postprocess import score_names
 from crossenc.storage import resolve, retried_requests
 from crossenc.summary import STORE_RETRIES
 from crossenc.tokenize import ROW, SOURCE, tokenize_batch
@@ -129,5 +131,30 @@ def read_tokenized(
     there are CPUs for them, and processes scale where the tokenizer's own threads do not (on
     2 cores, two processes tokenized 1.2x the pairs/s of one process on two threads)."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # this worker process's tokenizer calls
-    for table in read_row_groups(units, storage, columns, block_rows, cfg, reference):
-        yield tokenize_batch(table, cfg, info, encoder)
+    for i in range(units.num_rows):
+        unit = units.slice(i, 1)
+        if not cfg.output.incremental:
+            for table in read_row_groups(unit, storage, columns, block_rows, cfg, reference):
+                yield tokenize_batch(table, cfg, info, encoder)
+            continue
+        path = unit.column("reuse")[0].as_py() if "reuse" in unit.column_names else None
+        reuse = load_reuse(path, cfg.output) if path else None
+        for table in read_row_groups(unit, storage, columns, block_rows, cfg, reference):
+            yield reuse_block(table, cfg, info, encoder, reuse)
+
+
+def reuse_block(
+    table: pa.Table,
+    cfg: JobConfig,
+    info: ModelInfo,
+    encoder: dict[str, Any] | None,
+    reuse: Reuse | None,
+) -> pa.Table:
+    """output.incremental's read slice: hashed (the ``pair_hash`` column), tokenized but for
+    the rows ``reuse`` (the input file's matches, if any) holds, which carry its scores."""
+    hashes = pair_hashes(table.column(cfg.input.text_a), table.column(cfg.input.text_b))
+    empty = Reuse.empty(len(score_names(info)))
+    hit, index = reuse_for(reuse or empty, table.column(ROW).to_numpy())
+    out = tokenize_batch(table, cfg, info, encoder, skip=hit)
+    out = out.append_column(PAIR_HASH, hashes)
+    return with_reuse(out, hit, index, reuse or empty)

@@ -499,16 +499,21 @@ def _pair_encoder(
 
 
 def tokenize_batch(
-    batch: pa.Table, cfg: JobConfig, info: ModelInfo, encoder: dict[str, Any] | None = None
+    batch: pa.Table,
+    cfg: JobConfig,
+    info: ModelInfo,
+    encoder: dict[str, Any] | None = None,
+    skip: np.ndarray | None = None,
 ) -> pa.Table:
     """Add token ids, the truncated flag and a reason for unscorable rows; drop text columns.
     ``encoder``: :func:`encoder_spec` of the model's tokenizer (a job's tasks get it, so they
-    need not import transformers), else the tokenizer is loaded here."""
+    need not import transformers), else the tokenizer is loaded here. Rows ``skip`` marks
+    (output.incremental's reused ones) are checked but not encoded: no tokens, no windows."""
     a_name, b_name = cfg.input.text_a, cfg.input.text_b
     errors_a = row_errors(batch.column(a_name), a_name)
     errors_b = row_errors(batch.column(b_name), b_name)
     errors = [ea or eb for ea, eb in zip(errors_a, errors_b, strict=True)]
-    good = [i for i, e in enumerate(errors) if e is None]
+    good = [i for i, e in enumerate(errors) if e is None and (skip is None or not skip[i])]
     texts_a = batch.column(a_name).to_pylist()
     texts_b = batch.column(b_name).to_pylist()
     good_a, good_b = [texts_a[i] for i in good], [texts_b[i] for i in good]

@@ -90,6 +90,9 @@ class Manifest:
     summary: dict[str, Any] = field(default_factory=dict)
     generation: int = 0
     layout: str = LAYOUT
+    scoring_key: str = ""  # output.incremental: runs with the same key share scores
+    rows_reused: int = 0  # rows whose scores were copied from earlier runs
+    rows_skipped_reused: int = 0  # of those, not written (output.incremental skip)
 
 
 def staging_dir(loc: Location, run_id: str) -> str:

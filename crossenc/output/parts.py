@@ -34,11 +34,13 @@ class PartStats:
     input_rows: int = -1  # rows of the whole input file (its footer), -1 where not known
     siblings: int = 1  # parts of the same output file: a resume takes all of them or none
     file_bytes: int = -1  # size of the output file, -1 where not known (a table commit needs it)
+    reused_rows: int = 0  # rows whose scores came from an earlier run (output.incremental)
+    skipped_rows: int = 0  # reused rows not written (output.incremental skip)
 
     @property
     def accounted(self) -> int:
         """Input rows this part accounts for."""
-        return self.rows + self.dead_rows + self.dropped_rows
+        return self.rows + self.dead_rows + self.dropped_rows + self.skipped_rows
 
     def row_ranges(self) -> list[list[int]]:
         """The part's ranges, parsed."""
@@ -59,6 +61,8 @@ PART_SCHEMA = pa.schema(
         ("input_rows", pa.int64()),
         ("siblings", pa.int64()),
         ("file_bytes", pa.int64()),
+        ("reused_rows", pa.int64()),
+        ("skipped_rows", pa.int64()),
     ]
 )
 

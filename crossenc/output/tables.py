@@ -89,6 +89,27 @@ class Committer(Protocol):
         """The committed crossenc runs, oldest first (see :func:`history_row`)."""
         ...
 
+    def runs(
+        self, version: int | None = None, partition: dict[str, str] | None = None
+    ) -> list[CommittedRun]:
+        """The committed crossenc runs whose data files are still live, oldest first (at
+        ``version`` / of ``partition`` only, when given): output.incremental's sources."""
+        ...
+
+
+@dataclass
+class CommittedRun:
+    """A committed run and the data files of it that the output still holds."""
+
+    run_id: str
+    manifest: dict[str, Any]
+    files: list[str]  # URIs: a local path or s3://bucket/key
+
+
+def plain_uri(uri: str) -> str:
+    """A table's file URI as crossenc names files: file:///a/b -> /a/b (s3:// stays)."""
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
 
 def history_row(
     version: int, timestamp_ms: int | None, manifest: dict[str, Any], operation: str = ""
@@ -139,6 +160,24 @@ class ParquetCommitter:
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Rewrite ``_summary.json``."""
         folder.write_summary(self.out, summary)
+
+    @output_errors
+    def runs(
+        self, version: int | None = None, partition: dict[str, str] | None = None
+    ) -> list[CommittedRun]:
+        """The committed run, the only one a folder holds (``version`` / ``partition`` name a
+        table's runs: ConfigError)."""
+        if version is not None or partition is not None:
+            raise ConfigError(
+                f"{self.out.path} is a Parquet folder: it holds one run, with no @version or "
+                "#partition to choose"
+            )
+        manifest = folder.read_manifest(self.out)
+        if manifest is None:
+            return []
+        root = self.out.path.rstrip("/")
+        files = [f"{root}/{f['path']}" for f in manifest.get("files", [])]
+        return [CommittedRun(manifest["run_id"], manifest, files)]
 
     @output_errors
     def history(self) -> list[dict[str, Any]]:
@@ -224,6 +263,10 @@ class TableCommitter(ABC):
         unpartitioned, when ``overwrite``, with ``meta`` as its metadata. Raises
         TableConflictError when any commit landed after that state (or the table was created
         meanwhile)."""
+
+    @abstractmethod
+    def live_files(self) -> list[str]:
+        """The URIs of the table's current data files."""
 
     def file_uri(self, path: str) -> str:
         """A data file's URI as the table format records it."""
@@ -386,6 +429,31 @@ class TableCommitter(ABC):
                 rows[c.run_id] = history_row(c.version, c.timestamp_ms, c.manifest(), c.operation)
         return list(rows.values())
 
+    @output_errors
+    def runs(
+        self, version: int | None = None, partition: dict[str, str] | None = None
+    ) -> list[CommittedRun]:
+        """The table's crossenc runs (at ``version``, of ``partition``), oldest first, each with
+        its live data files: those whose names carry its run id or that of a run it resumed
+        (an overwrite since may have removed some, or all)."""
+        commits = [c for c in self.commits_since(-1) if c.run_id]
+        if partition is not None:
+            commits = [c for c in commits if c.manifest().get("partition", {}) == partition]
+        if version is not None:
+            commits = [c for c in commits if c.version == version]
+        by_run: dict[str, list[str]] = {}
+        for uri in self.live_files() if commits else []:
+            run = run_of(uri)
+            if run is not None:
+                by_run.setdefault(run, []).append(plain_uri(uri))
+        out: dict[str, CommittedRun] = {}  # an Iceberg overwrite: two snapshots, one run
+        for c in commits:
+            manifest = c.manifest()
+            runs = [c.run_id or "", *manifest.get("resumed_from", [])]
+            files = sorted(f for run in runs for f in by_run.get(run, []))
+            out[c.run_id or ""] = CommittedRun(c.run_id or "", manifest, files)
+        return list(out.values())
+
     def find(self, version: int | None, partition: dict[str, str] | None) -> dict[str, Any]:
         """The compact manifest of the crossenc commit at ``version`` (the latest one when
         None), among the commits of ``partition`` when given; ConfigError naming the table
@@ -441,21 +509,33 @@ def parse_table_ref(ref: str) -> tuple[str, int | None, dict[str, str] | None]:
 ICEBERG_REF = "iceberg:"
 
 
-def previous_manifest(out: OutputConfig) -> dict[str, Any] | None:
-    """The manifest of the run output.compare_to names: a Parquet folder, a Delta table path,
-    or ``iceberg:<namespace.name>`` in output.catalog, each optionally ``@version`` and
-    ``#col=value`` (the latest run of that partition). None for a folder with no run."""
-    assert out.compare_to is not None
-    ref, version, partition = parse_table_ref(out.compare_to)
-    if ref.startswith(ICEBERG_REF):
-        table = out.model_copy(update={"format": "iceberg", "table": ref[len(ICEBERG_REF) :]})
-        return committer_for(table).find(version, partition)  # type: ignore[attr-defined]
-    target = OutputConfig(path=ref, storage=out.storage)
-    loc = resolve(ref, out.storage)
+def committer_at(
+    out: OutputConfig, ref: str
+) -> tuple[Committer, int | None, dict[str, str] | None]:
+    """The committer of an output another setting names (output.compare_to, reuse_from): a
+    Parquet folder, a Delta table path, or ``iceberg:<namespace.name>`` in output.catalog,
+    each optionally ``@version`` and ``#col=value``; with that version and partition."""
+    path, version, partition = parse_table_ref(ref)
+    if path.startswith(ICEBERG_REF):
+        table = out.model_copy(
+            update={"format": "iceberg", "table": path[len(ICEBERG_REF) :], "compare_to": ref}
+        )
+        return committer_for(table), version, partition
+    target = OutputConfig(path=path, storage=out.storage, compare_to=ref)
+    loc = resolve(path, out.storage)
     if version is not None or partition is not None or loc.fs.exists(loc.join("_delta_log")):
-        delta = target.model_copy(update={"format": "delta", "compare_to": out.compare_to})
-        return committer_for(delta).find(version, partition)  # type: ignore[attr-defined]
-    return folder.read_manifest(target)
+        return committer_for(target.model_copy(update={"format": "delta"})), version, partition
+    return committer_for(target), None, None
+
+
+def previous_manifest(out: OutputConfig) -> dict[str, Any] | None:
+    """The manifest of the run output.compare_to names (see :func:`committer_at`; a table's
+    latest run, of that partition, at that version). None for a folder with no run."""
+    assert out.compare_to is not None
+    committer, version, partition = committer_at(out, out.compare_to)
+    if isinstance(committer, TableCommitter):
+        return committer.find(version, partition)
+    return folder.read_manifest(committer.out)
 
 
 def store_options(storage: StorageConfig, names: dict[str, str]) -> dict[str, str]:
@@ -495,12 +575,14 @@ def delta_storage_options(storage: StorageConfig) -> dict[str, str]:
 
 
 __all__ = [
+    "CommittedRun",
     "Committer",
     "DataFile",
     "ParquetCommitter",
     "TableCommit",
     "TableCommitter",
     "TableConflictError",
+    "committer_at",
     "committer_for",
     "delta_storage_options",
     "previous_manifest",

@@ -36,13 +36,14 @@ from fsspec.implementations.local import LocalFileSystem
 from crossenc.config import OutputConfig
 from crossenc.errors import storage_errors
 from crossenc.failpoints import failpoint
+from crossenc.incremental import REUSED
 from crossenc.output.parts import PartStats, in_ranges, merge_ranges, part_file_name, row_ranges
 from crossenc.postprocess import DROPPED, LABEL, RANK, SCORE, rank_within
 from crossenc.storage import Location, resolve, retried_requests
 from crossenc.summary import METRIC_COLUMNS, merge_part_metrics, part_metrics
 from crossenc.tokenize import ERROR, IDS, ROW, SOURCE, TRUNCATED, TYPE_IDS
 
-INTERNAL = (ERROR, DROPPED, IDS, TYPE_IDS, SOURCE, ROW, *METRIC_COLUMNS)
+INTERNAL = (ERROR, DROPPED, REUSED, IDS, TYPE_IDS, SOURCE, ROW, *METRIC_COLUMNS)
 ROW_GROUP_ROWS = 128 * 1024  # rows buffered before a row group is written
 
 
@@ -124,6 +125,8 @@ class _Piece:
     rows: int = 0
     dead_rows: int = 0
     dropped_rows: int = 0
+    reused_rows: int = 0
+    skipped_rows: int = 0
     metrics: list[dict[str, Any]] = field(default_factory=list)
     input_rows: int = -1
 
@@ -256,7 +259,14 @@ class RollingWriter:
             else pa.array(np.zeros(rows.num_rows, dtype=bool))
         )
         piece.dropped_rows += int(pc.sum(dropped).as_py() or 0)
-        good = rows.filter(pc.and_(pc.invert(bad), pc.invert(dropped)))
+        keep = pc.and_(pc.invert(bad), pc.invert(dropped))
+        if REUSED in rows.column_names:  # output.incremental: copied scores (skip: not written)
+            reused = pc.and_(keep, rows.column(REUSED))
+            piece.reused_rows += int(pc.sum(reused).as_py() or 0)
+            if self.out.incremental == "skip":
+                piece.skipped_rows += int(pc.sum(reused).as_py() or 0)
+                keep = pc.and_(keep, pc.invert(reused))
+        good = rows.filter(keep)
         if good.num_rows:
             good = with_partition_values(good.select(visible_columns(rows.column_names)), self.out)
             if self.data is None:
@@ -313,6 +323,8 @@ class RollingWriter:
                 input_rows=piece.input_rows,
                 siblings=len(self.pieces),
                 file_bytes=size if piece.rows else -1,
+                reused_rows=piece.reused_rows,
+                skipped_rows=piece.skipped_rows,
             )
             for source, piece in self.pieces.items()
         ]

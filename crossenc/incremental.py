@@ -1,0 +1,428 @@
+"""output.incremental: pairs an earlier run of the same scoring key scored are not scored again.
+
+Every row of an incremental run gets a ``pair_hash`` column, BLAKE2b-128 of its two texts
+(each UTF-8, prefixed by its byte length, so ``("ab", "c")`` and ``("a", "bc")`` differ), and the
+run's manifest (a table's commit metadata) its *scoring key*
+(:meth:`crossenc.config.JobConfig.scoring_key`): two runs with the same key give a pair the same
+scores. Before scoring, a *match* runs on Ray Data, with no set of hashes on the driver:
+
+1. the input rows still to score are read (their two text columns) and hashed; the data files
+   of the earlier runs with this run's key (:func:`earlier_runs`) are read (``pair_hash`` and
+   the score columns);
+2. both sides are hash-partitioned on ``pair_hash`` (one Ray Data shuffle) and each partition
+   is matched with one vectorised lookup: an input row whose hash an earlier run holds takes
+   that run's scores (the latest run's, where several do);
+3. the matches are shuffled again by input file, and each input file's become one small Parquet
+   file in the run's staging folder (its row positions, scores, ``truncated``, windows).
+
+Then the job runs as ever, its read tasks taking each row group's matches from that file
+(:func:`reuse_for`): a matched row is not tokenized or scored, its scores are copied in the
+scorer stage (``_reused``), and the writer counts it (``skip``: counts it and writes nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from crossenc.config import JobConfig, OutputConfig, StorageConfig
+from crossenc.model import ModelInfo
+from crossenc.postprocess import score_names
+from crossenc.storage import resolve
+from crossenc.tokenize import ROW, SOURCE, TRUNCATED, WINDOWS
+
+log = logging.getLogger(__name__)
+
+PAIR_HASH = "pair_hash"  # an output column: BLAKE2b-128 of the two texts
+REUSED = "_reused"  # internal: the row's scores were copied from an earlier run
+REUSE_SCORES = "_reuse_scores"  # internal: those scores (a fixed-size list per row)
+SCORING_KEY = "scoring_key"  # the manifest's (a table commit's) key
+_BUCKET, _SIDE, _ORDER = "_bucket", "_side", "_order"
+MATCH_ROWS_PER_PARTITION = 2_000_000  # rows (both sides) per partition of the match shuffle
+
+
+def pair_hashes(
+    texts_a: pa.Array | pa.ChunkedArray, texts_b: pa.Array | pa.ChunkedArray
+) -> pa.Array:
+    """Per row, BLAKE2b-128 of the two texts, length-prefixed (16 bytes); null where either
+    text is null or not a string (such a row is a dead letter, never reused)."""
+    out: list[bytes | None] = []
+    blake2b = hashlib.blake2b
+    for a, b in zip(texts_a.to_pylist(), texts_b.to_pylist(), strict=True):
+        if not isinstance(a, str) or not isinstance(b, str):
+            out.append(None)
+            continue
+        ab, bb = a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
+        digest = blake2b(len(ab).to_bytes(8, "little"), digest_size=16)
+        digest.update(ab)
+        digest.update(len(bb).to_bytes(8, "little"))
+        digest.update(bb)
+        out.append(digest.digest())
+    return pa.array(out, pa.binary())
+
+
+def reuse_columns(cfg: JobConfig, info: ModelInfo) -> list[str]:
+    """The output columns an earlier run's row gives a reused one: its scores (the task's
+    other columns, label and rank, follow from them), ``truncated`` and, chunking, ``windows``."""
+    return [*score_names(info), TRUNCATED] + ([WINDOWS] if cfg.model.long_text == "chunk" else [])
+
+
+# -- the earlier runs ------------------------------------------------------------------------
+
+
+@dataclass
+class EarlierRuns:
+    """The runs this one reuses scores from: their data files, each with the run's order
+    (later runs win), and what was passed over."""
+
+    runs: list[str] = field(default_factory=list)
+    files: list[tuple[str, int]] = field(default_factory=list)  # (path, order)
+    rows: int = 0  # rows their files hold (their manifests' counts)
+    other_keys: list[str] = field(default_factory=list)  # runs found with another scoring key
+
+
+def earlier_runs(cfg: JobConfig, key: str) -> EarlierRuns:
+    """The committed runs output.reuse_from names (this output, when empty) whose scoring key
+    is ``key``; unset reuse_from takes the latest such run of this output (incremental true:
+    it holds every pair it read) or every one (skip: each holds only its new pairs)."""
+    from crossenc.output.tables import committer_at, committer_for
+
+    out = cfg.output
+    found: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    other: list[str] = []
+    sources = out.reuse_from or [None]
+    for ref in sources:
+        if ref is None:
+            runs = committer_for(out).runs()
+        else:
+            committer, version, partition = committer_at(out, ref)
+            runs = committer.runs(version, partition)
+        for run in runs:
+            if run.manifest.get(SCORING_KEY) != key:
+                other.append(run.run_id)
+            elif run.files:
+                found[run.run_id] = (run.manifest, run.files)
+    chosen = sorted(found)  # run ids sort by their start time
+    if not out.reuse_from and out.incremental is True:
+        chosen = chosen[-1:]
+    earlier = EarlierRuns(runs=chosen, other_keys=sorted(set(other) - set(found)))
+    for order, run in enumerate(chosen):
+        manifest, files = found[run]
+        earlier.files += [(f, order) for f in files]
+        earlier.rows += int(manifest.get("rows_written") or 0)
+    return earlier
+
+
+# -- the match -------------------------------------------------------------------------------
+
+
+def _buckets(hashes: pa.Array, partitions: int) -> pa.Array:
+    """Each (non-null, 16-byte) hash's partition: its first 4 bytes modulo ``partitions``."""
+    _, offsets, data = hashes.buffers()
+    starts = np.frombuffer(offsets, dtype=np.int32)[hashes.offset : hashes.offset + len(hashes)]
+    values = np.frombuffer(data, dtype=np.uint8)
+    head = values[starts[:, None] + np.arange(4)].copy().view("<u4").ravel()
+    return pa.array((head % partitions).astype(np.int32))
+
+
+def _match_schema(width: int, chunk: bool) -> pa.Schema:
+    """Both sides of the match, as one schema (a side's other columns are null)."""
+    fields = [
+        (_BUCKET, pa.int32()),
+        (_SIDE, pa.int8()),  # 0: a row to score, 1: an earlier run's row
+        (PAIR_HASH, pa.binary()),
+        (SOURCE, pa.string()),
+        (ROW, pa.int64()),
+        (_ORDER, pa.int32()),
+        (REUSE_SCORES, pa.list_(pa.float32(), width)),
+        (TRUNCATED, pa.bool_()),
+    ]
+    if chunk:
+        fields.append((WINDOWS, pa.int32()))
+    return pa.schema(fields)
+
+
+def _side(schema: pa.Schema, columns: dict[str, pa.Array]) -> pa.Table:
+    n = len(next(iter(columns.values())))
+    return pa.table(
+        {f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema
+    )
+
+
+def hash_units(units: pa.Table, cfg: JobConfig, schema: pa.Schema, partitions: int) -> pa.Table:
+    """The match's left side: the units' rows, hashed (rows with no hash need no match)."""
+    from crossenc.read import read_row_groups
+
+    a, b = cfg.input.text_a, cfg.input.text_b
+    tables = []
+    for table in read_row_groups(units, cfg.input, [a, b], cfg.runtime.block_rows, cfg):
+        hashes = pair_hashes(table.column(a), table.column(b))
+        keep = pc.is_valid(hashes)
+        table, hashes = table.filter(keep), hashes.filter(keep)
+        if table.num_rows:
+            tables.append(
+                _side(
+                    schema,
+                    {
+                        _BUCKET: _buckets(hashes, partitions),
+                        _SIDE: pa.array(np.zeros(len(hashes), np.int8)),
+                        PAIR_HASH: hashes,
+                        SOURCE: table.column(SOURCE).combine_chunks(),
+                        ROW: table.column(ROW).combine_chunks(),
+                    },
+                )
+            )
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def read_earlier(
+    files: pa.Table, storage: StorageConfig, names: list[str], schema: pa.Schema, partitions: int
+) -> pa.Table:
+    """The match's right side: an earlier run's data file, its hashes and scores."""
+    from crossenc.errors import storage_errors
+
+    tables = []
+    scores = score_names_of(names)
+    for uri, order in zip(files["path"].to_pylist(), files["order"].to_pylist(), strict=True):
+        loc = resolve(uri, storage)
+        with storage_errors("output.reuse_from", uri, storage):
+            table = pq.read_table(loc.path, columns=[PAIR_HASH, *names], filesystem=loc.arrow_fs)
+        table = table.filter(pc.is_valid(table.column(PAIR_HASH)))
+        if not table.num_rows:
+            continue
+        n = table.num_rows
+        hashes = table.column(PAIR_HASH).combine_chunks().cast(pa.binary())
+        matrix = np.stack(
+            [table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in scores],
+            axis=1,
+        )
+        columns = {
+            _BUCKET: _buckets(hashes, partitions),
+            _SIDE: pa.array(np.ones(n, np.int8)),
+            PAIR_HASH: hashes,
+            _ORDER: pa.array(np.full(n, order, np.int32)),
+            REUSE_SCORES: pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), len(scores)),
+            TRUNCATED: table.column(TRUNCATED).combine_chunks(),
+        }
+        if WINDOWS in names:
+            columns[WINDOWS] = table.column(WINDOWS).combine_chunks().cast(pa.int32())
+        tables.append(_side(schema, columns))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def score_names_of(names: list[str]) -> list[str]:
+    """The score columns among :func:`reuse_columns`."""
+    return [c for c in names if c not in (TRUNCATED, WINDOWS)]
+
+
+MATCHED = (SOURCE, ROW, REUSE_SCORES, TRUNCATED, WINDOWS)
+
+
+def match_partition(group: pa.Table) -> pa.Table:
+    """One partition of the match: each row to score whose hash an earlier row has gets that
+    row's scores (the latest run's: the earlier rows are looked up newest first)."""
+    side = group.column(_SIDE).to_numpy()
+    left = group.filter(pa.array(side == 0))
+    right = group.filter(pa.array(side == 1))
+    keep = [c for c in MATCHED if c in group.column_names]
+    if not left.num_rows or not right.num_rows:
+        return group.select(keep).slice(0, 0)
+    right = right.sort_by([(_ORDER, "descending")])
+    found = pc.index_in(left.column(PAIR_HASH), value_set=right.column(PAIR_HASH).combine_chunks())
+    hit = pc.is_valid(found)
+    left, found = left.filter(hit), found.filter(hit)
+    out = {c: left.column(c) for c in (SOURCE, ROW)}
+    for c in keep[2:]:
+        out[c] = right.column(c).take(found)
+    return pa.table(out)
+
+
+def reuse_path(staging: str, source: str) -> str:
+    """Where the match leaves an input file's matches: ``<staging>/reuse/<hash of path>``."""
+    name = hashlib.blake2b(source.encode(), digest_size=12).hexdigest()
+    return f"{staging.rstrip('/')}/reuse/{name}.parquet"
+
+
+def write_matches(group: pa.Table, out: OutputConfig, staging: str) -> pa.Table:
+    """One input file's matches, sorted by row, to its file in the staging folder; returns
+    (input file, rows matched)."""
+    from crossenc.errors import storage_errors
+
+    source = group.column(SOURCE)[0].as_py()
+    table = group.sort_by(ROW).drop_columns([SOURCE])
+    loc = resolve(out.path, out.storage)
+    path = reuse_path(staging, source)
+    with storage_errors("output", out.path, out.storage):
+        loc.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with loc.fs.open(path, "wb") as f:
+            pq.write_table(table, f)
+    return pa.table({SOURCE: [source], "rows": [table.num_rows]})
+
+
+def match(
+    cfg: JobConfig,
+    info: ModelInfo,
+    units: list[dict[str, object]],
+    earlier: EarlierRuns,
+    staging: str,
+    todo_rows: int,
+) -> dict[str, int]:
+    """Run the match (see the module docstring) over the units' rows; returns, per input
+    file with matches, how many of its rows were matched (its file: :func:`reuse_path`)."""
+    import ray
+
+    from crossenc.pipeline import TOKENIZE_CPUS
+
+    started = time.monotonic()
+    names = reuse_columns(cfg, info)
+    chunk = WINDOWS in names
+    schema = _match_schema(len(score_names_of(names)), chunk)
+    partitions = max(2, min(1000, (todo_rows + earlier.rows) // MATCH_ROWS_PER_PARTITION + 1))
+    left = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 1000)))
+    left = left.map_batches(
+        hash_units,
+        fn_kwargs={"cfg": cfg, "schema": schema, "partitions": partitions},
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=TOKENIZE_CPUS,
+    )
+    files = [{"path": p, "order": o} for p, o in earlier.files]
+    right = ray.data.from_items(files, override_num_blocks=max(1, min(len(files), 1000)))
+    right = right.map_batches(
+        read_earlier,
+        fn_kwargs={
+            "storage": cfg.output.storage,
+            "names": names,
+            "schema": schema,
+            "partitions": partitions,
+        },
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=TOKENIZE_CPUS,
+    )
+    ds = left.union(right).groupby(_BUCKET, num_partitions=partitions)
+    ds = ds.map_groups(match_partition, batch_format="pyarrow")
+    ds = ds.groupby(SOURCE, num_partitions=partitions).map_groups(
+        write_matches, fn_kwargs={"out": cfg.output, "staging": staging}, batch_format="pyarrow"
+    )
+    matched = {row[SOURCE]: int(row["rows"]) for row in ds.iter_rows()}
+    log.info(
+        "incremental: %d of %d rows to score were scored by %d earlier run(s) (%d files, "
+        "%d rows); matched in %.1f s over %d partitions",
+        sum(matched.values()),
+        todo_rows,
+        len(earlier.runs),
+        len(earlier.files),
+        earlier.rows,
+        time.monotonic() - started,
+        partitions,
+    )
+    return matched
+
+
+# -- the read tasks' side ----------------------------------------------------------------------
+
+
+@dataclass
+class Reuse:
+    """An input file's matches: sorted row positions and, per row, what it reuses."""
+
+    rows: np.ndarray
+    scores: np.ndarray  # (rows, outputs) float32
+    truncated: np.ndarray
+    windows: np.ndarray | None
+
+    @classmethod
+    def empty(cls, width: int) -> Reuse:
+        """No matches (an input file no earlier run scored a row of)."""
+        return cls(np.zeros(0, np.int64), np.zeros((0, width), np.float32), np.zeros(0, bool), None)
+
+
+_LOADED: OrderedDict[str, Reuse] = OrderedDict()  # a read task's row groups of one file
+_LOADED_FILES = 4  # read its matches once
+
+
+def load_reuse(path: str, out: OutputConfig) -> Reuse:
+    """An input file's matches, at ``path`` on the output's store (the last few files read
+    are kept in this process)."""
+    if path in _LOADED:
+        _LOADED.move_to_end(path)
+        return _LOADED[path]
+    reuse = _read_reuse(path, out)
+    _LOADED[path] = reuse
+    while len(_LOADED) > _LOADED_FILES:
+        _LOADED.popitem(last=False)
+    return reuse
+
+
+def _read_reuse(path: str, out: OutputConfig) -> Reuse:
+    from crossenc.errors import storage_errors
+
+    loc = resolve(out.path, out.storage)
+    with storage_errors("output", out.path, out.storage):
+        table = pq.read_table(path, filesystem=loc.arrow_fs)
+    scores = table.column(REUSE_SCORES).combine_chunks()
+    width = scores.type.list_size
+    return Reuse(
+        rows=table.column(ROW).to_numpy(),
+        scores=scores.values.to_numpy(zero_copy_only=False).reshape(-1, width),
+        truncated=table.column(TRUNCATED).to_numpy(zero_copy_only=False).astype(bool),
+        windows=(
+            table.column(WINDOWS).to_numpy(zero_copy_only=False)
+            if WINDOWS in table.column_names
+            else None
+        ),
+    )
+
+
+def reuse_for(reuse: Reuse, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows at ``positions`` of an input file with matches ``reuse``: which rows have a
+    match, and the index of each one's match (-1: none)."""
+    at = np.searchsorted(reuse.rows, positions)
+    inside = at < len(reuse.rows)
+    hit = np.zeros(len(positions), dtype=bool)
+    hit[inside] = reuse.rows[at[inside]] == positions[inside]
+    return hit, np.where(hit, at, -1)
+
+
+def with_reuse(table: pa.Table, hit: np.ndarray, index: np.ndarray, reuse: Reuse) -> pa.Table:
+    """A tokenized block with its matched rows' reused scores (``_reused``, ``_reuse_scores``),
+    ``truncated`` and windows in place of the ones tokenizing left them."""
+    width = reuse.scores.shape[1]
+    scores = np.zeros((table.num_rows, width), dtype=np.float32)
+    scores[hit] = reuse.scores[index[hit]]
+    table = table.append_column(REUSED, pa.array(hit))
+    table = table.append_column(
+        REUSE_SCORES, pa.FixedSizeListArray.from_arrays(pa.array(scores.ravel()), width)
+    )
+    truncated = table.column(TRUNCATED).to_numpy(zero_copy_only=False).copy()
+    truncated[hit] = reuse.truncated[index[hit]]
+    table = table.set_column(
+        table.schema.get_field_index(TRUNCATED), TRUNCATED, pa.array(truncated)
+    )
+    if reuse.windows is not None and WINDOWS in table.column_names:
+        windows = table.column(WINDOWS).to_numpy(zero_copy_only=False).copy()
+        windows[hit] = reuse.windows[index[hit]]
+        table = table.set_column(
+            table.schema.get_field_index(WINDOWS), WINDOWS, pa.array(windows.astype(np.int32))
+        )
+    return table
+
+
+def reused_scores(batch: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
+    """A scorer's block: which rows reuse scores, and those scores (rows x outputs)."""
+    if REUSED not in batch.column_names:
+        return np.zeros(batch.num_rows, dtype=bool), None
+    hit = batch.column(REUSED).to_numpy(zero_copy_only=False).astype(bool)
+    column = batch.column(REUSE_SCORES).combine_chunks()
+    values = column.values.to_numpy(zero_copy_only=False)
+    return hit, values.reshape(batch.num_rows, column.type.list_size)
