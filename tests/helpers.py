@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from crossenc.config import JobConfig, build_config
+from crossenc.config import JobConfig, StorageConfig, build_config
 
 
 def job_config(
@@ -41,3 +44,32 @@ def read_output(path: Path | str) -> pa.Table:
 def read_input(path: Path | str) -> pa.Table:
     """Every input row."""
     return pq.read_table(str(path))
+
+
+@contextlib.contextmanager
+def table_output(kind: str, root: Path, endpoint: str) -> Iterator[dict[str, Any]]:
+    """The output section of an empty table partitioned by dt (dt=d1): ``kind`` is
+    ``delta-local``, ``iceberg-local``, ``delta-s3`` or ``iceberg-s3`` (a bucket of its own on
+    the moto server at ``endpoint``, removed afterwards)."""
+    import s3fs
+
+    fmt, store = kind.split("-")
+    out: dict[str, Any] = {"format": fmt, "partition_by": ["dt"], "partition_value": {"dt": "d1"}}
+    if fmt == "iceberg":
+        out["table"] = "nightly.scores"
+    if store == "local":
+        out["path"] = str(root / "table")
+        yield out
+        return
+    storage = StorageConfig(endpoint_url=endpoint, key="testing", secret="testing")
+    fs = s3fs.S3FileSystem(**storage.s3fs_kwargs())
+    bucket = f"tables-{uuid.uuid4().hex[:10]}"
+    fs.mkdir(bucket)
+    out["path"] = f"s3://{bucket}/table"
+    out["storage"] = storage.model_dump(mode="json") | {"key": "testing", "secret": "testing"}
+    if fmt == "iceberg":
+        out["catalog"] = {"uri": str(root / "catalog.db")}
+    try:
+        yield out
+    finally:
+        fs.rm(bucket, recursive=True)

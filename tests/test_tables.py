@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
-import s3fs
 import yaml
 
 from crossenc.cli import EXIT_CONFIG, EXIT_OK, main
-from crossenc.config import ConfigError, OutputConfig, StorageConfig
+from crossenc.config import ConfigError, OutputConfig
 from crossenc.failpoints import FailpointError
 from crossenc.output.commit import ConcurrentRunError, Manifest
 from crossenc.output.parts import new_run_id
@@ -33,7 +31,7 @@ from crossenc.output.writer import RollingWriter, WriterOptions
 from crossenc.pipeline import run_job
 from crossenc.testing import build_tiny_model, write_pairs
 from crossenc.tokenize import ERROR, ROW, SOURCE, TRUNCATED
-from tests.helpers import job_config, read_output
+from tests.helpers import job_config, read_output, table_output
 
 COLUMNS = ["pair_id", "score", "truncated", "dt"]
 
@@ -53,31 +51,11 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"night": root / "night", "small": root / "small"}
 
 
-def _s3_storage(endpoint: str) -> StorageConfig:
-    return StorageConfig(endpoint_url=endpoint, key="testing", secret="testing")
-
-
 @pytest.fixture(params=["delta-local", "iceberg-local", "delta-s3", "iceberg-s3"])
 def table(request, tmp_path, s3_server_process) -> dict:
     """The output section of an empty table, local or on the moto server."""
-    fmt, store = request.param.split("-")
-    out: dict = {"format": fmt, "partition_by": ["dt"], "partition_value": {"dt": "d1"}}
-    if fmt == "iceberg":
-        out["table"] = "nightly.scores"
-    if store == "local":
-        out["path"] = str(tmp_path / "table")
+    with table_output(request.param, tmp_path, s3_server_process) as out:
         yield out
-        return
-    storage = _s3_storage(s3_server_process)
-    fs = s3fs.S3FileSystem(**storage.s3fs_kwargs())
-    bucket = f"tables-{uuid.uuid4().hex[:10]}"
-    fs.mkdir(bucket)
-    out["path"] = f"s3://{bucket}/table"
-    out["storage"] = storage.model_dump(mode="json") | {"key": "testing", "secret": "testing"}
-    if fmt == "iceberg":
-        out["catalog"] = {"uri": str(tmp_path / "catalog.db")}
-    yield out
-    fs.rm(bucket, recursive=True)
 
 
 def _out(section: dict, **changes) -> OutputConfig:
