@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from crossenc.config import JobConfig, OutputConfig, StorageConfig
+from crossenc.config import ConfigError, JobConfig, OutputConfig, StorageConfig
 from crossenc.model import ModelInfo
 from crossenc.postprocess import score_names
 from crossenc.storage import resolve
@@ -106,6 +106,11 @@ def earlier_runs(cfg: JobConfig, key: str) -> EarlierRuns:
         else:
             committer, version, partition = committer_at(out, ref)
             runs = committer.runs(version, partition)
+            if not runs:
+                raise ConfigError(
+                    f"output.reuse_from {ref} holds no committed crossenc run; name the folder "
+                    "or table an earlier run wrote (a first night: leave reuse_from out)"
+                )
         for run in runs:
             if run.manifest.get(SCORING_KEY) != key:
                 other.append(run.run_id)

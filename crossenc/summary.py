@@ -418,6 +418,16 @@ def summary_table(summary: dict[str, Any]) -> str:
         ("rows dead-lettered", rows["dead_lettered"]),
         ("rows dropped by top_k", rows["dropped_top_k"]),
         ("rows resumed", rows["resumed"]),
+        *(
+            [("rows new / reused from earlier runs", f"{rows['new']} / {rows['reused']}")]
+            if "reused" in rows
+            else []
+        ),
+        *(
+            [("reused rows not written (skip)", rows["skipped_reused"])]
+            if rows.get("skipped_reused")
+            else []
+        ),
         ("rows truncated", rows["truncated"]),
         ("input files / skipped", f"{files['input']} / {files['skipped']}"),
         ("wall time (s)", summary["wall_seconds"]),
