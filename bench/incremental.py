@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bench.oob import ROOT, ST_SCRIPT, _timed
+from bench.oob import ROOT, _timed, contenders_setup
 
 REPEAT = 0.9  # night 2's share of night 1's pairs
 
@@ -119,16 +119,9 @@ def _check(night1: pa.Table, incremental: pa.Table, scratch: pa.Table) -> dict[s
 def incremental(args: argparse.Namespace) -> dict[str, Any]:
     """Per size: night 1 into a table, then interleaved scratch and incremental night 2 runs."""
     from bench.__main__ import _versions, cpu_model
-    from crossenc.testing import build_minilm_cross_encoder
 
     work = Path(args.work)
-    model = work / "minilm-l6"
-    if not model.exists():
-        build_minilm_cross_encoder(model)
-    script = work / "st_script.py"
-    script.write_text(ST_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["HF_HUB_OFFLINE"] = "1"
+    model, script, env = contenders_setup(work)
     result: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": f"{cpu_model()}, {os.cpu_count()} cores",

@@ -53,13 +53,11 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
     return seconds
 
 
-def oob(args: argparse.Namespace) -> dict[str, Any]:
-    """Interleaved whole-process runs of the user's script and the default job, per size."""
-    from bench.__main__ import _versions, cpu_model
-    from bench.data import write_pairs
+def contenders_setup(work: Path) -> tuple[Path, Path, dict[str, str]]:
+    """The MiniLM-L6 model folder, the user's script (:data:`ST_SCRIPT`) and the environment
+    of the whole-process contenders (offline, crossenc's own in-process Ray)."""
     from crossenc.testing import build_minilm_cross_encoder
 
-    work = Path(args.work)
     model = work / "minilm-l6"
     if not model.exists():
         build_minilm_cross_encoder(model)
@@ -67,6 +65,16 @@ def oob(args: argparse.Namespace) -> dict[str, Any]:
     script.write_text(ST_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["HF_HUB_OFFLINE"] = "1"
+    return model, script, env
+
+
+def oob(args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved whole-process runs of the user's script and the default job, per size."""
+    from bench.__main__ import _versions, cpu_model
+    from bench.data import write_pairs
+
+    work = Path(args.work)
+    model, script, env = contenders_setup(work)
     crossenc = str(Path(sys.executable).with_name("crossenc"))
     result: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
