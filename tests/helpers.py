@@ -6,13 +6,19 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from crossenc.config import JobConfig, StorageConfig, build_config
+
+if TYPE_CHECKING:
+    from crossenc.output.tables import TableCommitter
+
+TABLE_COLUMNS = ["pair_id", "score", "truncated", "dt"]  # what table_rows_duckdb reads
 
 
 def job_config(
@@ -73,3 +79,43 @@ def table_output(kind: str, root: Path, endpoint: str) -> Iterator[dict[str, Any
         yield out
     finally:
         fs.rm(bucket, recursive=True)
+
+
+def table_rows(committer: TableCommitter) -> pa.Table:
+    """The table's rows as deltalake / pyiceberg read them."""
+    if committer.out.format == "delta":
+        from deltalake import DeltaTable
+
+        from crossenc.output.tables import delta_storage_options
+
+        uri = committer.out.path.rstrip("/")
+        return DeltaTable(
+            uri, storage_options=delta_storage_options(committer.out.storage)
+        ).to_pyarrow_table()
+    return committer._table().scan().to_arrow()  # type: ignore[attr-defined]
+
+
+def table_rows_duckdb(committer: TableCommitter) -> list[tuple]:
+    """The table's (pair_id, score, truncated, dt) rows as DuckDB reads them, sorted by dt and
+    pair_id: the table's current files with read_parquet on local disk, its Arrow dataset on S3
+    (DuckDB's delta / iceberg extensions cannot be installed offline)."""
+    cols = ", ".join(TABLE_COLUMNS)
+    con = duckdb.connect()
+    if committer.out.path.startswith("s3://"):
+        if committer.out.format == "delta":
+            from deltalake import DeltaTable
+
+            from crossenc.output.tables import delta_storage_options
+
+            options = delta_storage_options(committer.out.storage)
+            dataset = DeltaTable(committer.out.path, storage_options=options).to_pyarrow_dataset()
+        else:
+            dataset = committer._table().scan().to_arrow()  # type: ignore[attr-defined]
+        con.register("rows", dataset)
+        return con.sql(f"SELECT {cols} FROM rows ORDER BY dt, pair_id").fetchall()
+    files = committer.live_files()  # type: ignore[attr-defined]
+    if not files:
+        return []
+    return con.execute(
+        f"SELECT {cols} FROM read_parquet(?) ORDER BY dt, pair_id", [files]
+    ).fetchall()

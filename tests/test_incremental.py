@@ -22,10 +22,9 @@ from crossenc.model import describe_model, model_fingerprint
 from crossenc.output.commit import read_manifest
 from crossenc.output.tables import committer_for
 from crossenc.pipeline import run_job, summary_lines
-from crossenc.testing import NLI_LABELS, build_tiny_model, write_pairs
+from crossenc.testing import NLI_LABELS, build_tiny_model, write_pairs, write_parquet_files
 from crossenc.tokenize import ROW, SOURCE, TRUNCATED
-from tests.helpers import job_config, read_output, table_output
-from tests.test_tables import _duckdb, _native
+from tests.helpers import job_config, read_output, table_output, table_rows, table_rows_duckdb
 
 NIGHT = 120  # night 1's pairs; night 2: 108 of them, 12 new, 2 without a passage
 REPEATED = 108
@@ -46,10 +45,7 @@ def _night2(night1: pa.Table, new: pa.Table, bad: int, folder: Path, files: int)
     broken = broken.set_column(4, "passage", pa.nulls(bad, pa.string()))
     broken = broken.set_column(0, "pair_id", pc.add(broken.column("pair_id"), 1000))
     table = pa.concat_tables([kept, new.cast(kept.schema), broken.cast(kept.schema)])
-    table = table.take(rng.permutation(table.num_rows))
-    folder.mkdir(parents=True)
-    for i, chunk in enumerate(np.array_split(np.arange(table.num_rows), files)):
-        pq.write_table(table.take(chunk), folder / f"pairs-{i}.parquet")
+    write_parquet_files(table.take(rng.permutation(table.num_rows)), folder, files)
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +224,7 @@ def test_incremental_settings_are_checked(nights, model):
 
 def _table_rows(out: dict, dt: str) -> pa.Table:
     committer = committer_for(job_config("/tmp/i", "/tmp/o", "/tmp/m", output=out).output)
-    rows = _native(committer)
+    rows = table_rows(committer)
     return rows.filter(pc.equal(rows["dt"], dt)).sort_by("pair_id")
 
 
@@ -262,7 +258,7 @@ def test_nights_on_a_table(tmp_path, nights, model, scratch, kind, mode, s3_serv
         assert all(before[i] == s for i, s in _scores(night2).items() if i in before)
         # DuckDB reads the same rows (pair_id, score, truncated, dt)
         committer = committer_for(job_config("/tmp/i", "/tmp/o", "/tmp/m", output=out).output)
-        rows = [r for r in _duckdb(committer) if r[3] == "d2"]
+        rows = [r for r in table_rows_duckdb(committer) if r[3] == "d2"]
         assert [r[0] for r in rows] == night2["pair_id"].to_pylist()
         assert [r[1] for r in rows] == pytest.approx(night2["score"].to_pylist())
         history = committer.history()

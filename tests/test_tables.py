@@ -15,7 +15,6 @@ import json
 import threading
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -26,14 +25,19 @@ from crossenc.config import ConfigError, OutputConfig
 from crossenc.failpoints import FailpointError
 from crossenc.output.commit import ConcurrentRunError, Manifest
 from crossenc.output.parts import new_run_id
-from crossenc.output.tables import TableCommitter, committer_for, previous_manifest
+from crossenc.output.tables import committer_for, previous_manifest
 from crossenc.output.writer import RollingWriter, WriterOptions
 from crossenc.pipeline import run_job
 from crossenc.testing import build_tiny_model, write_pairs
 from crossenc.tokenize import ERROR, ROW, SOURCE, TRUNCATED
-from tests.helpers import job_config, read_output, table_output
-
-COLUMNS = ["pair_id", "score", "truncated", "dt"]
+from tests.helpers import (
+    TABLE_COLUMNS,
+    job_config,
+    read_output,
+    table_output,
+    table_rows,
+    table_rows_duckdb,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,48 +66,10 @@ def _out(section: dict, **changes) -> OutputConfig:
     return OutputConfig.model_validate({**section, **changes})
 
 
-def _native(committer: TableCommitter) -> pa.Table:
-    """The table's rows as deltalake / pyiceberg read them."""
-    if committer.out.format == "delta":
-        from deltalake import DeltaTable
-
-        from crossenc.output.tables import delta_storage_options
-
-        uri = committer.out.path.rstrip("/")
-        return DeltaTable(
-            uri, storage_options=delta_storage_options(committer.out.storage)
-        ).to_pyarrow_table()
-    return committer._table().scan().to_arrow()  # type: ignore[attr-defined]
-
-
-def _duckdb(committer: TableCommitter) -> list[tuple]:
-    """The table's rows as DuckDB reads them, sorted (see the module docstring)."""
-    cols = ", ".join(COLUMNS)
-    con = duckdb.connect()
-    if committer.out.path.startswith("s3://"):
-        if committer.out.format == "delta":
-            from deltalake import DeltaTable
-
-            from crossenc.output.tables import delta_storage_options
-
-            options = delta_storage_options(committer.out.storage)
-            dataset = DeltaTable(committer.out.path, storage_options=options).to_pyarrow_dataset()
-        else:
-            dataset = committer._table().scan().to_arrow()  # type: ignore[attr-defined]
-        con.register("rows", dataset)
-        return con.sql(f"SELECT {cols} FROM rows ORDER BY dt, pair_id").fetchall()
-    files = committer.live_files()  # type: ignore[attr-defined]
-    if not files:
-        return []
-    return con.execute(
-        f"SELECT {cols} FROM read_parquet(?) ORDER BY dt, pair_id", [files]
-    ).fetchall()
-
-
 def _rows(table: pa.Table) -> list[tuple]:
     """Sorted (pair_id, score, truncated, dt) tuples."""
-    data = table.select(COLUMNS).to_pylist()
-    return sorted((tuple(r[c] for c in COLUMNS) for r in data), key=lambda r: (r[3], r[0]))
+    data = table.select(TABLE_COLUMNS).to_pylist()
+    return sorted((tuple(r[c] for c in TABLE_COLUMNS) for r in data), key=lambda r: (r[3], r[0]))
 
 
 # -- the committers on their own: staged files as a job's writer leaves them ---------------------
@@ -156,7 +122,7 @@ def test_commit_partitions_overwrite_retries_and_metadata(table):
     c2.commit(_manifest(r2), parts2, base)  # retried: its first attempt landed
     assert c2.version() == v2 > v1
     expected = [(i, None, False, dt) for dt in ("d1", "d2") for i in range(30)]
-    got = _rows(_native(c2))
+    got = _rows(table_rows(c2))
     assert [r[0] for r in got] == [r[0] for r in expected]
     assert [r[3] for r in got] == [r[3] for r in expected]
 
@@ -164,11 +130,11 @@ def test_commit_partitions_overwrite_retries_and_metadata(table):
     c3 = committer_for(out3)
     r3 = new_run_id()
     c3.commit(_manifest(r3, 12), _stage(out3, r3, rows=12), c3.prepare()[0])
-    rows = _rows(_native(c3))
+    rows = _rows(table_rows(c3))
     assert [(r[0], r[3]) for r in rows] == [(i, "d1") for i in range(12)] + [
         (i, "d2") for i in range(30)
     ]
-    assert [tuple(r) for r in _duckdb(c3)] == rows  # DuckDB sees the same rows
+    assert [tuple(r) for r in table_rows_duckdb(c3)] == rows  # DuckDB sees the same rows
 
     history = c3.history()
     assert [h["run_id"] for h in history] == [r1, r2, r3]
@@ -206,7 +172,7 @@ def test_two_runs_of_one_partition_from_the_same_state(table):
     rc = new_run_id()
     committer_for(other).commit(_manifest(rc), _stage(other, rc), base)
     assert [h["run_id"] for h in committer.history()] == [ra, rc]
-    assert len(_native(committer)) == 60
+    assert len(table_rows(committer)) == 60
 
 
 def test_runs_of_one_partition_committing_at_the_same_moment(table):
@@ -237,7 +203,7 @@ def test_runs_of_one_partition_committing_at_the_same_moment(table):
     assert sorted(outcome.values()) == ["committed", "outrun", "outrun"]
     (winner,) = [r for r, o in outcome.items() if o == "committed"]
     assert [h["run_id"] for h in committer.history()] == [winner]
-    assert len(_native(committer)) == 30
+    assert len(table_rows(committer)) == 30
 
 
 # -- whole jobs ---------------------------------------------------------------------------------
@@ -283,8 +249,8 @@ def test_nightly_job_into_a_table(table, parquet_night, model, pairs, tmp_path, 
     history`` lists the three runs."""
     night1 = run_job(_job(pairs["night"], model, table))
     committer = committer_for(_out(table))
-    assert _rows(_native(committer)) == parquet_night
-    assert _duckdb(committer) == parquet_night
+    assert _rows(table_rows(committer)) == parquet_night
+    assert table_rows_duckdb(committer) == parquet_night
     assert committer.find(None, {"dt": "d1"})["run_id"] == night1.run_id
     if table["path"].startswith("s3://"):
         return
@@ -301,10 +267,10 @@ def test_nightly_job_into_a_table(table, parquet_night, model, pairs, tmp_path, 
     assert night2.summary["drift"]["previous_run_id"] == night1.run_id
     assert not night2.drifted  # the same pairs, the same scores
     redo = run_job(_job(pairs["small"], model, table, mode="overwrite"))
-    rows = _rows(_native(committer))
+    rows = _rows(table_rows(committer))
     assert [r[3] for r in rows] == ["d1"] * 60 + ["d2"] * 120
     assert rows[60:] == [(*r[:3], "d2") for r in parquet_night]
-    assert _duckdb(committer) == rows
+    assert table_rows_duckdb(committer) == rows
 
     config = tmp_path / "history.yaml"
     config.write_text(yaml.safe_dump(_job(pairs["night"], model, table).redacted()))
@@ -340,7 +306,7 @@ def test_killed_before_the_table_commit_then_resumed(
     assert list((tmp_path / "table").glob("part-*.parquet"))  # the files are there, unlisted
     resumed = run_job(_job(pairs["night"], model, section, mode="resume"))
     assert resumed.rows_scored == 0 and resumed.rows_resumed == 120
-    assert _rows(_native(committer)) == parquet_night
+    assert _rows(table_rows(committer)) == parquet_night
     assert not list((tmp_path / "table" / "_temporary").glob("*"))
 
     monkeypatch.setenv("CROSSENC_FAILPOINT", "table.after_commit:raise")
@@ -351,7 +317,7 @@ def test_killed_before_the_table_commit_then_resumed(
         _job(pairs["small"], model, section, partition_value={"dt": "d2"}, mode="resume")
     )
     assert again.already_committed and again.rows_scored == 0
-    assert len(_native(committer)) == 180  # d2 once
+    assert len(table_rows(committer)) == 180  # d2 once
     assert not list((tmp_path / "table" / "_temporary").glob("*"))
 
 
