@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from crossenc import incremental
 from crossenc.config import ConfigError
 from crossenc.incremental import PAIR_HASH, REUSE_SCORES, match_partition, pair_hashes
 from crossenc.model import describe_model, model_fingerprint
@@ -161,12 +162,22 @@ def test_match_takes_the_latest_run_s_scores():
 # -- whole runs ---------------------------------------------------------------------------------
 
 
-def test_second_night_on_a_parquet_folder(tmp_path, nights, model, scratch, ray_local):
+@pytest.mark.parametrize("where", ["driver", "shuffle"])
+def test_second_night_on_a_parquet_folder(
+    tmp_path, nights, model, scratch, ray_local, where, monkeypatch, caplog
+):
+    """The match in the driver (a small night) and on Ray Data's shuffles (a night of more
+    than one partition's rows: here 50) give the same rows."""
+    if where == "shuffle":
+        monkeypatch.setattr(incremental, "MATCH_ROWS_PER_PARTITION", 50)
     out = tmp_path / "out"
     first = run_job(_config(nights, "night1", out, model, mode="overwrite"))
     assert first.rows_reused == 0 and first.summary["rows"]["new"] == NIGHT
     night1 = read_output(out)
-    second = run_job(_config(nights, "night2", out, model, mode="overwrite"))
+    with caplog.at_level(logging.INFO, logger="crossenc.incremental"):
+        second = run_job(_config(nights, "night2", out, model, mode="overwrite"))
+    said = "in the driver" if where == "driver" else "over 5 partitions"  # (122 + 120) // 50 + 1
+    assert any(said in r.getMessage() for r in caplog.records)
     rows = second.summary["rows"]
     assert (rows["read"], rows["reused"], rows["new"]) == (122, REPEATED, 14)
     assert rows["written"] == 120 and rows["dead_lettered"] == 2
