@@ -44,12 +44,12 @@ from crossenc.config import ConfigError, JobConfig, OutputConfig, StorageConfig
 from crossenc.model import ModelInfo
 from crossenc.postprocess import score_names
 from crossenc.storage import resolve
+from crossenc.summary import REUSED
 from crossenc.tokenize import ROW, SOURCE, TRUNCATED, WINDOWS
 
 log = logging.getLogger(__name__)
 
 PAIR_HASH = "pair_hash"  # an output column: BLAKE2b-128 of the two texts
-REUSED = "_reused"  # internal: the row's scores were copied from an earlier run
 REUSE_SCORES = "_reuse_scores"  # internal: those scores (a fixed-size list per row)
 SCORING_KEY = "scoring_key"  # the manifest's (a table commit's) key
 _BUCKET, _SIDE, _ORDER = "_bucket", "_side", "_order"

@@ -292,9 +292,10 @@ def build_dataset(
 
 @dataclass
 class RunResult:
-    """What a run did. ``rows_scored`` is what this run read and scored; on a resume,
-    ``rows_resumed`` were taken over from the interrupted run's staged parts. ``summary`` is the
-    run summary committed beside the manifest (see :mod:`crossenc.summary`)."""
+    """What a run did. ``rows_scored`` is what this run read and scored with the model; on a
+    resume, ``rows_resumed`` were taken over from the interrupted run's staged parts; with
+    output.incremental, ``rows_reused`` took their scores from an earlier run. ``summary`` is
+    the run summary committed beside the manifest (see :mod:`crossenc.summary`)."""
 
     run_id: str
     rows_read: int
@@ -315,7 +316,7 @@ class RunResult:
 
     @property
     def rows_per_second(self) -> float:
-        """Rows this run scored per wall-clock second."""
+        """Rows this run scored with the model per wall-clock second."""
         return self.rows_scored / self.seconds if self.seconds else 0.0
 
     @property
@@ -721,17 +722,17 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         kept = usable_parts(staged, plan.files)
     todo = _todo(plan.files, kept)
     write_run_record(cfg.output, record)
-    rows_scored = _todo_rows(todo)
-    rows_scored += plan.rows_estimate - plan.rows  # files whose footers are still to be read
+    rows_now = _todo_rows(todo)
+    rows_now += plan.rows_estimate - plan.rows  # files whose footers are still to be read
     files_resumed = sum(1 for f in plan.files if f.path not in todo)
     log.info(
         "run %s: %d rows of %d files -> %s (%d rows of %d files taken over from interrupted "
         "runs, %d skipped)",
         record.run_id,
-        rows_scored,
+        rows_now,
         len(todo),
         cfg.output.path,
-        plan.rows - rows_scored,
+        plan.rows - rows_now,
         files_resumed,
         len(plan.skipped),
     )
@@ -742,7 +743,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     for part in parts:
         metrics.add(json.loads(part.metrics), part.accounted, mine=False)
         part.metrics = ""  # folded in: the driver keeps only what the commit needs
-    progress = Progress(rows_scored)
+    progress = Progress(rows_now)
 
     def on_parts(new: list[PartStats]) -> None:
         for part in new:
@@ -760,7 +761,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     reuse: dict[str, str] = {}
     if key and (todo or plan.pending):
         match_started = time.monotonic()
-        reuse = _match_earlier(cfg, plan, todo, key, staging_dir(loc, record.run_id), rows_scored)
+        reuse = _match_earlier(cfg, plan, todo, key, staging_dir(loc, record.run_id), rows_now)
         phases["match"] = round(time.monotonic() - match_started, 3)
     score_started = time.monotonic()
     try:
@@ -774,7 +775,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         raise
     finally:
         progress.close()
-    rows_scored = plan.rows - sum(p.accounted for p in kept)
+    rows_resumed = sum(p.accounted for p in kept)
     journal.flush()
     staged_at = time.monotonic()
     phases["score"] = round(staged_at - score_started, 3)
@@ -784,7 +785,9 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     dropped = sum(p.dropped_rows for p in parts)
     reused = sum(p.reused_rows for p in parts)
     skipped = sum(p.skipped_rows for p in parts)
-    reused_now = reused - sum(p.reused_rows for p in kept)
+    # the model's rows: read now, neither taken over from an interrupted run nor copied from
+    # an earlier one (output.incremental)
+    rows_scored = plan.rows - rows_resumed - (reused - sum(p.reused_rows for p in kept))
     phases["commit"] = None  # known once committed: _summary.json and the report carry it
     summary = build_summary(
         metrics,
@@ -799,14 +802,10 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
             "written": written,
             "dead_lettered": dead,
             "dropped_top_k": dropped,
-            "resumed": plan.rows - rows_scored,
+            "resumed": rows_resumed,
             # output.incremental: rows this run read that no earlier run had scored, rows whose
             # scores were copied (and, skip, of those the ones not written)
-            **(
-                {"new": rows_scored - reused_now, "reused": reused, "skipped_reused": skipped}
-                if key
-                else {}
-            ),
+            **({"new": rows_scored, "reused": reused, "skipped_reused": skipped} if key else {}),
         },
         files={
             "input": len(plan.files),
@@ -856,7 +855,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         rows_dead_lettered=dead,
         rows_dropped_top_k=dropped,
         rows_scored=rows_scored,
-        rows_resumed=plan.rows - rows_scored,
+        rows_resumed=rows_resumed,
         files_resumed=files_resumed,
         files_skipped=len(plan.skipped),
         skipped=[b.reason for b in plan.skipped],

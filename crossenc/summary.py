@@ -35,6 +35,7 @@ LOAD = "_load_s"  # the replica's model-load seconds, on the first row it scored
 RUNS = "_runs"  # what the replica runs: backend, device, dtype... ("torch cuda bfloat16 sdpa")
 OOM = "_oom_splits"  # batches of the block split after running out of memory, on its first row
 STORE_RETRIES = "_store_retries"  # object-store requests the read task retried, on a first row
+REUSED = "_reused"  # output.incremental: the row's scores were copied from an earlier run
 METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED, LOAD, RUNS, OOM, STORE_RETRIES)
 
 SAMPLE = 512  # scores kept per part for quantiles
@@ -98,13 +99,18 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
     if REPLICA not in rows.column_names:
         return out
     scored = rows.filter(pc.is_null(rows.column(ERROR)))
-    replicas = scored.column(REPLICA).combine_chunks().dictionary_decode().to_numpy(False)
-    busy = scored.column(BUSY).to_numpy()
-    tokens = scored.column(TOKENS).to_numpy()
-    computed = scored.column(COMPUTED).to_numpy()
-    load = scored.column(LOAD).to_numpy()  # metric_columns writes it and RUNS beside REPLICA
-    runs = scored.column(RUNS).combine_chunks().dictionary_decode().to_numpy(False)
-    oom = scored.column(OOM).to_numpy()
+    # the replicas' work and the token lengths: rows the model scored, not those whose scores
+    # output.incremental copied from an earlier run (the score statistics: every row's)
+    ran = scored
+    if REUSED in scored.column_names:
+        ran = scored.filter(pc.invert(scored.column(REUSED)))
+    replicas = ran.column(REPLICA).combine_chunks().dictionary_decode().to_numpy(False)
+    busy = ran.column(BUSY).to_numpy()
+    tokens = ran.column(TOKENS).to_numpy()
+    computed = ran.column(COMPUTED).to_numpy()
+    load = ran.column(LOAD).to_numpy()  # metric_columns writes it and RUNS beside REPLICA
+    runs = ran.column(RUNS).combine_chunks().dictionary_decode().to_numpy(False)
+    oom = ran.column(OOM).to_numpy()
     for name in np.unique(replicas):
         sel = replicas == name
         out["runs"][str(name)] = str(runs[np.argmax(sel)])

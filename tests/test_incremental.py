@@ -181,6 +181,10 @@ def test_second_night_on_a_parquet_folder(
     rows = second.summary["rows"]
     assert (rows["read"], rows["reused"], rows["new"]) == (122, REPEATED, 14)
     assert rows["written"] == 120 and rows["dead_lettered"] == 2
+    # scored: what the model scored (and the 2 rows without a passage), not the copied rows
+    assert second.rows_scored == rows["scored"] == 14 and second.rows_resumed == 0
+    assert sum(r["rows"] for r in second.summary["replicas"]) == 12
+    assert second.summary["rows_per_second"] == pytest.approx(14 / second.seconds, abs=0.1)
     assert any("rows new / reused from earlier runs" in line for line in summary_lines(second))
     manifest = read_manifest(job_config(nights["night2"], out, model).output)
     assert manifest["rows_reused"] == REPEATED and len(manifest["scoring_key"]) == 32
