@@ -18,11 +18,14 @@ import pytest
 
 from crossenc import incremental
 from crossenc.config import ConfigError
+from crossenc.failpoints import FailpointError
 from crossenc.incremental import PAIR_HASH, REUSE_SCORES, match_partition, pair_hashes
 from crossenc.model import describe_model, model_fingerprint
-from crossenc.output.commit import read_manifest
+from crossenc.output.commit import read_manifest, staged_runs, staging_dir
+from crossenc.output.journal import Journal, read_journal
 from crossenc.output.tables import committer_for
 from crossenc.pipeline import run_job, summary_lines
+from crossenc.storage import resolve
 from crossenc.testing import NLI_LABELS, build_tiny_model, write_pairs, write_parquet_files
 from crossenc.tokenize import ROW, SOURCE, TRUNCATED
 from tests.helpers import job_config, read_output, table_output, table_rows, table_rows_duckdb
@@ -303,3 +306,55 @@ def test_classify_reuses_every_label_score(tmp_path, nights, model, ray_local):
     for r in now:  # the label follows from the (copied) scores
         assert r["label"] == max(NLI_LABELS, key=lambda name: r[f"score_{name}"])
     assert duckdb.sql(f"SELECT count(*) FROM '{out}/*.parquet'").fetchall()[0][0] == 120
+
+
+def test_killed_incremental_night_resumes_exactly_once(
+    tmp_path, nights, model, scratch, monkeypatch
+):
+    """Night 2 on a Delta table dies before its commit, and its journal is cut back to one
+    output file (a driver killed mid-run: files closed after its last journal write are not
+    known to a resume). output.mode resume takes that file over, matches and scores the rest
+    again, and commits every row once: repeated pairs with night 1's scores bit for bit."""
+    out = {
+        "format": "delta",
+        "path": str(tmp_path / "table"),
+        "partition_by": ["dt"],
+        "partition_value": {"dt": "d1"},
+        "files": {"max_rows": 30},  # several output files per writer
+    }
+    run_job(_config(nights, "night1", out["path"], model, **out))
+    night1 = _table_rows(out, "d1")
+    out["partition_value"] = {"dt": "d2"}
+    monkeypatch.setenv("CROSSENC_FAILPOINT", "table.before_commit:raise")
+    with pytest.raises(FailpointError):
+        run_job(_config(nights, "night2", out["path"], model, **out))
+    monkeypatch.delenv("CROSSENC_FAILPOINT")
+    cfg = _config(nights, "night2", out["path"], model, **out)
+    (run,) = staged_runs(cfg.output)
+    loc = resolve(cfg.output.path, cfg.output.storage)
+    staging = staging_dir(loc, run)
+    parts = read_journal(loc, staging)
+    first = sorted({p.file for p in parts if p.file})[0]
+    kept = [p for p in parts if p.file == first]
+    assert 0 < sum(p.accounted for p in kept) < 122
+    for f in (tmp_path / "table" / "_temporary" / run / "journal").glob("*.parquet"):
+        f.unlink()
+    journal = Journal(loc, staging)
+    journal.add(kept)
+    journal.flush()
+
+    resumed = run_job(_config(nights, "night2", out["path"], model, mode="resume", **out))
+    rows = resumed.summary["rows"]
+    taken = sum(p.accounted for p in kept)
+    assert rows["resumed"] == resumed.rows_resumed == taken
+    # the rest was matched again: every row is resumed, reused now, or scored now
+    reused_before = sum(p.reused_rows for p in kept)
+    assert rows["scored"] + (rows["reused"] - reused_before) + taken == 122
+    assert rows["reused"] == resumed.rows_reused == REPEATED
+    night2 = _table_rows(out, "d2")  # the files of the cut parts were removed at the commit
+    assert night2["pair_id"].equals(scratch["pair_id"])
+    np.testing.assert_allclose(night2["score"].to_numpy(), scratch["score"].to_numpy(), atol=1e-5)
+    before = _scores(night1)
+    repeated = [(before[i], s) for i, s in _scores(night2).items() if i in before]
+    assert len(repeated) == REPEATED and all(a == b for a, b in repeated)
+    assert not list((tmp_path / "table" / "_temporary").glob("*"))
