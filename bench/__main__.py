@@ -777,6 +777,12 @@ def main(argv: list[str] | None = None) -> None:
         help="incremental mode: the model (tiny: scoring nearly free)",
     )
     p.add_argument(
+        "--inc-scratch-up-to",
+        type=int,
+        default=10**12,
+        help="incremental mode: sizes above this take night 1's time as scratch's",
+    )
+    p.add_argument(
         "--inc-reps-up-to",
         type=int,
         default=10_000,
