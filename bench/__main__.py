@@ -777,6 +777,12 @@ def main(argv: list[str] | None = None) -> None:
         help="incremental mode: the model (tiny: scoring nearly free)",
     )
     p.add_argument(
+        "--inc-peer-up-to",
+        type=int,
+        default=10_000,
+        help="incremental mode: sizes up to this run the peer (CrossEncoder.predict) too",
+    )
+    p.add_argument(
         "--inc-scratch-up-to",
         type=int,
         default=10**12,

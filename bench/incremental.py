@@ -9,7 +9,7 @@ cron sees), into a Delta table partitioned by ``dt``:
 - ``scratch``: night 2 scored into a table of its own (output.incremental unset);
 - ``incremental``: night 2 appended as ``dt=2`` to a copy of the table night 1 made (with
   ``output.incremental: true``), its pairs matched against night 1's;
-- ``st_script`` (the peer; MiniLM, sizes up to ``--inc-reps-up-to``): the script a user would write
+- ``st_script`` (the peer; MiniLM, sizes up to ``--inc-peer-up-to``): the script a user would write
   instead, ``CrossEncoder.predict`` over every pair of night 2 (:data:`bench.oob.ST_SCRIPT`).
 
 Sizes above ``--inc-scratch-up-to`` run no scratch contender: night 1, the same number of pairs
@@ -154,7 +154,7 @@ def incremental(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(base, ignore_errors=True)
         night1_seconds = _timed(_command(one, base, model, "1", True), env)
         reps = args.reps if pairs <= args.inc_reps_up_to else 1
-        peer = pairs <= args.inc_reps_up_to and args.inc_model == "minilm"
+        peer = pairs <= args.inc_peer_up_to and args.inc_model == "minilm"
         own_scratch = pairs <= args.inc_scratch_up_to
         names = (["scratch"] if own_scratch else []) + ["incremental"]
         names += ["st_script"] if peer else []
