@@ -393,6 +393,27 @@ def _match_on_ray(
     return {row[SOURCE]: int(row["rows"]) for row in ds.iter_rows()}
 
 
+@dataclass
+class Matches:
+    """What a match found: per input file, how many of its rows to score it matched; each
+    such file's matches are at :func:`reuse_path` in the run's ``staging`` folder."""
+
+    rows: dict[str, int]
+    staging: str
+
+    @property
+    def paths(self) -> dict[str, str]:
+        """Per input file with matches, the file of its matches."""
+        return {source: reuse_path(self.staging, source) for source in self.rows}
+
+    def covers(self, todo: dict[str, list[list[int]]]) -> bool:
+        """True when every row of the todo ranges (per input file) was matched."""
+        return all(
+            self.rows.get(path, 0) == sum(end - start for start, end in ranges)
+            for path, ranges in todo.items()
+        )
+
+
 # -- the read tasks' side ----------------------------------------------------------------------
 
 

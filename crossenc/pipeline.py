@@ -20,7 +20,7 @@ import ray
 from crossenc import __version__
 from crossenc.config import ConfigError, JobConfig
 from crossenc.engine import ScoringEngine
-from crossenc.incremental import REUSE_SCORES, earlier_runs, match, reuse_path, reused_scores
+from crossenc.incremental import REUSE_SCORES, Matches, earlier_runs, match, reused_scores
 from crossenc.inspect_input import InputFile, JobPlan, finish_inspection, plan_job
 from crossenc.model import ModelInfo, load_tokenizer, model_fingerprint, model_source
 from crossenc.output.commit import (
@@ -87,13 +87,22 @@ class ScorerReplica:
     row): :meth:`crossenc.engine.ScoringEngine.score_flat`, or ``score_windows_flat`` for
     model.long_text chunk's rows of windows."""
 
-    def __init__(self, cfg: JobConfig, info: ModelInfo) -> None:
-        started = time.perf_counter()
-        source = model_source(cfg.model, cfg.runtime.cache_dir)  # per node: s3 copies land here
+    def __init__(self, cfg: JobConfig, info: ModelInfo, load: bool = True) -> None:
+        """``load`` false: the model is loaded when a row to score first arrives (a night whose
+        every row output.incremental matched loads none)."""
         self.cfg, self.info = cfg, info
-        self.engine = ScoringEngine(cfg.model, info, cfg.runtime, source)
         self.replica = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
-        self.load_seconds = time.perf_counter() - started  # reported with the first rows scored
+        self.engine: ScoringEngine | None = None
+        self.load_seconds = 0.0  # reported with the first rows scored
+        if load:
+            self._load()
+
+    def _load(self) -> ScoringEngine:
+        started = time.perf_counter()
+        source = model_source(self.cfg.model, self.cfg.runtime.cache_dir)  # s3: to this node
+        self.engine = ScoringEngine(self.cfg.model, self.info, self.cfg.runtime, source)
+        self.load_seconds = time.perf_counter() - started
+        return self.engine
 
     @staticmethod
     def _flat_types(batch: pa.Table, offsets: np.ndarray) -> np.ndarray | None:
@@ -142,18 +151,22 @@ class ScorerReplica:
         scores = np.zeros((batch.num_rows, self.info.num_labels), dtype=np.float32)
         if copied is not None:
             scores[reused] = copied[reused]
-        stats = self.engine.stats
-        computed, splits, started = stats.computed_tokens, stats.oom_splits, time.perf_counter()
-        if WINDOW_LENGTHS in batch.column_names:  # model.long_text chunk: rows of windows
-            starts, lengths, counts, longest = self._window_spans(batch, offsets, todo)
-            scores[idx] = self.engine.score_windows_flat(values, starts, lengths, counts, types)
-        else:
-            scores[idx] = self.engine.score_flat(values, offsets, types, rows=idx)
-            longest = tokens
-        busy = time.perf_counter() - started
-        if self.engine.unfit:  # rows (a window of them) that ran out of memory alone: dead letters
+        engine = self.engine if self.engine is not None or not len(idx) else self._load()
+        busy, computed, splits, unfit, runs, longest = 0.0, 0, 0, [], "", tokens
+        if engine is not None:  # (a replica without its model has no row to score)
+            stats = engine.stats
+            before, started = (stats.computed_tokens, stats.oom_splits), time.perf_counter()
+            if WINDOW_LENGTHS in batch.column_names:  # model.long_text chunk: rows of windows
+                starts, lengths, counts, longest = self._window_spans(batch, offsets, todo)
+                scores[idx] = engine.score_windows_flat(values, starts, lengths, counts, types)
+            else:
+                scores[idx] = engine.score_flat(values, offsets, types, rows=idx)
+            busy = time.perf_counter() - started
+            computed, splits = stats.computed_tokens - before[0], stats.oom_splits - before[1]
+            unfit, runs = engine.unfit, engine.runs
+        if unfit:  # rows (a window of them) that ran out of memory alone: dead letters
             errors = batch.column(ERROR).to_pylist()
-            for i in idx[self.engine.unfit]:
+            for i in idx[unfit]:
                 errors[i], valid[i] = f"out_of_memory:{int(longest[i])}_tokens", False
             column = batch.schema.get_field_index(ERROR)
             batch = batch.set_column(column, ERROR, pa.array(errors, type=pa.string()))
@@ -163,14 +176,7 @@ class ScorerReplica:
         if WINDOWS in batch.column_names:
             columns[WINDOWS] = batch.column(WINDOWS)
         columns |= metric_columns(
-            self.replica,
-            busy,
-            tokens,
-            stats.computed_tokens - computed,
-            todo,
-            self.load_seconds,
-            self.engine.runs,
-            stats.oom_splits - splits,
+            self.replica, busy, tokens, computed, todo, self.load_seconds, runs, splits
         )
         if len(idx):
             self.load_seconds = 0.0
@@ -198,13 +204,15 @@ def scoring_stages(
     info: ModelInfo,
     rank_partitions: int | None = None,
     tokenized: bool = False,
+    load_model: bool = True,
 ) -> ray.data.Dataset:
     """Tokenize (unless ``tokenized``: the rows hold the token columns already, as the job's
     read tasks leave them), score on the replicas, and (with ``rank_partitions``) rank each
     rerank group after a shuffle into that many partitions: the stages the job and
     :func:`crossenc.scorer` share. Rows keep the carried columns and gain the score columns,
     ``truncated`` and the internal ones (the error, metrics; see
-    :data:`crossenc.output.writer.INTERNAL`)."""
+    :data:`crossenc.output.writer.INTERNAL`). ``load_model`` false: the replicas load the model
+    only if a row to score reaches them (output.incremental matched every row)."""
     rt = cfg.runtime
     if not tokenized:
         ds = ds.map_batches(
@@ -216,7 +224,7 @@ def scoring_stages(
         )
     ds = ds.map_batches(
         ScorerReplica,
-        fn_constructor_kwargs={"cfg": cfg, "info": info},
+        fn_constructor_kwargs={"cfg": cfg, "info": info, "load": load_model},
         batch_size=rt.block_rows,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=rt.replicas),
@@ -240,6 +248,7 @@ def build_dataset(
     options: WriterOptions,
     rerank_shuffle: bool = False,
     reference: dict[str, Any] | None = None,
+    load_model: bool = True,
 ) -> ray.data.Dataset:
     """The lazy Ray Data pipeline; executing it hands scored rows to the writers and yields
     one progress row per block (rows handed over, and the parts of files that closed)."""
@@ -264,7 +273,8 @@ def build_dataset(
     )
     rows = sum(max(int(u["end"]) - int(u["start"]), 0) for u in units)  # type: ignore[call-overload]
     partitions = max(1, min(200, rows // rt.block_rows + 1))
-    ds = scoring_stages(ds, cfg, info, partitions if rerank_shuffle else None, tokenized=True)
+    ranks = partitions if rerank_shuffle else None
+    ds = scoring_stages(ds, cfg, info, ranks, tokenized=True, load_model=load_model)
     # The write tasks only wait on the writers: they reserve no CPU (a reservation of theirs
     # would keep tokenize tasks from the CPUs they leave idle), and as many run at a time as
     # there are writers (two per writer ran no faster), not a worker process per block.
@@ -559,11 +569,11 @@ def _score_pass(
     attempt: int,
     on_parts: Any,
     on_progress: Any,
-    reuse: dict[str, str] | None = None,
+    reuse: Matches | None = None,
 ) -> None:
     """One pass of the pipeline over the todo ranges: writers started, the stream consumed,
     the writers flushed (a writer that died loses its open file: the next pass redoes it).
-    ``reuse``: output.incremental's matches, per input file (see :mod:`crossenc.incremental`)."""
+    ``reuse``: output.incremental's matches (see :mod:`crossenc.incremental`)."""
     ensure_ray()
     files = cfg.output.files
     count = cfg.runtime.writers or cfg.runtime.replicas
@@ -591,8 +601,9 @@ def _score_pass(
     try:
         units = read_units(plan.files, todo) + pending_units([p for p, _ in plan.pending])
         if cfg.output.incremental:
+            paths = reuse.paths if reuse else {}
             for unit in units:
-                unit["reuse"] = (reuse or {}).get(str(unit["file"]), "")
+                unit["reuse"] = paths.get(str(unit["file"]), "")
         ds = build_dataset(
             cfg,
             units,
@@ -602,6 +613,7 @@ def _score_pass(
             options,
             cfg.task == "rerank" and not within,
             dict(plan.reference),
+            load_model=not (reuse and reuse.covers(todo) and not plan.pending),
         )
         for row in ds.iter_rows():
             on_progress(row["t"], row["accounted"])
@@ -625,7 +637,7 @@ def _score_passes(
     pending: Any,
     on_parts: Any,
     on_progress: Any,
-    reuse: dict[str, str] | None = None,
+    reuse: Matches | None = None,
 ) -> tuple[JobPlan, dict[str, list[list[int]]]]:
     """Score the todo ranges; while rows are missing (a writer died with its open file), score
     them again, at most twice. Returns the plan with every footer read, and what is missing."""
@@ -652,9 +664,9 @@ def _match_earlier(
     key: str,
     staging: str,
     rows: int,
-) -> dict[str, str]:
+) -> Matches | None:
     """output.incremental: the earlier runs with this run's scoring key, matched against the
-    rows to score; returns each matched input file's file of matches."""
+    rows to score (None: no earlier run to match)."""
     earlier = earlier_runs(cfg, key)
     where = ", ".join(cfg.output.reuse_from) or cfg.output.path
     if earlier.other_keys:
@@ -669,10 +681,12 @@ def _match_earlier(
         log.info(
             "incremental: no earlier run in %s has scoring key %s: every row is scored", where, key
         )
-        return {}
+        return None
     units = read_units(plan.files, todo) + pending_units([p for p, _ in plan.pending])
-    matched = match(cfg, plan.info, units, earlier, staging, rows)
-    return {source: reuse_path(staging, source) for source in matched}
+    matches = Matches(match(cfg, plan.info, units, earlier, staging, rows), staging)
+    if matches.covers(todo) and not plan.pending:
+        log.info("incremental: every row to score was scored before: no model is loaded")
+    return matches
 
 
 def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
@@ -758,7 +772,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         progress.add(rows)
 
     key = cfg.scoring_key(record.model) if cfg.output.incremental else ""
-    reuse: dict[str, str] = {}
+    reuse = None
     if key and (todo or plan.pending):
         match_started = time.monotonic()
         reuse = _match_earlier(cfg, plan, todo, key, staging_dir(loc, record.run_id), rows_now)

@@ -19,12 +19,13 @@ import pytest
 from crossenc import incremental
 from crossenc.config import ConfigError
 from crossenc.failpoints import FailpointError
-from crossenc.incremental import PAIR_HASH, REUSE_SCORES, match_partition, pair_hashes
+from crossenc.incremental import PAIR_HASH, REUSE_SCORES, Reuse, match_partition, pair_hashes
 from crossenc.model import describe_model, model_fingerprint
 from crossenc.output.commit import read_manifest, staged_runs, staging_dir
 from crossenc.output.journal import Journal, read_journal
 from crossenc.output.tables import committer_for
-from crossenc.pipeline import run_job, summary_lines
+from crossenc.pipeline import ScorerReplica, run_job, summary_lines
+from crossenc.read import reuse_block
 from crossenc.storage import resolve
 from crossenc.testing import NLI_LABELS, build_tiny_model, write_pairs, write_parquet_files
 from crossenc.tokenize import ROW, SOURCE, TRUNCATED
@@ -358,3 +359,37 @@ def test_killed_incremental_night_resumes_exactly_once(
     repeated = [(before[i], s) for i, s in _scores(night2).items() if i in before]
     assert len(repeated) == REPEATED and all(a == b for a, b in repeated)
     assert not list((tmp_path / "table" / "_temporary").glob("*"))
+
+
+def test_a_night_of_pairs_scored_before_loads_no_model(tmp_path, nights, model, ray_local, caplog):
+    out = tmp_path / "out"
+    run_job(_config(nights, "night1", out, model, mode="overwrite"))
+    night1 = read_output(out)
+    with caplog.at_level(logging.INFO, logger="crossenc.pipeline"):
+        again = run_job(_config(nights, "night1", out, model, mode="overwrite"))
+    assert "every row to score was scored before: no model is loaded" in caplog.text
+    rows = again.summary["rows"]
+    assert (rows["reused"], rows["new"], again.rows_scored) == (NIGHT, 0, 0)
+    assert again.summary["replicas"] == []  # no replica scored a row
+    assert _scores(read_output(out)) == _scores(night1)
+
+
+def test_a_replica_started_without_its_model_loads_it_for_a_row_to_score(nights, model, ray_local):
+    cfg = _config(nights, "night1", "/tmp/unused", model)
+    info = describe_model(cfg.model)
+    block = pq.read_table(nights["night1"]).slice(0, 8)
+    block = block.append_column(SOURCE, pa.array(["f.parquet"] * 8))
+    block = block.append_column(ROW, pa.array(np.arange(8), pa.int64()))
+    scores = np.linspace(0.1, 0.8, 8, dtype=np.float32)[:, None]
+
+    def reusing(rows: np.ndarray) -> Reuse:
+        return Reuse(rows, scores[rows], np.zeros(len(rows), bool), None)
+
+    replica = ScorerReplica(cfg, info, load=False)
+    copied = replica(reuse_block(block, cfg, info, None, reusing(np.arange(8))))
+    assert replica.engine is None  # every row reused: nothing loaded
+    assert copied["score"].to_pylist() == scores.ravel().tolist()
+    mixed = replica(reuse_block(block, cfg, info, None, reusing(np.arange(7))))
+    assert replica.engine is not None  # row 7 needed the model
+    assert mixed["score"].to_pylist()[:7] == scores.ravel()[:7].tolist()
+    assert 0 < mixed["score"][7].as_py() < 1 and mixed["score"][7].as_py() not in scores
