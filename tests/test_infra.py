@@ -5,7 +5,8 @@
 - the KubeRay RayJob manifest has what KubeRay needs to run crossenc (check_rayjob lists the
   problems; every broken variant must produce one);
 - the Dockerfile pins every pip install and its base image;
-- runtime_env.yaml pins or ranges every package and agrees with pyproject's dependencies.
+- the Dockerfile and runtime_env.yaml pin the tested set (crossenc/constraints.txt), inside
+  pyproject's ranges.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
+
+from crossenc.versions import canonical, tested_versions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,7 +56,7 @@ def pyproject_dependencies() -> dict[str, Requirement]:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     extras = data["project"]["optional-dependencies"]["tables"]
     reqs = [Requirement(r) for r in data["project"]["dependencies"] + extras]
-    return {r.name.lower(): r for r in reqs}
+    return {canonical(r.name): r for r in reqs}
 
 
 # --- Ray cluster launcher ----------------------------------------------------------------------
@@ -480,25 +483,59 @@ def test_unpinned_pip_install_is_caught(line: str) -> None:
     assert pip_install_problems(f"FROM rayproject/ray:2.60.0-py311-cu124\n{line}\n")
 
 
-def test_dockerfile_pins_satisfy_pyproject_and_python() -> None:
-    """The image's pins must fall inside pyproject's ranges (ray's from the base image tag)."""
-    text = DOCKERFILE.read_text()
+def dockerfile_pins(text: str) -> dict[str, str]:
+    """name -> version of every ``name==version`` the Dockerfile installs; ray's from the base
+    image's tag."""
     args = dockerfile_args(text)
     pins = {}
     for instruction, rest in dockerfile_instructions(text):
         if instruction == "RUN":
             pins.update(
-                (m.group(1).lower(), m.group(2))
+                (canonical(m.group(1)), m.group(2))
                 for m in re.finditer(r"([A-Za-z0-9_.-]+)==([\w.+]+)", _expand(rest, args))
             )
     pins["ray"] = dockerfile_from(text).split(":")[1].split("-")[0]
-    deps = pyproject_dependencies()
+    return pins
+
+
+def pin_problems(pins: dict[str, str], where: str) -> list[str]:
+    """What disagrees with the tested set (constraints.txt) or pyproject's ranges."""
+    tested, deps = tested_versions(), pyproject_dependencies()
+    problems = []
     for name, version in pins.items():
-        assert name in deps, f"{name} pinned in the Dockerfile but not a dependency"
-        assert deps[name].specifier.contains(Version(version)), (name, version, deps[name])
-    missing = set(deps) - set(pins) - {"pyarrow", "numpy"}  # those come with ray[data]
+        if name not in deps:
+            problems.append(f"{name} pinned in {where} but not a dependency")
+        elif not deps[name].specifier.contains(Version(version)):
+            problems.append(f"{name}=={version} in {where} is outside pyproject's {deps[name]}")
+        if tested.get(name) != version:
+            problems.append(
+                f"{name}=={version} in {where}, but the tested set (crossenc/constraints.txt) "
+                f"has {tested.get(name)}: pin {name}=={tested.get(name)}"
+            )
+    return problems
+
+
+def test_dockerfile_pins_are_the_tested_set() -> None:
+    """Every pin of the image (torch and ray included) is the version the suite runs with."""
+    text = DOCKERFILE.read_text()
+    pins = dockerfile_pins(text)
+    assert pin_problems(pins, "the Dockerfile") == []
+    missing = set(pyproject_dependencies()) - set(pins)
     assert not missing, f"not pinned in the Dockerfile: {missing}"
-    assert Version(pins["torch"]) >= Version("2.6"), "transformers 5 disables torch < 2.6"
+    installs = [r for i, r in dockerfile_instructions(text) if i == "RUN" and "pip install" in r]
+    unconstrained = [r for r in installs if "torch==" not in r and "--no-deps" not in r]
+    assert unconstrained and all("-c /tmp/constraints.txt" in r for r in unconstrained)
+    assert ("COPY", "--chown=ray:users crossenc/constraints.txt /tmp/constraints.txt") in (
+        dockerfile_instructions(text)
+    )
+
+
+def test_a_pin_off_the_tested_set_is_caught() -> None:
+    text = DOCKERFILE.read_text().replace("ARG TORCH_VERSION=2.13.0", "ARG TORCH_VERSION=2.6.0")
+    assert "pin torch==2.13.0" in " ".join(pin_problems(dockerfile_pins(text), "the Dockerfile"))
+    pins = dict(dockerfile_pins(DOCKERFILE.read_text()), transformers="4.40.0")
+    problems = " ".join(pin_problems(pins, "x"))
+    assert "outside pyproject" in problems and "pin transformers==" in problems
 
 
 def test_dockerfile_runs_as_non_root_with_model_caches() -> None:
@@ -515,7 +552,7 @@ def test_dockerfile_runs_as_non_root_with_model_caches() -> None:
 # --- runtime_env -------------------------------------------------------------------------------
 
 
-def test_runtime_env_packages_are_pinned_or_ranged() -> None:
+def test_runtime_env_packages_are_pinned() -> None:
     env = load_yaml(RUNTIME_ENV)
     assert set(env) <= {"pip", "env_vars", "working_dir", "py_modules", "excludes", "config"}
     packages = env["pip"]["packages"] if isinstance(env["pip"], dict) else env["pip"]
@@ -525,10 +562,15 @@ def test_runtime_env_packages_are_pinned_or_ranged() -> None:
     assert all(isinstance(v, str) for v in env.get("env_vars", {}).values())
 
 
-def test_runtime_env_matches_pyproject_dependencies() -> None:
+def test_runtime_env_pins_the_tested_set() -> None:
+    """runtime_env.yaml installs every dependency but ray and torch, at the tested version."""
     env = load_yaml(RUNTIME_ENV)
     packages = env["pip"]["packages"] if isinstance(env["pip"], dict) else env["pip"]
-    ranges = {Requirement(p).name.lower(): Requirement(p).specifier for p in packages}
-    deps = pyproject_dependencies()
-    expected = {name: req.specifier for name, req in deps.items() if name not in ("ray", "torch")}
-    assert ranges == expected
+    pins = {}
+    for package in packages:
+        req = Requirement(package)
+        (spec,) = req.specifier
+        assert spec.operator == "==", f"{package}: pin it to the tested set with =="
+        pins[canonical(req.name)] = spec.version
+    assert pin_problems(pins, "runtime_env.yaml") == []
+    assert set(pins) == set(pyproject_dependencies()) - {"ray", "torch"}
