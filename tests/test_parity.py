@@ -34,6 +34,7 @@ CASES = [
 ]
 
 
+@pytest.mark.canary
 @pytest.mark.parametrize(("arch", "outputs", "activation"), CASES)
 def test_scores_match_sentence_transformers(models, arch, outputs, activation):
     folder = str(models[(arch, outputs)])

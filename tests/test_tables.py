@@ -242,6 +242,7 @@ def _job(pairs: Path, model: Path, section: dict, **changes):
     )
 
 
+@pytest.mark.canary
 def test_nightly_job_into_a_table(table, parquet_night, model, pairs, tmp_path, capsys):
     """Night d1 into an empty table holds what the Parquet output holds, row by row, for
     deltalake / pyiceberg and DuckDB alike; locally, night d2 is compared with d1 through the
