@@ -380,9 +380,11 @@ def _frozen_weights() -> contextlib.AbstractContextManager[Any]:
 
 
 def _use_sdpa(model: Any) -> str:
-    """Switch the model to PyTorch SDPA attention where the architecture supports it."""
+    """Switch the model to PyTorch SDPA attention where the architecture supports it (asked of
+    one that does not, such as DeBERTa, transformers logs a warning a user cannot act on)."""
     current = str(getattr(model.config, "_attn_implementation", "eager"))
-    if current != "sdpa" and hasattr(model, "set_attn_implementation"):
+    supported = getattr(model, "_supports_sdpa", True)
+    if current != "sdpa" and supported and hasattr(model, "set_attn_implementation"):
         try:
             model.set_attn_implementation("sdpa")
         except (ValueError, ImportError):  # e.g. an architecture without SDPA support
