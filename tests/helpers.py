@@ -18,7 +18,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from crossenc.config import JobConfig, StorageConfig, build_config
-from crossenc.output.tables import store_options
+from crossenc.output.tables import delta_storage_options, store_options
 from crossenc.storage import is_remote
 
 if TYPE_CHECKING:
@@ -99,8 +99,6 @@ def table_rows(committer: TableCommitter) -> pa.Table:
     raises AssertionError where the two differ."""
     if committer.out.format == "delta":
         from deltalake import DeltaTable
-
-        from crossenc.output.tables import delta_storage_options
 
         uri = committer.out.path.rstrip("/")
         rows = DeltaTable(
