@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
+import itertools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import duckdb
 import pyarrow as pa
@@ -14,11 +18,13 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from crossenc.config import JobConfig, StorageConfig, build_config
+from crossenc.output.tables import delta_storage_options, store_options
+from crossenc.storage import is_remote
 
 if TYPE_CHECKING:
     from crossenc.output.tables import TableCommitter
 
-TABLE_COLUMNS = ["pair_id", "score", "truncated", "dt"]  # what table_rows_duckdb reads
+TABLE_COLUMNS = ["pair_id", "score", "truncated", "dt"]  # what table_rows compares with DuckDB
 
 
 def job_config(
@@ -81,41 +87,97 @@ def table_output(kind: str, root: Path, endpoint: str) -> Iterator[dict[str, Any
         fs.rm(bucket, recursive=True)
 
 
+def sorted_rows(table: pa.Table) -> list[tuple]:
+    """Sorted (pair_id, score, truncated, dt) tuples."""
+    data = table.select(TABLE_COLUMNS).to_pylist()
+    return sorted((tuple(r[c] for c in TABLE_COLUMNS) for r in data), key=lambda r: (r[3], r[0]))
+
+
 def table_rows(committer: TableCommitter) -> pa.Table:
-    """The table's rows as deltalake / pyiceberg read them."""
+    """The table's rows as deltalake / pyiceberg read them, once DuckDB's own Delta / Iceberg
+    reader has read the same (pair_id, score, truncated, dt) rows (table_rows_duckdb): this
+    raises AssertionError where the two differ."""
     if committer.out.format == "delta":
         from deltalake import DeltaTable
 
-        from crossenc.output.tables import delta_storage_options
-
         uri = committer.out.path.rstrip("/")
-        return DeltaTable(
+        rows = DeltaTable(
             uri, storage_options=delta_storage_options(committer.out.storage)
         ).to_pyarrow_table()
-    return committer._table().scan().to_arrow()  # type: ignore[attr-defined]
+    else:
+        rows = committer.load().scan().to_arrow()
+    want, got = sorted_rows(rows), table_rows_duckdb(committer)
+    if got != want:
+        diff = next(i for i, (a, b) in enumerate(itertools.zip_longest(want, got)) if a != b)
+        raise AssertionError(
+            f"{committer.out.format} {committer.out.path}: DuckDB reads {len(got)} rows, "
+            f"the table library {len(want)}; first difference at row {diff}: "
+            f"{got[diff : diff + 1]} against {want[diff : diff + 1]}"
+        )
+    return rows
+
+
+DUCKDB_EXTENSIONS = ("httpfs", "avro", "delta", "iceberg")  # iceberg needs avro (manifests)
+DUCKDB_SECRET = {  # DuckDB's S3 secret's parameters for store_options' keys
+    "endpoint_url": "ENDPOINT",
+    "key": "KEY_ID",
+    "secret": "SECRET",
+    "token": "SESSION_TOKEN",
+    "region": "REGION",
+}
+
+
+def duckdb_extension(name: str, platform: str) -> Path:
+    """The file of DuckDB's ``name`` extension for this duckdb and ``platform``, as its
+    duckdb-ext-<name> package ships it (the test extra installs them)."""
+    spec = importlib.util.find_spec("duckdb_ext")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("no duckdb_ext package: pip install -c constraints.txt -e .[test]")
+    folder = f"extensions/v{duckdb.__version__}/{platform}/{name}.duckdb_extension"
+    for root in spec.submodule_search_locations:
+        if (path := Path(root) / folder).is_file():
+            return path
+    raise FileNotFoundError(f"duckdb_ext/{folder}: install duckdb-ext-{name} for this duckdb")
+
+
+def duckdb_readers(storage: StorageConfig | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection to a DuckDB with its own Delta, Iceberg and S3 readers LOADed from the
+    duckdb-ext-* packages' files (nothing downloaded: no extension is installed or loaded on
+    its own), with ``storage``'s endpoint and keys as its S3 secret. One database per secret
+    for the session: loading the four extensions takes most of a second."""
+    secret: dict[str, str] = {}
+    if storage is not None:
+        secret = store_options(storage, DUCKDB_SECRET)
+        if "ENDPOINT" in secret:
+            url = urlsplit(secret["ENDPOINT"])
+            secret |= {"ENDPOINT": url.netloc, "URL_STYLE": "path"}
+            secret["USE_SSL"] = str(url.scheme == "https").lower()
+    return _duckdb_database(tuple(secret.items())).cursor()
+
+
+@functools.cache
+def _duckdb_database(secret: tuple[tuple[str, str], ...]) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(
+        config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    )
+    (platform,) = con.execute("PRAGMA platform").fetchone() or ("",)
+    for name in DUCKDB_EXTENSIONS:
+        con.execute(f"LOAD '{duckdb_extension(name, platform)}'")
+    if secret:
+        params = "".join(f", {k} '{v}'" for k, v in secret)
+        con.execute(f"CREATE SECRET (TYPE s3{params})")
+    return con
 
 
 def table_rows_duckdb(committer: TableCommitter) -> list[tuple]:
-    """The table's (pair_id, score, truncated, dt) rows as DuckDB reads them, sorted by dt and
-    pair_id: the table's current files with read_parquet on local disk, its Arrow dataset on S3
-    (DuckDB's delta / iceberg extensions cannot be installed offline)."""
+    """The table's (pair_id, score, truncated, dt) rows as DuckDB's own readers read them
+    (``delta_scan`` of the table's path, ``iceberg_scan`` of its current metadata file), sorted
+    by dt and pair_id."""
+    out = committer.out
+    con = duckdb_readers(out.storage if is_remote(out.path) else None)
+    if out.format == "delta":
+        scan, location = "delta_scan", out.path.rstrip("/")
+    else:
+        scan, location = "iceberg_scan", committer.load().metadata_location
     cols = ", ".join(TABLE_COLUMNS)
-    con = duckdb.connect()
-    if committer.out.path.startswith("s3://"):
-        if committer.out.format == "delta":
-            from deltalake import DeltaTable
-
-            from crossenc.output.tables import delta_storage_options
-
-            options = delta_storage_options(committer.out.storage)
-            dataset = DeltaTable(committer.out.path, storage_options=options).to_pyarrow_dataset()
-        else:
-            dataset = committer._table().scan().to_arrow()  # type: ignore[attr-defined]
-        con.register("rows", dataset)
-        return con.sql(f"SELECT {cols} FROM rows ORDER BY dt, pair_id").fetchall()
-    files = committer.live_files()  # type: ignore[attr-defined]
-    if not files:
-        return []
-    return con.execute(
-        f"SELECT {cols} FROM read_parquet(?) ORDER BY dt, pair_id", [files]
-    ).fetchall()
+    return con.execute(f"SELECT {cols} FROM {scan}(?) ORDER BY dt, pair_id", [location]).fetchall()

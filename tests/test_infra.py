@@ -6,7 +6,8 @@
   problems; every broken variant must produce one);
 - the Dockerfile pins every pip install and its base image;
 - the Dockerfile and runtime_env.yaml pin the tested set (crossenc/constraints.txt), inside
-  pyproject's ranges.
+  pyproject's ranges;
+- the test environment's DuckDB extension packages are built for its pinned duckdb.
 """
 
 from __future__ import annotations
@@ -574,3 +575,25 @@ def test_runtime_env_pins_the_tested_set() -> None:
         pins[canonical(req.name)] = spec.version
     assert pin_problems(pins, "runtime_env.yaml") == []
     assert set(pins) == set(pyproject_dependencies()) - {"ray", "torch"}
+
+
+# --- the test environment ----------------------------------------------------------------------
+
+
+def test_duckdb_readers_are_built_for_the_tested_duckdb() -> None:
+    """The table tests LOAD DuckDB's own readers from duckdb-ext-* packages, each release built
+    for one duckdb (while its requirement names no version): the tested set pins every one the
+    tests load to a build for its duckdb, and pyproject's test extra pins the same versions."""
+    from tests.helpers import DUCKDB_EXTENSIONS
+
+    tested = tested_versions()
+    wanted = {f"duckdb-ext-{name}" for name in DUCKDB_EXTENSIONS}
+    pinned = {name: v for name, v in tested.items() if name.startswith("duckdb-ext-")}
+    assert set(pinned) == wanted
+    for name, version in pinned.items():
+        assert Version(version).release[:3] == Version(tested["duckdb"]).release, (name, version)
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extra = [Requirement(r) for r in data["project"]["optional-dependencies"]["test"]]
+    specifiers = {r.name.lower(): str(r.specifier) for r in extra}
+    for name in ("duckdb", *wanted):
+        assert specifiers.get(name) == f"=={tested[name]}", name
