@@ -224,7 +224,9 @@ def hardware_section(report: Report) -> None:
     name, flags = cpu_info()
     units = [words for flag, words in MATRIX_UNITS.items() if flag in flags]
     cores = os.cpu_count() or 0
-    add(Check("hardware", "cpu", INFO, f"{name}, {cores} cores; {', '.join(units) or 'none'}"))
+    no_amx = "" if "amx_tile" in flags else " (no AMX)"
+    detail = f"{name}, {cores} cores; matrix units: {', '.join(units) or 'none'}{no_amx}"
+    add(Check("hardware", "cpu", INFO, detail))
     amx = cpu_has_bf16_matmul()
     cpu_dtype = str(pick_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
     why = (
@@ -395,7 +397,8 @@ def cluster_section(report: Report) -> None:
         return
     report.facts["cluster"] = {"address": address, "dashboard": url, **facts}
     add = report.checks.append
-    add(Check("cluster", "RAY_ADDRESS", OK, f"{address}: the dashboard at {url} answers"))
+    where = "" if url == address.rstrip("/") else f", assumed at {url},"
+    add(Check("cluster", "RAY_ADDRESS", OK, f"{address}: the dashboard{where} answers"))
     client_ray = installed_version("ray") or "absent"
     ray_fix = (
         f"install ray=={facts['ray_version']} in the client (pip install "
