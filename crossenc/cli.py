@@ -145,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         print(config_reference() if args.markdown else json.dumps(config_schema(), indent=2))
         return EXIT_OK
-    if args.command == "doctor":  # its own report: every problem is a line, not an exception
-        from crossenc.doctor import run_doctor
-
-        return run_doctor(args.config, args.overrides, args.json)
     loaded: list[JobConfig] = []  # the config, once loaded: the messages' hints read it
     try:
+        if args.command == "doctor":  # a report of its own: its problems are lines in it
+            from crossenc.doctor import run_doctor
+
+            return run_doctor(args.config, args.overrides, args.json)
         return _command(args, loaded)
     except Exception as err:
         command = list(argv) if argv is not None else sys.argv[1:]

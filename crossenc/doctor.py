@@ -212,11 +212,17 @@ def _nvidia_devices() -> list[str]:
 def hardware_section(report: Report) -> None:
     """torch's build, the GPUs and the CPU's matrix units, and what model.dtype auto picks on
     each (the run's own :func:`crossenc.torch_backend.pick_dtype`)."""
-    import torch
-
-    from crossenc.torch_backend import cpu_has_bf16_matmul, pick_dtype
-
     add = report.checks.append
+    try:
+        import torch
+
+        from crossenc import torch_backend
+    except ImportError as err:  # the versions section says which package is missing
+        fix = "install crossenc's dependencies (pip install -c crossenc/constraints.txt crossenc)"
+        add(Check("hardware", "torch", BAD, f"cannot be imported ({err})", fix, EXIT_ENVIRONMENT))
+        report.facts["hardware"] = None
+        return
+    pick_dtype = torch_backend.pick_dtype
     cuda, hip = torch.version.cuda, getattr(torch.version, "hip", None)
     build = f"CUDA {cuda} build" if cuda else f"ROCm {hip} build" if hip else "CPU-only build"
     add(Check("hardware", "torch", INFO, f"{torch.__version__}, {build}"))
@@ -227,7 +233,7 @@ def hardware_section(report: Report) -> None:
     no_amx = "" if "amx_tile" in flags else " (no AMX)"
     detail = f"{name}, {cores} cores; matrix units: {', '.join(units) or 'none'}{no_amx}"
     add(Check("hardware", "cpu", INFO, detail))
-    amx = cpu_has_bf16_matmul()
+    amx = torch_backend.cpu_has_bf16_matmul()
     cpu_dtype = str(pick_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
     why = (
         "AMX: torch.cpu._is_amx_tile_supported() is true; bf16 runs 2.5-2.8x float32"
@@ -345,9 +351,12 @@ def cluster_facts(url: str) -> dict[str, Any]:
     }
 
 
-def _minor(version: str) -> tuple[int, ...]:
-    """major.minor of a version."""
-    return Version(version).release[:2]
+def _minor(version: str) -> tuple[int, ...] | str:
+    """major.minor of a version (the string itself where it is not a version)."""
+    try:
+        return Version(version).release[:2]
+    except InvalidVersion:
+        return version
 
 
 def _compare(what: str, cluster: str | None, client: str, fix: str) -> Check:
@@ -409,8 +418,8 @@ def cluster_section(report: Report) -> None:
     py = platform.python_version()
     cluster_py = facts["python_version"]
     py_fix = (
-        f"use Python {'.'.join(map(str, _minor(cluster_py)))} in the client, or run the "
-        f"cluster on an image with Python {'.'.join(map(str, _minor(py)))}"
+        f"use Python {'.'.join(cluster_py.split('.')[:2])} in the client, or run the cluster "
+        f"on an image with Python {'.'.join(py.split('.')[:2])}"
         if cluster_py
         else ""
     )

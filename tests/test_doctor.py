@@ -6,10 +6,12 @@ import contextlib
 import json
 import logging
 import platform
+import sys
 import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -125,6 +127,43 @@ def test_hardware_names_the_cpus_matrix_units_and_the_dtype_auto_decision(capsys
     monkeypatch.setattr(torch_backend, "cpu_has_bf16_matmul", lambda: not hw["amx"])
     _, _, flipped = doctor_run(capsys)
     assert flipped["hardware"]["dtype_auto_cpu"] == ("float32" if hw["amx"] else "bfloat16")
+
+
+def test_each_gpu_with_its_bf16_support_and_dtype_auto(capsys, monkeypatch):
+    """A machine with two GPUs, one without bf16 (torch.cuda stands in for the hardware)."""
+    import torch
+
+    gpus = [
+        SimpleNamespace(name="NVIDIA H100", major=9, minor=0, total_memory=80 * 2**30),
+        SimpleNamespace(name="Tesla T4", major=7, minor=5, total_memory=16 * 2**30),
+    ]
+    current = [0]
+
+    @contextlib.contextmanager
+    def device(i: int) -> Iterator[None]:
+        current[0] = i
+        yield
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: gpus[i])
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_, **__: current[0] == 0)
+    _, text, report = doctor_run(capsys)
+    assert line(text, "gpu 0") == (
+        "✔ gpu 0: NVIDIA H100, compute 9.0, 80 GiB, bf16 yes: model.dtype auto -> bfloat16"
+    )
+    assert line(text, "gpu 1") == (
+        "✔ gpu 1: Tesla T4, compute 7.5, 16 GiB, bf16 no: model.dtype auto -> float16"
+    )
+    assert [g["dtype_auto"] for g in report["hardware"]["gpus"]] == ["bfloat16", "float16"]
+
+
+def test_a_torch_that_cannot_be_imported_is_a_cross(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    code, text, report = doctor_run(capsys)
+    assert line(text, "torch", "hardware").startswith("✘ torch: cannot be imported (")
+    assert code == EXIT_ENVIRONMENT and report["hardware"] is None
 
 
 def test_cpu_info_reads_model_name_and_flags(tmp_path):
