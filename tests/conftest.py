@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -162,3 +163,4 @@ def ray_head():
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     subprocess.run(["pkill", "-KILL", "-f", str(temp)], check=False)
+    shutil.rmtree(temp, ignore_errors=True)
