@@ -1,4 +1,4 @@
-"""The ``crossenc`` command: score, validate, plan, history, schema."""
+"""The ``crossenc`` command: score, validate, plan, history, doctor, schema."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from crossenc.errors import (  # noqa: F401  (the exit codes are this module's i
     EXIT_CONCURRENT,
     EXIT_CONFIG,
     EXIT_DRIFT,
+    EXIT_ENVIRONMENT,
     EXIT_FAILED,
     EXIT_INPUT,
     EXIT_OK,
@@ -38,6 +39,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("crossenc")
 
 
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    """The ``--set KEY.PATH=VALUE`` option (repeatable)."""
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value (YAML-parsed)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crossenc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,14 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", required=True, help="YAML config file")
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY.PATH=VALUE",
-            help="override a config value (YAML-parsed)",
-        )
+        _add_overrides(p)
         commands[name] = p
     commands["score"].add_argument(
         "--report", metavar="PATH", help="write an HTML report here (sets output.report)"
@@ -72,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rows", type=int, default=2000, help="pairs to tokenize")
     p.add_argument("--json", action="store_true", help="print JSON")
     commands["history"].add_argument("--json", action="store_true", help="print JSON lines")
+    p = sub.add_parser(
+        "doctor",
+        help="versions, hardware, the cluster and a config's locations: what would stop a run",
+    )
+    p.add_argument("--config", help="also check this config's input, output and model")
+    _add_overrides(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.add_argument("--markdown", action="store_true", help="a Markdown reference table instead")
     return parser
@@ -134,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     loaded: list[JobConfig] = []  # the config, once loaded: the messages' hints read it
     try:
+        if args.command == "doctor":  # a report of its own: its problems are lines in it
+            from crossenc.doctor import run_doctor
+
+            return run_doctor(args.config, args.overrides, args.json)
         return _command(args, loaded)
     except Exception as err:
         command = list(argv) if argv is not None else sys.argv[1:]

@@ -48,6 +48,9 @@ EXIT_CONCURRENT = 7  # another run committed to the same output first; this one 
 # permission denied, read-only or full disk, the Hugging Face Hub out of reach.
 EXIT_STORAGE = 8
 EXIT_BUG = 9  # an unexpected error, a bug: the full traceback is written to a file
+# crossenc doctor: the environment would stop a run (a dependency missing, outside crossenc's
+# range or known bad; a cluster that cannot be reached, or whose Ray or Python differs)
+EXIT_ENVIRONMENT = 10
 
 PATH_KEYS = {"input": "input.path", "output": "output.path", "model": "model.name"}
 

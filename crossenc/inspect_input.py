@@ -261,12 +261,9 @@ def inspect_input(
     return good, bad
 
 
-def inspect_start(
-    cfg: JobConfig, sample: int | None = None
-) -> tuple[tuple[InputFile, ...], tuple[BadFile, ...], dict[str, int], dict[str, Any], int]:
-    """:func:`inspect_input`, plus the (path -> bytes) of the files whose footers were left
-    for later, the carried columns' types the others must have, and the bytes of the files
-    checked."""
+def list_input(cfg: JobConfig) -> tuple[Location, dict[str, int]]:
+    """input.path resolved, and its Parquet files (path -> bytes); raises InputError for a path
+    without any, StorageError (naming input.path) for a store that cannot be reached or read."""
     with storage_errors("input", cfg.input.path, cfg.input.storage):
         loc = resolve(cfg.input.path, cfg.input.storage)
         try:
@@ -279,6 +276,16 @@ def inspect_start(
             raise
     if not sizes:
         raise InputError(f"no Parquet files under {cfg.input.path}")
+    return loc, sizes
+
+
+def inspect_start(
+    cfg: JobConfig, sample: int | None = None
+) -> tuple[tuple[InputFile, ...], tuple[BadFile, ...], dict[str, int], dict[str, Any], int]:
+    """:func:`inspect_input`, plus the (path -> bytes) of the files whose footers were left
+    for later, the carried columns' types the others must have, and the bytes of the files
+    checked."""
+    loc, sizes = list_input(cfg)
     pending: dict[str, int] = {}
     if sample is not None and len(sizes) > sample:
         paths = sorted(sizes)
@@ -323,17 +330,23 @@ def check_paths(cfg: JobConfig) -> None:
         raise ConfigError(f"column names starting with '_' are reserved for crossenc: {reserved}")
 
 
+def check_output_writable(cfg: JobConfig) -> None:
+    """Raise StorageError naming output.path (or output.report) when the output cannot be
+    written there; creates nothing (see :func:`crossenc.storage.check_writable`)."""
+    check_writable(resolve(cfg.output.path, cfg.output.storage), "output", cfg.output.storage)
+    if cfg.output.report:  # written after the commit: found unwritable only then, otherwise
+        head, slash, _ = cfg.output.report.rpartition("/")
+        folder = (head or "/") if slash else "."
+        check_writable(resolve(folder, cfg.output.storage), "output.report", cfg.output.storage)
+
+
 def plan_job(cfg: JobConfig) -> JobPlan:
     """Every check that can be made before scoring; raises ConfigError, InputError or
     StorageError (a store that cannot be reached or refuses, an output that cannot be
     written, a model without weights or tokenizer: all before Ray starts)."""
     started = time.monotonic()
     check_paths(cfg)
-    check_writable(resolve(cfg.output.path, cfg.output.storage), "output", cfg.output.storage)
-    if cfg.output.report:  # written after the commit: found unwritable only then, otherwise
-        head, slash, _ = cfg.output.report.rpartition("/")
-        folder = (head or "/") if slash else "."
-        check_writable(resolve(folder, cfg.output.storage), "output.report", cfg.output.storage)
+    check_output_writable(cfg)
     hint = model_storage_hint(cfg)
     if hint:
         log.warning("%s", hint)

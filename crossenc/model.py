@@ -26,7 +26,7 @@ from crossenc.errors import (
     storage_message,
     storage_problem,
 )
-from crossenc.storage import check_bucket, is_remote, resolve
+from crossenc.storage import Location, check_bucket, is_remote, resolve
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,10 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "crossenc" / "models"
 
 
-def fetch_remote_model(cfg: ModelConfig, cache_dir: str | None = None) -> str:
-    """Copy an s3:// model folder to the node's local cache once; return the local folder.
-
-    Concurrent callers on one node (tokenizer tasks, scorer actors) share one copy: a file
-    lock serialises them and the folder appears by an atomic rename only when complete.
-    A store problem raises StorageError naming model.storage; a full or unwritable cache,
-    one naming runtime.cache_dir.
-    """
+def list_remote_model(cfg: ModelConfig) -> tuple[Location, list[tuple[str, Any, str]]]:
+    """An s3:// model folder resolved, and its files (path, size, ETag), in path order; raises
+    ConfigError for no such folder or an empty one, StorageError (naming model.name) for a
+    store that cannot be reached or read."""
     with storage_errors("model", cfg.name, cfg.storage):
         loc = resolve(cfg.name, cfg.storage)
         if not loc.fs.isdir(loc.path):
@@ -62,6 +58,18 @@ def fetch_remote_model(cfg: ModelConfig, cache_dir: str | None = None) -> str:
         )
     if not listing:
         raise ConfigError(f"model.name {cfg.name}: the model folder is empty")
+    return loc, listing
+
+
+def fetch_remote_model(cfg: ModelConfig, cache_dir: str | None = None) -> str:
+    """Copy an s3:// model folder to the node's local cache once; return the local folder.
+
+    Concurrent callers on one node (tokenizer tasks, scorer actors) share one copy: a file
+    lock serialises them and the folder appears by an atomic rename only when complete.
+    A store problem raises StorageError naming model.storage; a full or unwritable cache,
+    one naming runtime.cache_dir.
+    """
+    loc, listing = list_remote_model(cfg)
     key = hashlib.sha256(json.dumps([cfg.name, listing]).encode()).hexdigest()[:20]
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     target = root / key

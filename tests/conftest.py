@@ -1,9 +1,18 @@
-"""Shared fixtures: tiny offline models of each architecture, sample data, Ray, an S3 server."""
+"""Shared fixtures: tiny offline models of each architecture, sample data, Ray (in-process, or
+a head of its own), an S3 server."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -11,6 +20,8 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray binds to loopback
 
 from crossenc.testing import ARCHITECTURES, NLI_LABELS, build_tiny_model, write_pairs
+
+BIN = Path(sys.executable).parent  # this environment's ray, python and moto_server
 
 
 def free_port() -> int:
@@ -66,14 +77,9 @@ def s3_server_process():
     """moto's S3 server in a process of its own; yields its endpoint URL. For clients that hold
     the GIL while they wait on a request (deltalake's history), which would deadlock with the
     in-process server's threads."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
     port = free_port()
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -95,3 +101,66 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from crossenc.testing import build_minilm_cross_encoder
 
     return build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm") / "model")
+
+
+@pytest.fixture()
+def ray_head():
+    """A Ray head on 127.0.0.1 with its own ports, temp dir and auth token; stopped afterwards."""
+    dash = free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # jobs run this environment's python
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep Ray on loopback, not the host's IP
+        "RAY_AUTH_MODE": "token",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # stop at once, not after a 30 s drain
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+    }
+    env.pop("RAY_ADDRESS", None)
+    temp = Path("/tmp") / f"ray-{secrets.token_hex(3)}"  # short: socket paths have a length limit
+    proc = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--disable-usage-stats",
+            # Own agent ports: the defaults may be held by another Ray on this machine.
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            "--num-cpus=2",
+            f"--temp-dir={temp}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{dash}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+        except urllib.error.HTTPError:
+            break  # the server answers (401 without token): it is up
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("the Ray head did not start")
+            time.sleep(1)
+        else:
+            break
+    yield url, env
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    subprocess.run(["pkill", "-KILL", "-f", str(temp)], check=False)
+    shutil.rmtree(temp, ignore_errors=True)

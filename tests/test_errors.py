@@ -28,7 +28,7 @@ import s3fs
 import yaml
 
 import crossenc.pipeline
-from crossenc.cli import EXIT_BUG, EXIT_CONFIG, EXIT_FAILED, EXIT_STORAGE, main
+from crossenc.cli import EXIT_BUG, EXIT_CONFIG, EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_STORAGE, main
 from crossenc.errors import StorageError, explain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -455,7 +455,7 @@ def test_mistake_gets_its_exit_code_and_names_what_to_change(
 def test_readme_lists_every_exit_code():
     readme = (REPO / "README.md").read_text()
     table = readme[readme.index("Exit codes, for schedulers:") :]
-    for code in (0, 2, 3, 4, 5, 6, 7, EXIT_STORAGE, EXIT_BUG):
+    for code in (0, 2, 3, 4, 5, 6, 7, EXIT_STORAGE, EXIT_BUG, EXIT_ENVIRONMENT):
         assert f"\n| {code} |" in table
 
 

@@ -2,85 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import free_port
 from tests.helpers import read_input, read_output
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture()
-def ray_head(tmp_path):
-    """A Ray head on 127.0.0.1 with its own ports, temp dir and auth token; stopped afterwards."""
-    dash = free_port()
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # jobs run this environment's python
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep Ray on loopback, not the host's IP
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(16),
-    }
-    env.pop("RAY_ADDRESS", None)
-    temp = Path("/tmp") / f"ray-{secrets.token_hex(3)}"  # short: socket paths have a length limit
-    proc = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={free_port()}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            "--disable-usage-stats",
-            # Own agent ports: the defaults may be held by another Ray on this machine.
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--ray-client-server-port={free_port()}",
-            "--num-cpus=2",
-            f"--temp-dir={temp}",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{dash}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/version", timeout=2)
-        except urllib.error.HTTPError:
-            break  # the server answers (401 without token): it is up
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("the Ray head did not start")
-            time.sleep(1)
-        else:
-            break
-    yield url, env
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    subprocess.run(["pkill", "-KILL", "-f", str(temp)], check=False)
 
 
 def submit(url: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
