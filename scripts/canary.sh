@@ -29,5 +29,6 @@ for line in open("canary-versions.txt"):
     if tested.get(canonical(name)) != version:
         print(f"  {name} {version} (tested: {tested.get(canonical(name), 'not in the set')})")
 PY
+.venv-canary/bin/crossenc doctor  # what a user would see; exits non-zero on a known-bad release
 .venv-canary/bin/python -m pytest -q -m canary -p no:cacheprovider
 echo "canary: $(($(date +%s) - started)) s in all"
