@@ -4,6 +4,10 @@ crossenc or a test, whether Ray warns of it or logs it."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -14,7 +18,22 @@ from crossenc.output.parts import new_run_id
 from crossenc.output.writer import WriterOptions
 from crossenc.pipeline import build_dataset
 from crossenc.read import read_units
-from tests.helpers import job_config
+from crossenc.testing import build_tiny_model, write_pairs
+from tests.helpers import job_config, read_output
+
+REPO = Path(__file__).resolve().parents[1]
+# WARNING, Warning, WARN, deprecated; Ray's C++ log lines of level W, E or F ("[time E pid tid]")
+WARNING_LINE = re.compile(r"warn|deprecat|^\[[^\]]* [WEF] \d+ \d+\]", re.IGNORECASE)
+# The lines of a normal run's log that match WARNING_LINE and are expected, each with its why:
+CROSSENC_WARNINGS: dict[str, str] = {}  # crossenc's own, deliberate: a normal run logs none
+RAY_LINES: dict[str, str] = {
+    # Ray Core prints this (once, at ERROR) for every Ray Data actor pool: Ray Data hands each
+    # actor its MapTransformer and DataContext as ObjectRefs, and the check looks at the refs,
+    # not at their size. The scorer's are a few KB, under Ray's 100 KB inline limit, so the
+    # actor's creation spec carries them by value and a restart needs no object of the
+    # driver's (test_faults.py::test_worker_node_lost_mid_run).
+    "has constructor arguments in the object store and max_restarts > 0": "ray#53727",
+}
 
 
 def _double(batch: dict) -> dict:
@@ -69,3 +88,40 @@ def test_the_filters_fail_a_deprecation_attributed_to_crossenc_or_a_test_only():
     with warnings.catch_warnings(record=True):
         for module in ("ray.data.context", "transformers.modeling_utils"):
             warnings.warn_explicit("old", DeprecationWarning, "f.py", 1, module=module)
+
+
+@pytest.mark.slow
+def test_a_normal_run_logs_nothing_to_act_on_but_the_listed_lines(tmp_path: Path):
+    write_pairs(tmp_path / "in", rows=60, files=2, seed=4)
+    model = build_tiny_model(tmp_path / "model", "bert", 1, seed=0)
+    env = {**os.environ, "RAY_TMPDIR": str(Path("/tmp") / f"rw{os.getpid()}")}
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE"):  # crossenc's own Ray, as on a fresh machine
+        env.pop(name, None)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "crossenc"),
+            "score",
+            "--config",
+            str(REPO / "configs" / "msmarco-rerank.yaml"),
+            "--set",
+            f"model.name={model}",
+            "--set",
+            f"input.path={tmp_path / 'in'}",
+            "--set",
+            f"output.path={tmp_path / 'out'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_output(tmp_path / "out").num_rows == 60
+    assert "in-process Ray on" in proc.stderr  # the log is the run's, and it is read here
+    expected = [*CROSSENC_WARNINGS, *RAY_LINES]
+    unexpected = [
+        line
+        for line in proc.stderr.splitlines()
+        if WARNING_LINE.search(line) and not any(text in line for text in expected)
+    ]
+    assert unexpected == []
