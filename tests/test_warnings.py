@@ -27,11 +27,15 @@ WARNING_LINE = re.compile(r"warn|deprecat|^\[[^\]]* [WEF] \d+ \d+\]", re.IGNOREC
 # The lines of a normal run's log that match WARNING_LINE and are expected, each with its why:
 CROSSENC_WARNINGS: dict[str, str] = {}  # crossenc's own, deliberate: a normal run logs none
 RAY_LINES: dict[str, str] = {
-    # Ray Core prints this (once, at ERROR) for every Ray Data actor pool: Ray Data hands each
-    # actor its MapTransformer and DataContext as ObjectRefs, and the check looks at the refs,
-    # not at their size. The scorer's are a few KB, under Ray's 100 KB inline limit, so the
-    # actor's creation spec carries them by value and a restart needs no object of the
-    # driver's (test_faults.py::test_worker_node_lost_mid_run).
+    # Ray Core prints this (once, at ERROR) for every Ray Data actor pool with restarts: Ray
+    # Data ray.puts each operator's MapTransformer (ScorerReplica and its constructor
+    # arguments, ~10 KB) and DataContext (~6 KB) and hands the actors the ObjectRefs, whatever
+    # their size; crossenc has no say in it. Their primary copies sit in the driver's node's
+    # object store, referenced by the running operator until the dataset ends: they are lost
+    # only with the driver (which output.mode resume covers, test_driver_killed_then_resumed),
+    # and a scorer restarted after any other node's loss is rebuilt from them
+    # (test_worker_node_lost_mid_run). Dropping the operator's references mid-run does make
+    # the restart fail (ReferenceCountingAssertionError): Ray Data 2.60 never does.
     "has constructor arguments in the object store and max_restarts > 0": "ray#53727",
 }
 
