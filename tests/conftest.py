@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
@@ -32,9 +33,9 @@ def deprecations_logged_by_ray(factory: Any) -> Any:
     outside Ray and logging, so pyproject.toml's filterwarnings turn one made by crossenc or a
     test into an error raised at the call, as they do Ray's warnings. (A record factory, not a
     handler: ray.init replaces the handlers of Ray's loggers.)"""
-    import ray
-
-    skip = (str(Path(ray.__file__).parent) + os.sep, str(Path(logging.__file__).parent) + os.sep)
+    ray = importlib.util.find_spec("ray")  # (its folder, without importing it)
+    assert ray is not None and ray.origin is not None
+    skip = (str(Path(ray.origin).parent) + os.sep, str(Path(logging.__file__).parent) + os.sep)
     skip += (__file__,)
 
     def record(*args: Any, **kwargs: Any) -> logging.LogRecord:
