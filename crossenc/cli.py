@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -131,6 +132,16 @@ def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
     return "\n".join(lines)
 
 
+def name_ray_auth_mode() -> None:
+    """Ray (2.60 here) turns token authentication on for a cluster that ``ray.init`` starts and
+    logs a notice saying so unless RAY_AUTH_MODE names a mode. The in-process Ray of
+    ``crossenc score`` (no RAY_ADDRESS) keeps Ray's default, token, named before Ray is first
+    imported (Ray reads the variable then): the notice, which asks nothing of the user, is not
+    printed. A mode the user set is kept; a cluster's (RAY_ADDRESS) is the cluster's own."""
+    if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``crossenc`` console script; returns the exit code.
 
@@ -145,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         print(config_reference() if args.markdown else json.dumps(config_schema(), indent=2))
         return EXIT_OK
+    if args.command == "score":
+        name_ray_auth_mode()
     loaded: list[JobConfig] = []  # the config, once loaded: the messages' hints read it
     try:
         if args.command == "doctor":  # a report of its own: its problems are lines in it

