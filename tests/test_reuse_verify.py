@@ -157,7 +157,8 @@ def test_tables_record_the_stack_and_a_new_one_is_verified(
         reuse = second.summary["reuse"]
         assert second.rows_reused == PAIRS and second.summary["rows"]["new"] == 12
         assert reuse["verified"] and reuse["decision"] == "reused" and reuse["sample"] == 25
-        assert reuse["max_abs_diff"] <= reuse["tolerance"] == FLOAT32_TOLERANCE
+        assert reuse["tolerance"] == {"max": 1e-5, "mean": 1e-5}
+        assert reuse["mean_abs_diff"] <= reuse["max_abs_diff"] <= 1e-5
         assert "torch " in reuse["reason"] and "-> 99.0.0" in reuse["reason"]
         assert "scores made under another stack" in caplog.text
         assert second.summary["phases"]["verify"] > 0
@@ -208,6 +209,7 @@ def test_drifted_stored_scores_are_not_reused(
     assert reuse["verified"] and reuse["decision"] == "rescored"
     assert reuse["sample"] == PAIRS  # fewer reused pairs than the sample: all of them
     assert reuse["max_abs_diff"] == pytest.approx(0.05, abs=1e-5)
+    assert reuse["mean_abs_diff"] == pytest.approx(0.05, abs=1e-5)
     assert "no score is reused, every pair is scored" in reuse["reason"]
     assert "no score is reused" in caplog.text
     assert second.rows_reused == 0 and second.summary["rows"]["new"] == PAIRS + 12
@@ -233,7 +235,7 @@ def test_a_run_with_no_stack_recorded_is_checked(tmp_path, nights, model, ray_lo
 
 
 def test_tolerance_follows_the_dtype(nights, model):
-    def tol(dtype: str, used: str, **runtime) -> float:
+    def tol(dtype: str, used: str, **runtime) -> tuple[float, float]:
         cfg = job_config("/tmp/i", "/tmp/o", model, model={"dtype": dtype}, runtime=runtime)
         return tolerance(cfg, used)
 
