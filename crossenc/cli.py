@@ -257,12 +257,15 @@ def print_history(cfg: JobConfig, as_json: bool = False) -> None:
 
 
 def exit_code(cfg: JobConfig, result: RunResult) -> int:
-    """The exit code of a committed run: drift first, then skipped files or dead letters."""
+    """The exit code of a committed run: drift first (output.incremental's stored scores that
+    a new stack scores otherwise count as drift), then skipped files or dead letters."""
+    if result.rescored:
+        print(f"crossenc: drift: reuse: {result.summary['reuse']['reason']}", file=sys.stderr)
     if result.drifted:
         for reason in result.summary["drift"]["reasons"]:
             print(f"crossenc: drift: {reason}", file=sys.stderr)
-        if cfg.output.drift.on_drift == "fail":
-            return EXIT_DRIFT
+    if (result.drifted or result.rescored) and cfg.output.drift.on_drift == "fail":
+        return EXIT_DRIFT
     for reason in result.skipped:
         print(f"crossenc: skipped bad file: {reason}", file=sys.stderr)
     dead_fraction = result.rows_dead_lettered / max(result.rows_read, 1)

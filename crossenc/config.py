@@ -345,6 +345,16 @@ class OutputConfig(_Strict):
         "every run there with this run's scoring key is used. Empty: this output itself, its "
         "latest such run (incremental true) or all of them (skip).",
     )
+    verify_sample: int = Field(
+        1000,
+        ge=0,
+        description="output.incremental: pairs to score again before reusing scores an earlier "
+        "run made under other versions of crossenc, transformers, tokenizers, torch or "
+        "onnxruntime (its manifest's stack; none recorded: other). A seeded sample of the pairs "
+        "it would reuse, scored in the driver; the scores are reused only if they agree within "
+        "the dtype's tolerance (largest difference / mean: float32 1e-5 / 1e-5, 16-bit "
+        "0.05 / 0.002), else every pair is scored. 0: reuse without checking.",
+    )
     dead_letter: str | None = Field(
         None,
         description="Where unscorable rows go, with their reason (None: <path>/_dead_letter/, "

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 PAIR_HASH = "pair_hash"  # an output column: BLAKE2b-128 of the two texts
 REUSE_SCORES = "_reuse_scores"  # internal: those scores (a fixed-size list per row)
 SCORING_KEY = "scoring_key"  # the manifest's (a table commit's) key
+STACK = "stack"  # the manifest's versions of the packages that made its scores
 _BUCKET, _SIDE, _ORDER = "_bucket", "_side", "_order"
 MATCH_ROWS_PER_PARTITION = 2_000_000  # rows (both sides) per partition of the match shuffle
 MATCH_IO_THREADS = 16  # a driver-side match's reads and writes at a time (store latency)
@@ -95,6 +96,7 @@ class EarlierRuns:
     files: list[tuple[str, int]] = field(default_factory=list)  # (path, order)
     rows: int = 0  # rows their files hold (their manifests' counts)
     other_keys: list[str] = field(default_factory=list)  # runs found with another scoring key
+    stacks: list[dict[str, str]] = field(default_factory=list)  # per run (order): its stack
 
 
 def earlier_runs(cfg: JobConfig, key: str) -> EarlierRuns:
@@ -131,6 +133,7 @@ def earlier_runs(cfg: JobConfig, key: str) -> EarlierRuns:
         manifest, files = found[run]
         earlier.files += [(f, order) for f in files]
         earlier.rows += int(manifest.get("rows_written") or 0)
+        earlier.stacks.append(dict(manifest.get(STACK) or {}))  # {}: recorded none
     return earlier
 
 
@@ -236,7 +239,7 @@ def score_names_of(names: list[str]) -> list[str]:
     return [c for c in names if c not in (TRUNCATED, WINDOWS)]
 
 
-MATCHED = (SOURCE, ROW, REUSE_SCORES, TRUNCATED, WINDOWS)
+MATCHED = (SOURCE, ROW, _ORDER, REUSE_SCORES, TRUNCATED, WINDOWS)
 
 
 def match_partition(group: pa.Table) -> pa.Table:
@@ -425,6 +428,7 @@ class Reuse:
     scores: np.ndarray  # (rows, outputs) float32
     truncated: np.ndarray
     windows: np.ndarray | None
+    orders: np.ndarray | None = None  # each row's earlier run (EarlierRuns.runs' index)
 
     @classmethod
     def empty(cls, width: int) -> Reuse:
@@ -464,6 +468,11 @@ def _read_reuse(path: str, out: OutputConfig) -> Reuse:
         windows=(
             table.column(WINDOWS).to_numpy(zero_copy_only=False)
             if WINDOWS in table.column_names
+            else None
+        ),
+        orders=(
+            table.column(_ORDER).to_numpy(zero_copy_only=False)
+            if _ORDER in table.column_names
             else None
         ),
     )

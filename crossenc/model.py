@@ -30,6 +30,7 @@ from crossenc.storage import Location, check_bucket, is_remote, resolve
 
 log = logging.getLogger(__name__)
 
+ST_CONFIG = "config_sentence_transformers.json"  # sentence-transformers' model config
 # sentence-transformers stores its activation as a dotted class path in the model config.
 _ST_ACTIVATIONS = {
     "torch.nn.modules.activation.Sigmoid": "sigmoid",
@@ -369,7 +370,7 @@ def _st_file(cfg: ModelConfig, source: str, name: str) -> Any:
 
 def _st_model_config(cfg: ModelConfig, source: str) -> dict[str, Any]:
     """The model's config_sentence_transformers.json, where it has one."""
-    found = _st_file(cfg, source, "config_sentence_transformers.json")
+    found = _st_file(cfg, source, ST_CONFIG)
     return found if isinstance(found, dict) else {}
 
 
@@ -705,29 +706,74 @@ def check_task(cfg: JobConfig, info: ModelInfo) -> None:
         check_chunking(cfg.model, info, load_tokenizer(cfg.model, info.source))
 
 
-def model_fingerprint(cfg: ModelConfig, info: ModelInfo) -> dict[str, Any]:
-    """Name, revision and a hash of the weight files: what identifies the scores' source."""
+# The files that turn a pair's texts into token ids: the tokenizer's (vocabulary, merges,
+# sentencepiece model, normaliser and pre-tokeniser settings, special and added tokens), the chat
+# template, and sentence-transformers' config (its prompts only: the rest is its save's versions).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "*.model",
+    "*.tiktoken",
+    "chat_template.jinja",
+    "chat_template.json",
+    "additional_chat_templates/*.jinja",
+    ST_CONFIG,
+)
+_ST_PROMPT_KEYS = ("prompts", "default_prompt_name")
+
+
+def _sha256(paths: list[Path], named: bool = False) -> str:
+    """SHA-256 of the files' bytes, one after the other (``named``: each after its name and
+    size, so that moving bytes from one file to the next changes it)."""
     digest = hashlib.sha256()
+    for path in paths:
+        data = None
+        if path.name == ST_CONFIG:  # only the prompts change token ids
+            st_config = json.loads(path.read_bytes())
+            data = json.dumps({k: st_config.get(k) for k in _ST_PROMPT_KEYS}, sort_keys=True)
+        if named:
+            size = len(data) if data is not None else path.stat().st_size
+            digest.update(f"{path.name}\0{size}\0".encode())
+        if data is not None:
+            digest.update(data.encode())
+            continue
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):  # noqa: B023
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tokenizer_files(folder: Path) -> list[Path]:
+    """The model folder's :data:`TOKENIZER_FILES` that exist, sorted by path."""
+    return sorted({p for pattern in TOKENIZER_FILES for p in folder.glob(pattern) if p.is_file()})
+
+
+def model_fingerprint(cfg: ModelConfig, info: ModelInfo) -> dict[str, Any]:
+    """Name, revision, a hash of the weight files and one of the files that make the token
+    ids (:data:`TOKENIZER_FILES`): what identifies the scores' source."""
     folder = Path(info.source)
     weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
     if not folder.is_dir():  # a Hub id: the loaded snapshot's files
         from huggingface_hub import snapshot_download
 
+        patterns = ["*.safetensors", "*.json", *TOKENIZER_FILES]
         folder = Path(
-            snapshot_download(
-                info.source, revision=cfg.revision, allow_patterns=["*.safetensors", "*.json"]
-            )
+            snapshot_download(info.source, revision=cfg.revision, allow_patterns=patterns)
         )
         weights = sorted(folder.glob("*.safetensors"))
-    for path in weights:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):  # noqa: B023
-                digest.update(chunk)
+    tokenizer = tokenizer_files(folder)
     return {
         "name": cfg.name,
         "revision": cfg.revision,
-        "weights_sha256": digest.hexdigest(),
+        "weights_sha256": _sha256(weights),
         "weight_files": [p.name for p in weights],
+        "tokenizer_sha256": _sha256(tokenizer, named=True),
+        "tokenizer_files": [p.relative_to(folder).as_posix() for p in tokenizer],
         "activation": info.activation,
         "labels": list(info.labels),
         "max_length": info.max_length,

@@ -60,6 +60,8 @@ from crossenc.tokenize import (
     encoder_spec,
     tokenize_batch,
 )
+from crossenc.verify import Verdict, check_reuse
+from crossenc.versions import stack_versions
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +331,12 @@ class RunResult:
     def rows_per_second(self) -> float:
         """Rows this run scored with the model per wall-clock second."""
         return self.rows_scored / self.seconds if self.seconds else 0.0
+
+    @property
+    def rescored(self) -> bool:
+        """True when output.incremental scored every pair again: the stored scores, made under
+        another stack, did not agree with a sample scored again (``summary["reuse"]``)."""
+        return (self.summary.get("reuse") or {}).get("decision") == "rescored"
 
     @property
     def drifted(self) -> bool:
@@ -665,9 +673,11 @@ def _match_earlier(
     key: str,
     staging: str,
     rows: int,
-) -> Matches | None:
+    stack: dict[str, str],
+) -> tuple[Matches | None, Verdict | None]:
     """output.incremental: the earlier runs with this run's scoring key, matched against the
-    rows to score (None: no earlier run to match)."""
+    rows to score (None: no earlier run to match, or none to reuse), and the check of those
+    that recorded another ``stack`` (:mod:`crossenc.verify`; None: nothing to check)."""
     earlier = earlier_runs(cfg, key)
     where = ", ".join(cfg.output.reuse_from) or cfg.output.path
     if earlier.other_keys:
@@ -682,12 +692,21 @@ def _match_earlier(
         log.info(
             "incremental: no earlier run in %s has scoring key %s: every row is scored", where, key
         )
-        return None
+        return None, None
     units = read_units(plan.files, todo) + pending_units([p for p, _ in plan.pending])
     matches = Matches(match(cfg, plan.info, units, earlier, staging, rows), staging)
+    verdict = check_reuse(cfg, matches, earlier, stack, key)
+    if verdict is not None:
+        log.log(
+            logging.INFO if verdict.decision == "reused" else logging.WARNING,
+            "incremental: scores made under another stack: %s",
+            verdict.reason,
+        )
+        if verdict.decision == "rescored":
+            return None, verdict
     if matches.covers(todo) and not plan.pending:
         log.info("incremental: every row to score was scored before: no model is loaded")
-    return matches
+    return matches, verdict
 
 
 def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
@@ -773,11 +792,15 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         progress.add(rows)
 
     key = cfg.scoring_key(record.model) if cfg.output.incremental else ""
-    reuse = None
+    stack = stack_versions(cfg.model.backend)
+    reuse, verdict = None, None
     if key and (todo or plan.pending):
         match_started = time.monotonic()
-        reuse = _match_earlier(cfg, plan, todo, key, staging_dir(loc, record.run_id), rows_now)
+        staging = staging_dir(loc, record.run_id)
+        reuse, verdict = _match_earlier(cfg, plan, todo, key, staging, rows_now, stack)
         phases["match"] = round(time.monotonic() - match_started, 3)
+        if verdict is not None:  # (within the match's seconds)
+            phases["verify"] = round(verdict.seconds, 3)
     score_started = time.monotonic()
     try:
         plan, todo = _score_passes(
@@ -829,6 +852,8 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         },
     )
     summary["phases"] = phases
+    if verdict is not None:
+        summary["reuse"] = verdict.summary()
     if previous is not None:
         drift = cfg.output.drift
         summary["drift"] = compare_runs(
@@ -855,6 +880,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         scoring_key=key,
         rows_reused=reused,
         rows_skipped_reused=skipped,
+        stack=stack,
     )
     committed_at = committer.commit(manifest, parts, base)
     phases["commit"] = round(committed_at - staged_at, 3)

@@ -93,6 +93,9 @@ class Manifest:
     scoring_key: str = ""  # output.incremental: runs with the same key share scores
     rows_reused: int = 0  # rows whose scores were copied from earlier runs
     rows_skipped_reused: int = 0  # of those, not written (output.incremental skip)
+    # the versions of the packages that made the scores (crossenc.versions.stack_versions):
+    # not in the scoring key; output.incremental checks stored scores made under others
+    stack: dict[str, str] = field(default_factory=dict)
 
 
 def staging_dir(loc: Location, run_id: str) -> str:
