@@ -15,7 +15,7 @@ rm -rf .venv-canary
 "$PYTHON" -m venv .venv-canary
 .venv-canary/bin/python -m pip install -q --upgrade pip
 .venv-canary/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-.venv-canary/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+.venv-canary/bin/python -m pip install -q -e ".[test]"  # as a user would: no constraints
 .venv-canary/bin/python -m pip freeze --exclude-editable > canary-versions.txt
 echo "canary: installed in $(($(date +%s) - started)) s; versions that differ from the tested set:"
 .venv-canary/bin/python - <<'PY'
@@ -28,6 +28,30 @@ for line in open("canary-versions.txt"):
     name, version = line.strip().split("==", 1)
     if tested.get(canonical(name)) != version:
         print(f"  {name} {version} (tested: {tested.get(canonical(name), 'not in the set')})")
+PY
+# The canary is only worth its name if it has today's release of what makes the scores: a
+# resolver that backtracked to an older one (a --upgrade-strategy eager run here once took
+# transformers 5.24.0 while 5.25.0 was out) fails it, naming the package.
+.venv-canary/bin/python - <<'PY'
+import re
+import subprocess
+import sys
+
+from crossenc.versions import installed_version
+
+stale = []
+for name in ("transformers", "tokenizers", "ray", "pyarrow", "accelerate", "huggingface-hub"):
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", name],
+        capture_output=True, text=True, check=False,
+    ).stdout
+    newest = re.search(r"\((\S+)\)", out)
+    have = installed_version(name)
+    print(f"  {name}: {have} (newest on the index: {newest.group(1) if newest else '?'})")
+    if newest and have != newest.group(1):
+        stale.append(f"{name} {have}, not today's {newest.group(1)}")
+if stale:
+    sys.exit("canary: the resolver did not take today's releases: " + "; ".join(stale))
 PY
 .venv-canary/bin/crossenc doctor  # what a user would see; exits non-zero on a known-bad release
 .venv-canary/bin/python -m pytest -q -m canary -p no:cacheprovider
