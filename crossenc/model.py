@@ -709,7 +709,7 @@ def check_task(cfg: JobConfig, info: ModelInfo) -> None:
 # The files that turn a pair's texts into token ids: the tokenizer's (vocabulary, merges,
 # sentencepiece model, normaliser and pre-tokeniser settings, special and added tokens), the chat
 # template, and sentence-transformers' config (its prompts only: the rest is its save's versions).
-TOKENIZER_FILES = (
+TOKEN_ID_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -749,19 +749,19 @@ def _sha256(paths: list[Path], named: bool = False) -> str:
 
 
 def tokenizer_files(folder: Path) -> list[Path]:
-    """The model folder's :data:`TOKENIZER_FILES` that exist, sorted by path."""
-    return sorted({p for pattern in TOKENIZER_FILES for p in folder.glob(pattern) if p.is_file()})
+    """The model folder's :data:`TOKEN_ID_FILES` that exist, sorted by path."""
+    return sorted({p for pattern in TOKEN_ID_FILES for p in folder.glob(pattern) if p.is_file()})
 
 
 def model_fingerprint(cfg: ModelConfig, info: ModelInfo) -> dict[str, Any]:
     """Name, revision, a hash of the weight files and one of the files that make the token
-    ids (:data:`TOKENIZER_FILES`): what identifies the scores' source."""
+    ids (:data:`TOKEN_ID_FILES`): what identifies the scores' source."""
     folder = Path(info.source)
     weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
     if not folder.is_dir():  # a Hub id: the loaded snapshot's files
         from huggingface_hub import snapshot_download
 
-        patterns = ["*.safetensors", "*.json", *TOKENIZER_FILES]
+        patterns = ["*.safetensors", "*.json", *TOKEN_ID_FILES]
         folder = Path(
             snapshot_download(info.source, revision=cfg.revision, allow_patterns=patterns)
         )
