@@ -15,8 +15,12 @@ rm -rf .venv-canary
 "$PYTHON" -m venv .venv-canary
 .venv-canary/bin/python -m pip install -q --upgrade pip
 .venv-canary/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-.venv-canary/bin/python -m pip install -q -e ".[test]"  # as a user would: no constraints
+# First what a user installs (the package and its extras, no constraints), then the test tools
+# beside it without moving what that resolved: the test extra's own requirements (moto,
+# sentence-transformers, ...) once made pip backtrack to transformers 5.24.0 while 5.25.0 was out.
+.venv-canary/bin/python -m pip install -q -e ".[onnx,tables]"
 .venv-canary/bin/python -m pip freeze --exclude-editable > canary-versions.txt
+.venv-canary/bin/python -m pip install -q -c canary-versions.txt -e ".[test]"
 echo "canary: installed in $(($(date +%s) - started)) s; versions that differ from the tested set:"
 .venv-canary/bin/python - <<'PY'
 from crossenc.versions import canonical, tested_versions
