@@ -294,7 +294,8 @@ def check_weights(cfg: ModelConfig, source: str, kind: str) -> None:
     weights again where the replica loads them, so a random head is never scored."""
     try:
         needed, prefix = expected_weights(cfg, source, kind)
-        missing = missing_weights(needed, prefix, checkpoint_names(source))
+        held = checkpoint_names(source)
+        missing = missing_weights(needed, prefix, held)
     except Exception as err:  # the pre-check must never be what stops a run
         log.warning(
             "model.name %s: the early check for missing weights could not run (%s: %s); going "
@@ -307,9 +308,7 @@ def check_weights(cfg: ModelConfig, source: str, kind: str) -> None:
     if not missing:
         return
     roots = {name.split(".")[0] for name in missing}
-    plain = roots <= set(_HEADS) and not any(
-        n.split(".")[0] in roots for n in checkpoint_names(source)
-    )
+    plain = roots <= set(_HEADS) and not any(n.split(".")[0] in roots for n in held)
     if not plain:  # confirm by loading: only what transformers itself reports missing counts
         _, missing = _load(cfg, source, kind)
     if missing:
