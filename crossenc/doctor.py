@@ -29,7 +29,13 @@ from packaging.version import InvalidVersion, Version
 
 from crossenc import __version__
 from crossenc.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, EXIT_INPUT, EXIT_OK, explain
-from crossenc.versions import canonical, installed_version, known_bad, tested_versions
+from crossenc.versions import (
+    canonical,
+    installed_version,
+    known_bad,
+    same_release,
+    tested_versions,
+)
 
 if TYPE_CHECKING:
     from crossenc.config import JobConfig, ModelConfig
@@ -125,14 +131,6 @@ def direct_requirements() -> list[tuple[Requirement, str | None]]:
     return list(out.values())
 
 
-def _same_release(a: str, b: str) -> bool:
-    """Whether two versions are the same release, local tags aside (2.13.0+cpu = 2.13.0)."""
-    try:
-        return Version(a).public == Version(b).public
-    except InvalidVersion:
-        return a == b
-
-
 def version_check(req: Requirement, extra: str | None) -> Check:
     """One dependency's installed version against crossenc's range and the tested set."""
     name = canonical(req.name)
@@ -152,7 +150,7 @@ def version_check(req: Requirement, extra: str | None) -> Check:
         return bad(f"{installed} is known to break crossenc: {why}")
     if not req.specifier.contains(installed, prereleases=True):
         return bad(f"{installed} is outside crossenc's range {spec}")
-    if tested and _same_release(installed, tested):
+    if tested and same_release(installed, tested):
         return Check("versions", label, OK, f"{installed} (tested)")
     untested = f"{installed}, in range {spec}, untested (tested: {tested or 'none pinned'})"
     return Check("versions", label, UNTESTED, untested, fix if tested else "")
@@ -366,7 +364,7 @@ def _compare(what: str, cluster: str | None, client: str, fix: str) -> Check:
     detail = f"cluster {cluster}, client {client}"
     if _minor(cluster) != _minor(client):
         return Check("cluster", what, BAD, f"{detail}: they differ", fix, EXIT_ENVIRONMENT)
-    if not _same_release(cluster, client):
+    if not same_release(cluster, client):
         return Check("cluster", what, UNTESTED, f"{detail} (same major.minor)", fix)
     return Check("cluster", what, OK, detail)
 

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 CONSTRAINTS = Path(__file__).resolve().parent / "constraints.txt"
 
@@ -44,6 +45,14 @@ def tested_versions() -> dict[str, str]:
         name, version = (part.strip() for part in line.split("==", 1))
         pins[canonical(name)] = version.split(";", 1)[0].strip()
     return pins
+
+
+def same_release(a: str, b: str) -> bool:
+    """Whether two versions are the same release, local tags aside (2.13.0+cpu = 2.13.0)."""
+    try:
+        return Version(a).public == Version(b).public
+    except InvalidVersion:
+        return a == b
 
 
 def installed_version(name: str) -> str | None:
