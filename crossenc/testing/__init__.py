@@ -586,7 +586,3 @@ def main(argv: list[str] | None = None) -> None:
         labels = NLI_LABELS if args.labels == 3 else None
         build_tiny_model(args.out, args.arch, args.labels, labels, max_length=args.max_length)
     print(args.out)
-
-
-if __name__ == "__main__":
-    main()
