@@ -83,7 +83,6 @@ def one(
 ) -> dict[str, Any]:
     """Stage, resume-read and commit ``parts`` parts on one store; returns the phases."""
     from crossenc.config import OutputConfig, StorageConfig, build_config
-    from crossenc.faultproxy import FaultProxy
     from crossenc.inspect_input import InputFile, inspect_input, inspect_start
     from crossenc.output.commit import (
         Manifest,
@@ -97,6 +96,7 @@ def one(
     from crossenc.output.parts import PartStats, new_run_id, part_file_name
     from crossenc.pipeline import check_accounted, usable_parts
     from crossenc.storage import resolve
+    from crossenc.testing.faultproxy import FaultProxy
 
     proxy = FaultProxy(endpoint).start() if store == "s3" else None
     work = Path(tempfile.mkdtemp(prefix="crossenc-scale-"))

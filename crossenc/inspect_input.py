@@ -13,9 +13,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import ConfigError, JobConfig
 from crossenc.errors import StorageError, model_storage_hint, raise_storage, storage_errors
-from crossenc.failpoints import failpoint
 from crossenc.model import ModelInfo, check_task, describe_model
 from crossenc.storage import Location, check_bucket, check_writable, list_parquet_files, resolve
+from crossenc.testing.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ import yaml
 
 from crossenc.cli import EXIT_CONCURRENT, EXIT_OK, main
 from crossenc.config import OutputConfig, StorageConfig
-from crossenc.failpoints import EXIT_CODE as FAILPOINT_EXIT
 from crossenc.output.commit import (
     COMMITS,
     MANIFEST,
@@ -39,6 +38,7 @@ from crossenc.output.writer import RollingWriter, WriterOptions
 from crossenc.pipeline import run_job
 from crossenc.storage import resolve
 from crossenc.testing import write_pairs
+from crossenc.testing.failpoints import EXIT_CODE as FAILPOINT_EXIT
 from crossenc.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from tests.helpers import job_config, read_output
 

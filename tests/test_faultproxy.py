@@ -31,7 +31,7 @@ import pytest
 import s3fs
 from fsspec.asyn import sync
 
-from crossenc.faultproxy import FaultProxy, error_body
+from crossenc.testing.faultproxy import FaultProxy, error_body
 
 KEY, SECRET = "testing", "testing"
 RETRIES = {"retries": {"max_attempts": 10, "mode": "standard"}}  # 10 retries, 11 attempts

@@ -19,7 +19,6 @@ import pytest
 
 from crossenc import incremental
 from crossenc.config import ConfigError
-from crossenc.failpoints import FailpointError
 from crossenc.incremental import PAIR_HASH, REUSE_SCORES, Reuse, match_partition, pair_hashes
 from crossenc.model import describe_model, model_fingerprint
 from crossenc.output.commit import read_manifest, staged_runs, staging_dir
@@ -29,6 +28,7 @@ from crossenc.pipeline import ScorerReplica, run_job, summary_lines
 from crossenc.read import reuse_block
 from crossenc.storage import resolve
 from crossenc.testing import NLI_LABELS, build_tiny_model, write_pairs, write_parquet_files
+from crossenc.testing.failpoints import FailpointError
 from crossenc.tokenize import ROW, SOURCE, TRUNCATED
 from tests.helpers import job_config, read_output, table_output, table_rows
 

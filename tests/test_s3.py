@@ -14,10 +14,10 @@ import s3fs
 
 from crossenc.config import ModelConfig
 from crossenc.engine import LocalScorer
-from crossenc.faultproxy import FaultProxy
 from crossenc.pipeline import run_job
 from crossenc.storage import resolve
 from crossenc.testing import write_pairs
+from crossenc.testing.faultproxy import FaultProxy
 from tests.helpers import job_config
 
 SECRET = "s3cr3t-DO-NOT-PRINT-4242"

@@ -37,10 +37,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import ConfigError, OutputConfig
 from crossenc.errors import output_errors
-from crossenc.failpoints import failpoint
 from crossenc.output.journal import read_journal
 from crossenc.output.parts import PartStats, run_of
 from crossenc.storage import Location, resolve
+from crossenc.testing.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,6 @@ import pyarrow.parquet as pq
 
 from crossenc.config import ConfigError, OutputConfig, StorageConfig
 from crossenc.errors import output_errors
-from crossenc.failpoints import failpoint
 from crossenc.output import commit as folder
 from crossenc.output.commit import (
     ConcurrentRunError,
@@ -49,6 +48,7 @@ from crossenc.output.commit import (
 )
 from crossenc.output.parts import PartStats, run_of
 from crossenc.storage import is_remote, resolve
+from crossenc.testing.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
