@@ -83,7 +83,7 @@ def one(
 ) -> dict[str, Any]:
     """Stage, resume-read and commit ``parts`` parts on one store; returns the phases."""
     from crossenc.config import OutputConfig, StorageConfig, build_config
-    from crossenc.inspect_input import InputFile, inspect_input, inspect_start
+    from crossenc.inputs.plan import InputFile, inspect_input, inspect_start
     from crossenc.output.commit import (
         Manifest,
         RunRecord,

@@ -30,7 +30,7 @@ from crossenc.errors import (  # noqa: F401  (the exit codes are this module's i
     EXIT_STORAGE,
     explain,
 )
-from crossenc.inspect_input import JobPlan, plan_job
+from crossenc.inputs.plan import JobPlan, plan_job
 from crossenc.model import CAUSAL_LM, ModelInfo
 from crossenc.postprocess import output_columns
 

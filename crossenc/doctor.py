@@ -497,7 +497,7 @@ def config_section(report: Report, path: str, overrides: list[str]) -> None:
     """Whether the config is valid, and its input, output and model reachable with their
     storage settings; the failures worded as ``crossenc validate`` words them."""
     from crossenc.config import ConfigError, load_config
-    from crossenc.inspect_input import check_output_writable, check_paths, list_input
+    from crossenc.inputs.plan import check_output_writable, check_paths, list_input
 
     add = report.checks.append
     try:

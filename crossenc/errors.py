@@ -4,7 +4,7 @@ Everything the ``crossenc`` command can fail with goes through :func:`explain`, 
 exception's chain (``__cause__``, ``__context__`` and the ``cause`` a Ray task error carries
 over from its worker) and picks the first thing it recognises:
 
-* :class:`~crossenc.config.ConfigError` (2), :class:`~crossenc.inspect_input.InputError` (3),
+* :class:`~crossenc.config.ConfigError` (2), :class:`~crossenc.inputs.plan.InputError` (3),
   :class:`~crossenc.output.commit.ConcurrentRunError` (7): already worded for the user;
 * a store or disk problem (8): an endpoint that cannot be reached, credentials refused, a
   bucket that does not exist, permission denied, a read-only or full disk. Raised where the
@@ -381,7 +381,7 @@ def storage_errors(key: str, uri: str, storage: StorageConfig | None = None) -> 
 def _worded(err: BaseException) -> bool:
     """An error already worded for the user (config, input, concurrent run)."""
     from crossenc.config import ConfigError
-    from crossenc.inspect_input import InputError
+    from crossenc.inputs.plan import InputError
     from crossenc.output.commit import ConcurrentRunError
 
     return isinstance(err, (ConfigError, InputError, ConcurrentRunError))
@@ -503,7 +503,7 @@ def explain(
     """The exit code and the one message (``crossenc: ...``) for an exception the command
     could not handle otherwise; ``argv``, the command's arguments, heads a written traceback."""
     from crossenc.config import ConfigError
-    from crossenc.inspect_input import InputError
+    from crossenc.inputs.plan import InputError
     from crossenc.output.commit import ConcurrentRunError
 
     found = find(err, ConcurrentRunError)

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from crossenc.config import JobConfig
-from crossenc.inspect_input import JobPlan
+from crossenc.inputs.plan import JobPlan
 from crossenc.model import load_tokenizer
 from crossenc.storage import resolve
 from crossenc.tokenize import encode_pairs, row_errors

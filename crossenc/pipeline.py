@@ -21,7 +21,7 @@ from crossenc import __version__
 from crossenc.config import ConfigError, JobConfig
 from crossenc.engine import ScoringEngine
 from crossenc.incremental import REUSE_SCORES, Matches, earlier_runs, match, reused_scores
-from crossenc.inspect_input import InputFile, JobPlan, finish_inspection, plan_job
+from crossenc.inputs.plan import InputFile, JobPlan, finish_inspection, plan_job
 from crossenc.model import ModelInfo, load_tokenizer, model_fingerprint, model_source
 from crossenc.output.commit import (
     Manifest,

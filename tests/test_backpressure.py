@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from crossenc.config import RuntimeConfig
-from crossenc.inspect_input import plan_job
+from crossenc.inputs.plan import plan_job
 from crossenc.output.parts import new_run_id
 from crossenc.output.writer import WriterOptions
 from crossenc.pipeline import build_dataset, run_job

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crossenc.config import InputConfig
-from crossenc.inspect_input import InputFile
+from crossenc.inputs.plan import InputFile
 from crossenc.read import read_row_groups, read_units
 from crossenc.tokenize import ROW, SOURCE
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from crossenc.cli import EXIT_INPUT, EXIT_PARTIAL, main
 from crossenc.config import ConfigError, OutputConfig, StorageConfig
-from crossenc.inspect_input import InputFile
+from crossenc.inputs.plan import InputFile
 from crossenc.output.commit import (
     MANIFEST,
     Manifest,

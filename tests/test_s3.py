@@ -132,7 +132,7 @@ def test_footers_on_s3_one_ranged_read_each(s3_server):
     import pyarrow as pa
 
     from crossenc.config import StorageConfig
-    from crossenc.inspect_input import TAIL, read_footers
+    from crossenc.inputs.plan import TAIL, read_footers
     from crossenc.storage import list_parquet_files
 
     with FaultProxy(s3_server) as proxy:

@@ -10,7 +10,7 @@ import pytest
 
 from crossenc.config import ConfigError
 from crossenc.engine import LocalScorer
-from crossenc.inspect_input import plan_job
+from crossenc.inputs.plan import plan_job
 from crossenc.output.commit import MANIFEST, SUCCESS, SUMMARY
 from crossenc.pipeline import run_job
 from crossenc.testing import NLI_LABELS, write_parquet_files

@@ -202,7 +202,7 @@ def test_read_tokenized_is_read_then_tokenize(folders, tmp_path):
             "output": {"path": str(tmp_path / "out")},
         }
     )
-    from crossenc.inspect_input import plan_job
+    from crossenc.inputs.plan import plan_job
 
     plan = plan_job(cfg)
     units = pa.Table.from_pylist(read_units(plan.files))

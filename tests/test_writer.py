@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from crossenc.config import OutputConfig
-from crossenc.inspect_input import InputFile
+from crossenc.inputs.plan import InputFile
 from crossenc.output.writer import RollingWriter, WriterOptions
 from crossenc.pipeline import usable_parts
 from crossenc.postprocess import DROPPED, RANK, rank_group
