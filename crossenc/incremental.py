@@ -175,7 +175,7 @@ def _side(schema: pa.Schema, columns: dict[str, pa.Array]) -> pa.Table:
 
 def hash_units(units: pa.Table, cfg: JobConfig, schema: pa.Schema, partitions: int) -> pa.Table:
     """The match's left side: the units' rows, hashed (rows with no hash need no match)."""
-    from crossenc.read import read_row_groups
+    from crossenc.inputs.read import read_row_groups
 
     a, b = cfg.input.text_a, cfg.input.text_b
     tables = []

@@ -22,6 +22,7 @@ from crossenc.config import ConfigError, JobConfig
 from crossenc.engine import ScoringEngine
 from crossenc.incremental import REUSE_SCORES, Matches, earlier_runs, match, reused_scores
 from crossenc.inputs.plan import InputFile, JobPlan, finish_inspection, plan_job
+from crossenc.inputs.read import pending_units, read_tokenized, read_units
 from crossenc.model import ModelInfo, load_tokenizer, model_fingerprint, model_source
 from crossenc.output.commit import (
     Manifest,
@@ -42,7 +43,6 @@ from crossenc.output.parts import (
 from crossenc.output.tables import committer_for, previous_manifest
 from crossenc.output.writer import WriterOptions, write_block, writer_actor
 from crossenc.postprocess import rank_group, score_columns
-from crossenc.read import pending_units, read_tokenized, read_units
 from crossenc.storage import resolve, retried_requests
 from crossenc.summary import (
     RunMetrics,

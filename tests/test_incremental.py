@@ -20,12 +20,12 @@ import pytest
 from crossenc import incremental
 from crossenc.config import ConfigError
 from crossenc.incremental import PAIR_HASH, REUSE_SCORES, Reuse, match_partition, pair_hashes
+from crossenc.inputs.read import reuse_block
 from crossenc.model import describe_model, model_fingerprint
 from crossenc.output.commit import read_manifest, staged_runs, staging_dir
 from crossenc.output.journal import Journal, read_journal
 from crossenc.output.tables import committer_for
 from crossenc.pipeline import ScorerReplica, run_job, summary_lines
-from crossenc.read import reuse_block
 from crossenc.storage import resolve
 from crossenc.testing import NLI_LABELS, build_tiny_model, write_pairs, write_parquet_files
 from crossenc.testing.failpoints import FailpointError

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from crossenc.config import InputConfig
 from crossenc.inputs.plan import InputFile
-from crossenc.read import read_row_groups, read_units
+from crossenc.inputs.read import read_row_groups, read_units
 from crossenc.tokenize import ROW, SOURCE
 
 

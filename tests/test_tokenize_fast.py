@@ -17,8 +17,8 @@ import pyarrow as pa
 import pytest
 
 from crossenc.config import build_config
+from crossenc.inputs.read import read_row_groups, read_tokenized, read_units
 from crossenc.model import describe_model, load_tokenizer
-from crossenc.read import read_row_groups, read_tokenized, read_units
 from crossenc.testing import (
     ARCHITECTURES,
     COMMUNITY_ARCHITECTURES,
