@@ -142,7 +142,7 @@ def _prepare(work: Path, pairs: int, seed: int) -> dict[str, Any]:
     path = work / f"host-{pairs}-{seed}.arrow"
     if not path.is_file():
         from bench.data import make_pairs
-        from crossenc.model import describe_model
+        from crossenc.models.load import describe_model
         from crossenc.tokenize import tokenize_batch
 
         cfg = _config(str(work), str(model))
@@ -287,7 +287,7 @@ def _measure_main() -> None:
     import crossenc
     from crossenc.config import ModelConfig
     from crossenc.engine import ScoringEngine, ZeroRunner
-    from crossenc.model import describe_model
+    from crossenc.models.load import describe_model
     from crossenc.pipeline import ScorerReplica
 
     spec = json.loads(sys.argv[1])

@@ -24,7 +24,7 @@ import ray
 
 from crossenc.config import ConfigError, JobConfig, build_config
 from crossenc.inputs.plan import InputError, schema_problem
-from crossenc.model import check_task, describe_model
+from crossenc.models.load import check_task, describe_model
 from crossenc.output.writer import visible_columns
 from crossenc.pipeline import RunResult, for_this_machine, run_job, scoring_stages
 from crossenc.postprocess import DROPPED

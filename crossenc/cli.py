@@ -31,7 +31,7 @@ from crossenc.errors import (  # noqa: F401  (the exit codes are this module's i
     explain,
 )
 from crossenc.inputs.plan import JobPlan, plan_job
-from crossenc.model import CAUSAL_LM, ModelInfo
+from crossenc.models.load import CAUSAL_LM, ModelInfo
 from crossenc.postprocess import output_columns
 
 if TYPE_CHECKING:

@@ -590,7 +590,7 @@ class JobConfig(_Strict):
     def scoring_key(self, model: dict[str, Any]) -> str:
         """What makes two runs' scores of the same pair interchangeable (output.incremental):
         the model's fingerprint (``model``: name, revision, weights, activation, labels,
-        max_length, kind, prompt; see :func:`crossenc.model.model_fingerprint`) and the
+        max_length, kind, prompt; see :func:`crossenc.models.load.model_fingerprint`) and the
         settings that change scores (truncation, long_text, dtype, backend, quantize...)."""
         relevant = {"model": model, "settings": self._model_fingerprint()}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:32]

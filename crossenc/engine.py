@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from crossenc.config import ConfigError, ModelConfig, RuntimeConfig
-from crossenc.model import SEQUENCE_CLASSIFICATION, ModelInfo
+from crossenc.models.load import SEQUENCE_CLASSIFICATION, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -455,7 +455,7 @@ class LocalScorer:
     """In-process scoring of (text_a, text_b) pairs with the job's tokenizer and engine."""
 
     def __init__(self, model_cfg: ModelConfig, runtime: RuntimeConfig | None = None) -> None:
-        from crossenc.model import describe_model, load_tokenizer
+        from crossenc.models.load import describe_model, load_tokenizer
 
         self.model_cfg = model_cfg
         self.runtime = runtime or RuntimeConfig()

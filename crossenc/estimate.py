@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from crossenc.config import JobConfig
 from crossenc.inputs.plan import JobPlan
-from crossenc.model import load_tokenizer
+from crossenc.models.load import load_tokenizer
 from crossenc.storage import resolve
 from crossenc.tokenize import encode_pairs, row_errors
 
@@ -199,7 +199,7 @@ def feed_check(
     rt = cfg.runtime
     if not rt.gpus_per_replica:
         return {}
-    from crossenc.model import load_hf_config
+    from crossenc.models.load import load_hf_config
 
     per_gpu = (pairs_per_second or 0.0) / rt.gpus_per_replica or gpu_pairs_per_second(
         weight_params(load_hf_config(cfg.model, plan.info.source)), tokens

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crossenc.config import ConfigError, JobConfig, OutputConfig, StorageConfig
-from crossenc.model import ModelInfo
+from crossenc.models.load import ModelInfo
 from crossenc.postprocess import score_names
 from crossenc.storage import resolve
 from crossenc.summary import REUSED

@@ -82,7 +82,7 @@ def _export(cfg: ModelConfig, source: str, uses_token_type_ids: bool, out: Path)
     """Export the float32 model to ``out`` (TorchScript exporter, dynamic batch and length)."""
     import torch
 
-    from crossenc.model import load_model
+    from crossenc.models.load import load_model
 
     model = load_model(cfg, source, dtype=torch.float32)
     if hasattr(model, "set_attn_implementation"):

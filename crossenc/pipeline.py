@@ -23,7 +23,7 @@ from crossenc.engine import ScoringEngine
 from crossenc.incremental import REUSE_SCORES, Matches, earlier_runs, match, reused_scores
 from crossenc.inputs.plan import InputFile, JobPlan, finish_inspection, plan_job
 from crossenc.inputs.read import pending_units, read_tokenized, read_units
-from crossenc.model import ModelInfo, load_tokenizer, model_fingerprint, model_source
+from crossenc.models.load import ModelInfo, load_tokenizer, model_fingerprint, model_source
 from crossenc.output.commit import (
     Manifest,
     RunRecord,

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crossenc.config import JobConfig
-from crossenc.model import ModelInfo
+from crossenc.models.load import ModelInfo
 from crossenc.tokenize import ERROR
 
 SCORE = "score"

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crossenc.config import ConfigError, JobConfig, ModelConfig
-from crossenc.model import ModelInfo, load_tokenizer, render_chat
+from crossenc.models.load import ModelInfo, load_tokenizer, render_chat
 
 SOURCE = "_source"  # the input file a row came from
 ROW = "_row"  # the row's position in that file

@@ -22,7 +22,7 @@ import torch
 
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine import cpu_threads
-from crossenc.model import CAUSAL_LM, SEQUENCE_CLASSIFICATION, ModelInfo, load_model
+from crossenc.models.load import CAUSAL_LM, SEQUENCE_CLASSIFICATION, ModelInfo, load_model
 from crossenc.prepack import can_prepack, prepack_linears
 
 log = logging.getLogger(__name__)

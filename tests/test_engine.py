@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine import LocalScorer, ScoringEngine, make_runner, pad_batch, plan_batches
-from crossenc.model import ModelInfo
+from crossenc.models.load import ModelInfo
 from crossenc.torch_backend import TorchRunner
 
 
@@ -192,7 +192,7 @@ def test_replica_dead_letters_a_row_that_does_not_fit_alone(models, tmp_path):
     block is scored as usual."""
     import pyarrow as pa
 
-    from crossenc.model import describe_model
+    from crossenc.models.load import describe_model
     from crossenc.pipeline import ScorerReplica
     from crossenc.summary import OOM
     from crossenc.tokenize import ERROR, IDS, ROW, SOURCE, tokenize_batch

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine import LocalScorer, ScoringEngine, flatten, pad_batch, pad_spans
-from crossenc.model import ModelInfo
+from crossenc.models.load import ModelInfo
 
 
 def _info(num_labels: int = 2, padding_side: str = "right", pad: int = 0) -> ModelInfo:
@@ -253,7 +253,7 @@ def bert(models):
 
 
 def _torch_engine(folder: str, staged: bool, rows: int = 8):
-    from crossenc.model import describe_model
+    from crossenc.models.load import describe_model
     from crossenc.torch_backend import TorchRunner
 
     cfg = ModelConfig(dtype="float32", name=folder)
@@ -305,7 +305,7 @@ def test_staging_buffers_are_reused_in_turn_and_grown():
 def test_replica_scores_a_block_however_it_is_sliced_or_chunked(models, tmp_path):
     import pyarrow as pa
 
-    from crossenc.model import describe_model
+    from crossenc.models.load import describe_model
     from crossenc.pipeline import ScorerReplica
     from crossenc.testing import sample_sentences
     from crossenc.tokenize import ROW, SOURCE, tokenize_batch

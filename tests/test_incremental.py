@@ -21,7 +21,7 @@ from crossenc import incremental
 from crossenc.config import ConfigError
 from crossenc.incremental import PAIR_HASH, REUSE_SCORES, Reuse, match_partition, pair_hashes
 from crossenc.inputs.read import reuse_block
-from crossenc.model import describe_model, model_fingerprint
+from crossenc.models.load import describe_model, model_fingerprint
 from crossenc.output.commit import read_manifest, staged_runs, staging_dir
 from crossenc.output.journal import Journal, read_journal
 from crossenc.output.tables import committer_for

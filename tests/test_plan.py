@@ -78,7 +78,7 @@ def test_plan_says_how_many_cpus_feed_a_gpu_and_warns_when_the_machine_has_too_f
 ):
     from crossenc.config import ModelConfig
     from crossenc.estimate import cpus_to_feed, gpu_pairs_per_second, weight_params
-    from crossenc.model import load_hf_config
+    from crossenc.models.load import load_hf_config
 
     args = [
         "plan",

@@ -19,7 +19,7 @@ from sentence_transformers import CrossEncoder
 from crossenc.cli import EXIT_CONFIG, EXIT_OK, main
 from crossenc.config import ConfigError, ModelConfig, RuntimeConfig
 from crossenc.engine import LocalScorer
-from crossenc.model import CAUSAL_LM, SEQUENCE_CLASSIFICATION, describe_model
+from crossenc.models.load import CAUSAL_LM, SEQUENCE_CLASSIFICATION, describe_model
 from crossenc.testing import (
     QWEN3_RERANKER_TEMPLATE,
     build_tiny_causal_reranker,
@@ -298,7 +298,7 @@ def test_a_failing_precheck_warns_and_the_load_still_refuses(
     """transformers 5.25 with kernels 0.19 broke the old meta-device pre-check (exit 9 on every
     run). Whatever breaks the pre-check now is a warning naming it; the replica's real load
     still refuses the checkpoint without its head."""
-    import crossenc.model as model_module
+    import crossenc.models.load as model_module
 
     def broken(*_: object) -> None:
         raise ValueError("Unsupported device type 'meta'")

@@ -15,10 +15,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from crossenc import model as model_module
 from crossenc import pipeline
 from crossenc.cli import EXIT_DRIFT, EXIT_OK, exit_code
-from crossenc.model import describe_model, load_tokenizer, model_fingerprint
+from crossenc.models import load as model_module
+from crossenc.models.load import describe_model, load_tokenizer, model_fingerprint
 from crossenc.output.commit import read_manifest
 from crossenc.output.tables import committer_for
 from crossenc.pipeline import run_job

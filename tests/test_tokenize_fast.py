@@ -18,7 +18,7 @@ import pytest
 
 from crossenc.config import build_config
 from crossenc.inputs.read import read_row_groups, read_tokenized, read_units
-from crossenc.model import describe_model, load_tokenizer
+from crossenc.models.load import describe_model, load_tokenizer
 from crossenc.testing import (
     ARCHITECTURES,
     COMMUNITY_ARCHITECTURES,

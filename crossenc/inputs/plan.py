@@ -13,7 +13,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import ConfigError, JobConfig
 from crossenc.errors import StorageError, model_storage_hint, raise_storage, storage_errors
-from crossenc.model import ModelInfo, check_task, describe_model
+from crossenc.models.load import ModelInfo, check_task, describe_model
 from crossenc.storage import Location, check_bucket, check_writable, list_parquet_files, resolve
 from crossenc.testing.failpoints import failpoint
 

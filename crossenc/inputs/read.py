@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from crossenc.config import InputConfig, JobConfig
 from crossenc.incremental import PAIR_HASH, Reuse, load_reuse, pair_hashes, reuse_for, with_reuse
 from crossenc.inputs.plan import InputError, InputFile, schema_problem
-from crossenc.model import ModelInfo
+from crossenc.models.load import ModelInfo
 from crossenc.postprocess import score_names
 from crossenc.storage import resolve, retried_requests
 from crossenc.summary import STORE_RETRIES

