@@ -231,8 +231,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     from bench.data import token_stats, write_pairs
     from crossenc.config import ModelConfig, RuntimeConfig, build_config
     from crossenc.engine import LocalScorer, ScoringEngine
+    from crossenc.models.tokenize import encode_pairs
     from crossenc.testing import build_minilm_cross_encoder
-    from crossenc.tokenize import encode_pairs
     from crossenc.torch_backend import cpu_has_bf16_matmul
 
     work = Path(args.work)

@@ -24,7 +24,7 @@ Reported, every repetition kept (contenders interleaved, the order rotating):
   starting, Ray's own processes, anything else on the machine) and the machine's idle time,
   over the scoring phase and before it. A job whose scoring phase saw more than 5% of the
   machine's CPU go to other processes is marked ``disturbed``;
-- ``tokenizer_1_thread``: :func:`crossenc.tokenize.encode_pairs` with the job's ModelInfo and
+- ``tokenizer_1_thread``: :func:`crossenc.models.tokenize.encode_pairs` with the job's ModelInfo and
   tokenizer over the same pairs in blocks of ``runtime.block_rows``, in this process, the Rust
   tokenizer's thread pool switched off (TOKENIZERS_PARALLELISM=false);
 - ``tokenizer_threads``: the same with the Rust tokenizer's own threads (as many as cores);
@@ -349,7 +349,7 @@ def _tokenizer(
     blocks of runtime.block_rows, in this process; ``cpu_share``: its CPU time over its wall
     time (under 0.95 on one thread: it was kept from its core part of the time)."""
     from crossenc.models.load import describe_model, load_tokenizer
-    from crossenc.tokenize import encode_pairs
+    from crossenc.models.tokenize import encode_pairs
 
     info = describe_model(cfg.model, cfg.runtime.cache_dir)
     tok = load_tokenizer(cfg.model, info.source)

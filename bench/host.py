@@ -143,7 +143,7 @@ def _prepare(work: Path, pairs: int, seed: int) -> dict[str, Any]:
     if not path.is_file():
         from bench.data import make_pairs
         from crossenc.models.load import describe_model
-        from crossenc.tokenize import tokenize_batch
+        from crossenc.models.tokenize import tokenize_batch
 
         cfg = _config(str(work), str(model))
         info = describe_model(cfg.model, None)

@@ -195,7 +195,8 @@ class ModelConfig(_Strict):
     @model_validator(mode="after")
     def _overlap_under_half_the_limit(self) -> ModelConfig:
         # the window is max_length less the pair's special tokens: checked against the model's
-        # tokenizer once it is loaded (crossenc.tokenize.check_chunking); this part needs none
+        # tokenizer once it is loaded (crossenc.models.tokenize.check_chunking); this part needs
+        # none
         if (
             self.long_text == "chunk"
             and self.max_length is not None

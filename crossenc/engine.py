@@ -463,7 +463,7 @@ class LocalScorer:
         self.tokenizer = load_tokenizer(model_cfg, self.info.source)
         self.chunk = model_cfg.long_text == "chunk"
         if self.chunk:
-            from crossenc.tokenize import check_chunking
+            from crossenc.models.tokenize import check_chunking
 
             if self.info.num_labels != 1:
                 raise ConfigError(
@@ -477,7 +477,7 @@ class LocalScorer:
         """Token ids, and type ids where the model takes them, one array per pair: what a job's
         tokenizer stage hands its scorers. With model.long_text chunk, one array per window
         and a third item, the windows of each pair (they follow one another)."""
-        from crossenc.tokenize import encode_pairs, encode_windows
+        from crossenc.models.tokenize import encode_pairs, encode_windows
 
         texts_a, texts_b = [a for a, _ in pairs], [b for _, b in pairs]
         if self.chunk:
@@ -501,7 +501,7 @@ class LocalScorer:
         """Scores of shape (pairs,) for single-output models, (pairs, outputs) otherwise; NaN
         for a pair that runs out of memory even alone (``engine.unfit`` lists them). With
         model.long_text chunk, each pair's best window score (MaxP)."""
-        from crossenc.tokenize import PairEncoder, encode_pairs_flat
+        from crossenc.models.tokenize import PairEncoder, encode_pairs_flat
 
         encoder = None
         if not self.chunk and not self.info.chat_template:

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 from crossenc.config import JobConfig
 from crossenc.inputs.plan import JobPlan
 from crossenc.models.load import load_tokenizer
+from crossenc.models.tokenize import encode_pairs, row_errors
 from crossenc.storage import resolve
-from crossenc.tokenize import encode_pairs, row_errors
 
 
 def throughput_file(cfg: JobConfig) -> Path:

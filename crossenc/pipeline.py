@@ -24,6 +24,15 @@ from crossenc.incremental import REUSE_SCORES, Matches, earlier_runs, match, reu
 from crossenc.inputs.plan import InputFile, JobPlan, finish_inspection, plan_job
 from crossenc.inputs.read import pending_units, read_tokenized, read_units
 from crossenc.models.load import ModelInfo, load_tokenizer, model_fingerprint, model_source
+from crossenc.models.tokenize import (
+    ERROR,
+    IDS,
+    TYPE_IDS,
+    WINDOW_LENGTHS,
+    WINDOWS,
+    encoder_spec,
+    tokenize_batch,
+)
 from crossenc.output.commit import (
     Manifest,
     RunRecord,
@@ -50,15 +59,6 @@ from crossenc.summary import (
     compare_runs,
     metric_columns,
     summary_table,
-)
-from crossenc.tokenize import (
-    ERROR,
-    IDS,
-    TYPE_IDS,
-    WINDOW_LENGTHS,
-    WINDOWS,
-    encoder_spec,
-    tokenize_batch,
 )
 from crossenc.verify import Verdict, check_reuse
 from crossenc.versions import stack_versions
@@ -190,7 +190,7 @@ class ScorerReplica:
 
 def tokenizer_spec(cfg: JobConfig, info: ModelInfo) -> dict[str, Any] | None:
     """The tokenizer's backend for the tokenize tasks to encode with (they never import
-    transformers; see :func:`crossenc.tokenize.encoder_spec`), or None where they load the
+    transformers; see :func:`crossenc.models.tokenize.encoder_spec`), or None where they load the
     tokenizer themselves (a chat template, model.long_text chunk)."""
     if cfg.model.long_text == "chunk":
         return None

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 
 from crossenc.config import JobConfig
 from crossenc.models.load import ModelInfo
-from crossenc.tokenize import ERROR
+from crossenc.models.tokenize import ERROR
 
 SCORE = "score"
 LABEL = "label"

@@ -21,6 +21,7 @@ import yaml
 
 from crossenc.cli import EXIT_CONCURRENT, EXIT_OK, main
 from crossenc.config import OutputConfig, StorageConfig
+from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from crossenc.output.commit import (
     COMMITS,
     MANIFEST,
@@ -39,7 +40,6 @@ from crossenc.pipeline import run_job
 from crossenc.storage import resolve
 from crossenc.testing import write_pairs
 from crossenc.testing.failpoints import EXIT_CODE as FAILPOINT_EXIT
-from crossenc.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from tests.helpers import job_config, read_output
 
 BIN = Path(sys.executable).parent

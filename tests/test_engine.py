@@ -193,9 +193,9 @@ def test_replica_dead_letters_a_row_that_does_not_fit_alone(models, tmp_path):
     import pyarrow as pa
 
     from crossenc.models.load import describe_model
+    from crossenc.models.tokenize import ERROR, IDS, ROW, SOURCE, tokenize_batch
     from crossenc.pipeline import ScorerReplica
     from crossenc.summary import OOM
-    from crossenc.tokenize import ERROR, IDS, ROW, SOURCE, tokenize_batch
     from tests.helpers import job_config
 
     cfg = job_config(tmp_path / "in", tmp_path / "out", models[("bert", 1)])

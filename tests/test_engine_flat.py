@@ -306,9 +306,9 @@ def test_replica_scores_a_block_however_it_is_sliced_or_chunked(models, tmp_path
     import pyarrow as pa
 
     from crossenc.models.load import describe_model
+    from crossenc.models.tokenize import ROW, SOURCE, tokenize_batch
     from crossenc.pipeline import ScorerReplica
     from crossenc.testing import sample_sentences
-    from crossenc.tokenize import ROW, SOURCE, tokenize_batch
     from tests.helpers import job_config
 
     cfg = job_config(tmp_path / "in", tmp_path / "out", models[("bert", 1)])

@@ -22,6 +22,7 @@ from crossenc.config import ConfigError
 from crossenc.incremental import PAIR_HASH, REUSE_SCORES, Reuse, match_partition, pair_hashes
 from crossenc.inputs.read import reuse_block
 from crossenc.models.load import describe_model, model_fingerprint
+from crossenc.models.tokenize import ROW, SOURCE, TRUNCATED
 from crossenc.output.commit import read_manifest, staged_runs, staging_dir
 from crossenc.output.journal import Journal, read_journal
 from crossenc.output.tables import committer_for
@@ -29,7 +30,6 @@ from crossenc.pipeline import ScorerReplica, run_job, summary_lines
 from crossenc.storage import resolve
 from crossenc.testing import NLI_LABELS, build_tiny_model, write_pairs, write_parquet_files
 from crossenc.testing.failpoints import FailpointError
-from crossenc.tokenize import ROW, SOURCE, TRUNCATED
 from tests.helpers import job_config, read_output, table_output, table_rows
 
 NIGHT = 120  # night 1's pairs; night 2: 108 of them, 12 new, 2 without a passage

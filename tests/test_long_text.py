@@ -22,8 +22,8 @@ from crossenc.cli import EXIT_CONFIG, EXIT_OK, main
 from crossenc.config import ConfigError, ModelConfig, build_config
 from crossenc.engine import LocalScorer, ScoringEngine
 from crossenc.models.load import describe_model
+from crossenc.models.tokenize import encode_windows
 from crossenc.testing import NLI_LABELS, build_tiny_model, sample_sentences
-from crossenc.tokenize import encode_windows
 from tests.helpers import read_output
 
 LIMIT = 64  # the tiny models' max_length: passages of 4-10x this are cheap

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from crossenc.config import InputConfig
 from crossenc.inputs.plan import InputFile
 from crossenc.inputs.read import read_row_groups, read_units
-from crossenc.tokenize import ROW, SOURCE
+from crossenc.models.tokenize import ROW, SOURCE
 
 
 def test_large_row_groups_are_read_in_slices_with_positions(tmp_path):

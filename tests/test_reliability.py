@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from crossenc.cli import EXIT_INPUT, EXIT_PARTIAL, main
 from crossenc.config import ConfigError, OutputConfig, StorageConfig
 from crossenc.inputs.plan import InputFile
+from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from crossenc.output.commit import (
     MANIFEST,
     Manifest,
@@ -32,7 +33,6 @@ from crossenc.output.parts import PartStats, missing_ranges, new_run_id
 from crossenc.output.writer import RollingWriter, WriterOptions
 from crossenc.pipeline import check_accounted, run_job, usable_parts
 from crossenc.storage import resolve
-from crossenc.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from tests.helpers import job_config, read_output
 
 LONG = " ".join(["berlin population"] * 200)

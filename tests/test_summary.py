@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from crossenc.cli import EXIT_CONFIG, EXIT_DRIFT, EXIT_OK, EXIT_PARTIAL, main
+from crossenc.models.tokenize import ERROR
 from crossenc.output.commit import MANIFEST, SUMMARY
 from crossenc.summary import (
     MERGED_SAMPLE,
@@ -26,7 +27,6 @@ from crossenc.summary import (
     part_metrics,
     score_ks,
 )
-from crossenc.tokenize import ERROR
 from tests.helpers import job_config, read_input, read_output
 
 

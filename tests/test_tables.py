@@ -21,6 +21,7 @@ import yaml
 
 from crossenc.cli import EXIT_CONFIG, EXIT_OK, main
 from crossenc.config import ConfigError, OutputConfig
+from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from crossenc.output.commit import ConcurrentRunError, Manifest
 from crossenc.output.parts import new_run_id
 from crossenc.output.tables import committer_for, previous_manifest
@@ -28,7 +29,6 @@ from crossenc.output.writer import RollingWriter, WriterOptions
 from crossenc.pipeline import run_job
 from crossenc.testing import build_tiny_model, write_pairs
 from crossenc.testing.failpoints import FailpointError
-from crossenc.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from tests.helpers import (
     job_config,
     read_output,

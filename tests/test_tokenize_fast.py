@@ -19,19 +19,19 @@ import pytest
 from crossenc.config import build_config
 from crossenc.inputs.read import read_row_groups, read_tokenized, read_units
 from crossenc.models.load import describe_model, load_tokenizer
+from crossenc.models.tokenize import (
+    PairEncoder,
+    encode_pairs,
+    encode_pairs_flat,
+    encoder_spec,
+    tokenize_batch,
+)
 from crossenc.testing import (
     ARCHITECTURES,
     COMMUNITY_ARCHITECTURES,
     build_tiny_model,
     sample_sentences,
     write_pairs,
-)
-from crossenc.tokenize import (
-    PairEncoder,
-    encode_pairs,
-    encode_pairs_flat,
-    encoder_spec,
-    tokenize_batch,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,7 +176,7 @@ def test_the_tokenize_task_never_imports_transformers(folders, tmp_path):
     script = textwrap.dedent(
         f"""
         import json, pickle, sys
-        from crossenc.tokenize import tokenize_batch
+        from crossenc.models.tokenize import tokenize_batch
         block, cfg, info, spec = pickle.load(open({str(path)!r}, "rb"))
         out = tokenize_batch(block, cfg, info, spec)
         print(json.dumps([out.column("_input_ids").to_pylist(), "transformers" in sys.modules]))

@@ -19,10 +19,10 @@ from crossenc.config import InputConfig, JobConfig
 from crossenc.incremental import PAIR_HASH, Reuse, load_reuse, pair_hashes, reuse_for, with_reuse
 from crossenc.inputs.plan import InputError, InputFile, schema_problem
 from crossenc.models.load import ModelInfo
+from crossenc.models.tokenize import ROW, SOURCE, tokenize_batch
 from crossenc.postprocess import score_names
 from crossenc.storage import resolve, retried_requests
 from crossenc.summary import STORE_RETRIES
-from crossenc.tokenize import ROW, SOURCE, tokenize_batch
 
 UNIT_SCHEMA = ("file", "row_group", "offset", "start", "end")
 
@@ -124,8 +124,8 @@ def read_tokenized(
     reference: dict[str, Any] | None = None,
 ) -> Iterator[pa.Table]:
     """The job's read-and-tokenize task: :func:`read_row_groups`, each slice tokenized where it
-    was read (:func:`crossenc.tokenize.tokenize_batch`), so the texts never travel through the
-    object store and one kind of task, one worker per CPU Ray gives them, does both.
+    was read (:func:`crossenc.models.tokenize.tokenize_batch`), so the texts never travel
+    through the object store and one kind of task, one worker per CPU Ray gives them, does both.
 
     The Rust tokenizer runs on this task's thread alone: Ray runs as many of these tasks as
     there are CPUs for them, and processes scale where the tokenizer's own threads do not (on

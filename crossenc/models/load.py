@@ -700,7 +700,7 @@ def check_task(cfg: JobConfig, info: ModelInfo) -> None:
                 f"{list(info.labels)}, whose per-window maxima would not be one window's "
                 "scores (use model.long_text: truncate)"
             )
-        from crossenc.tokenize import check_chunking
+        from crossenc.models.tokenize import check_chunking
 
         check_chunking(cfg.model, info, load_tokenizer(cfg.model, info.source))
 
