@@ -4,7 +4,8 @@ Throughput mode (default), on the same seeded pairs and in the same process, eac
 median of interleaved repetitions (the order of the contenders rotates every repetition):
 
 - ``st_predict``: CrossEncoder.predict, batch 32 (its default), tokenization included;
-- ``local_torch``: crossenc.engine.LocalScorer.predict, torch float32, tokenization included;
+- ``local_torch``: crossenc.engine.scoring.LocalScorer.predict, torch float32, tokenization
+  included;
 - ``engine_torch``: the engine alone on pre-tokenized pairs (what a scorer replica does, the
   tokenizer being a separate stage), torch float32, its linear layers on pre-packed oneDNN
   weights (``model.prepack``, the default on CPU);
@@ -230,10 +231,10 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 
     from bench.data import token_stats, write_pairs
     from crossenc.config import ModelConfig, RuntimeConfig, build_config
-    from crossenc.engine import LocalScorer, ScoringEngine
+    from crossenc.engine.scoring import LocalScorer, ScoringEngine
+    from crossenc.engine.torch_runner import cpu_has_bf16_matmul
     from crossenc.models.tokenize import encode_pairs
     from crossenc.testing import build_minilm_cross_encoder
-    from crossenc.torch_backend import cpu_has_bf16_matmul
 
     work = Path(args.work)
     cores = os.cpu_count() or 1

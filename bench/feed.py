@@ -3,9 +3,10 @@ nothing, against the tokenizer alone on the same pairs.
 
 The job is ``crossenc.pipeline.run_job`` as ``crossenc score`` runs it (Parquet in, Parquet out,
 its own in-process Ray started by the job), each repetition in a fresh process, with
-``CROSSENC_RUNNER=zeros``: the replicas score with :class:`crossenc.engine.ZeroRunner`, so what
-is left is reading, tokenizing, handing blocks to the scorers and writing. The summary's
-replica line must say ``zeros`` (checked: a run that scored with a model is refused).
+``CROSSENC_RUNNER=zeros``: the replicas score with
+:class:`crossenc.engine.scoring.ZeroRunner`, so what is left is reading, tokenizing, handing
+blocks to the scorers and writing. The summary's replica line must say ``zeros`` (checked: a
+run that scored with a model is refused).
 
 Input: MS MARCO-like seeded pairs (:func:`bench.data.write_pairs`: queries 3-10 words,
 passages log-normal around 54 words, ~82 MiniLM tokens a pair) in at least 8 Parquet files

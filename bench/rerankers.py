@@ -7,8 +7,8 @@ Causal mode: a small seeded Qwen3 causal-LM reranker with Qwen3's real vocabular
   position's yes/no logits: what a plain ``AutoModelForCausalLM`` forward computes;
 - ``last_position_full_vocab``: ``logits_to_keep=1`` (the LM head on the last position only, the
   whole vocabulary): what sentence-transformers 6 does;
-- ``last_position_two_rows``: crossenc's :class:`crossenc.torch_backend.LastTokenScore`, the LM
-  head's yes and no rows on the last position only;
+- ``last_position_two_rows``: crossenc's :class:`crossenc.engine.torch_runner.LastTokenScore`,
+  the LM head's yes and no rows on the last position only;
 
 and, as the peer, ``CrossEncoder.predict`` against crossenc's ``LocalScorer`` on the same folder
 and pairs (both tokenize through the chat template).
@@ -76,9 +76,9 @@ def causal(args: argparse.Namespace) -> dict[str, Any]:
 
     from bench.__main__ import cpu_model
     from crossenc.config import ModelConfig, RuntimeConfig
-    from crossenc.engine import LocalScorer, pad_batch, plan_batches
+    from crossenc.engine.scoring import LocalScorer, pad_batch, plan_batches
+    from crossenc.engine.torch_runner import LastTokenScore
     from crossenc.testing import sample_sentences
-    from crossenc.torch_backend import LastTokenScore
 
     threads = torch.get_num_threads()
     folder = build_causal(Path(args.work) / "causal-reranker", args.seed)
@@ -160,7 +160,7 @@ LONG_SCRIPT = """
 import json, resource, sys, time
 import numpy as np
 from crossenc.config import ModelConfig, RuntimeConfig
-from crossenc.engine import ScoringEngine
+from crossenc.engine.scoring import ScoringEngine
 from crossenc.models.load import ModelInfo
 folder, length, rows, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 info = ModelInfo(source=folder, num_labels=1, labels=("LABEL_0",), activation="sigmoid",

@@ -90,7 +90,7 @@ def tolerance(work: Path, pairs: int, head_scale: float) -> dict[str, Any]:
 
     from bench.data import make_pairs
     from crossenc.config import ModelConfig, RuntimeConfig
-    from crossenc.engine import LocalScorer
+    from crossenc.engine.scoring import LocalScorer
     from crossenc.testing import build_minilm_cross_encoder
 
     model = build_minilm_cross_encoder(work / "minilm")

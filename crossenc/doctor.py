@@ -209,12 +209,12 @@ def _nvidia_devices() -> list[str]:
 
 def hardware_section(report: Report) -> None:
     """torch's build, the GPUs and the CPU's matrix units, and what model.dtype auto picks on
-    each (the run's own :func:`crossenc.torch_backend.pick_dtype`)."""
+    each (the run's own :func:`crossenc.engine.torch_runner.pick_dtype`)."""
     add = report.checks.append
     try:
         import torch
 
-        from crossenc import torch_backend
+        from crossenc.engine import torch_runner as torch_backend
     except ImportError as err:  # the versions section says which package is missing
         fix = "install crossenc's dependencies (pip install -c crossenc/constraints.txt crossenc)"
         add(Check("hardware", "torch", BAD, f"cannot be imported ({err})", fix, EXIT_ENVIRONMENT))

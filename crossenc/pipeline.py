@@ -19,7 +19,7 @@ import ray
 
 from crossenc import __version__
 from crossenc.config import ConfigError, JobConfig
-from crossenc.engine import ScoringEngine
+from crossenc.engine.scoring import ScoringEngine
 from crossenc.incremental import REUSE_SCORES, Matches, earlier_runs, match, reused_scores
 from crossenc.inputs.plan import InputFile, JobPlan, finish_inspection, plan_job
 from crossenc.inputs.read import pending_units, read_tokenized, read_units
@@ -86,7 +86,7 @@ class ScorerReplica:
     """A Ray actor holding one model replica; scores tokenized blocks.
 
     A block's token ids reach the engine as the Arrow column's own flat buffers (no array per
-    row): :meth:`crossenc.engine.ScoringEngine.score_flat`, or ``score_windows_flat`` for
+    row): :meth:`crossenc.engine.scoring.ScoringEngine.score_flat`, or ``score_windows_flat`` for
     model.long_text chunk's rows of windows."""
 
     def __init__(self, cfg: JobConfig, info: ModelInfo, load: bool = True) -> None:

@@ -4,8 +4,8 @@ The scoring key (:meth:`crossenc.config.JobConfig.scoring_key`) leaves out the v
 packages that compute a score (``stack``: :func:`crossenc.versions.stack_versions`), so that an
 upgrade does not throw away every stored score. Instead, when an earlier run to reuse recorded
 another stack (or none), the driver scores a seeded sample of the pairs matched to it
-(output.verify_sample) in process (:class:`crossenc.engine.LocalScorer`) and compares them with
-the stored scores: within the dtype's tolerance (:func:`tolerance`, on the largest and the
+(output.verify_sample) in process (:class:`crossenc.engine.scoring.LocalScorer`) and compares
+them with the stored scores: within the dtype's tolerance (:func:`tolerance`, on the largest and the
 mean absolute difference) the scores are reused, else none is and every pair is scored. Runs
 whose stack equals this one's cost nothing here.
 """
@@ -158,7 +158,7 @@ def check_reuse(
     if not pairs:
         return None
     stored = np.concatenate([s[2] for s in sample]).astype(np.float64)
-    from crossenc.engine import LocalScorer
+    from crossenc.engine.scoring import LocalScorer
 
     scorer = LocalScorer(cfg.model, cfg.runtime)
     scores = np.asarray(scorer.predict(pairs), dtype=np.float64).reshape(stored.shape)

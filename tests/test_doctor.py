@@ -19,8 +19,9 @@ import s3fs
 import yaml
 from packaging.requirements import Requirement
 
-from crossenc import doctor, torch_backend, versions
+from crossenc import doctor, versions
 from crossenc.cli import EXIT_CONFIG, EXIT_ENVIRONMENT, EXIT_OK, EXIT_STORAGE, main
+from crossenc.engine import torch_runner as torch_backend
 from crossenc.testing import write_pairs
 from crossenc.versions import KNOWN_BAD, canonical
 from tests.conftest import free_port

@@ -8,10 +8,10 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from crossenc import torch_backend
 from crossenc.config import ModelConfig, RuntimeConfig
-from crossenc.engine import LocalScorer
-from crossenc.torch_backend import cpu_has_bf16_matmul, pick_dtype
+from crossenc.engine import torch_runner as torch_backend
+from crossenc.engine.scoring import LocalScorer
+from crossenc.engine.torch_runner import cpu_has_bf16_matmul, pick_dtype
 
 
 def _pairs(n: int = 40) -> list[tuple[str, str]]:
@@ -57,7 +57,7 @@ def test_a_model_that_fails_in_bfloat16_is_loaded_in_float32(amx, models, caplog
     """transformers' DeBERTa mixes float32 into its attention: auto falls back, with a warning,
     and scores as float32; an explicit bfloat16 is not second-guessed."""
     folder = str(models[("deberta", 1)])
-    with caplog.at_level("WARNING", logger="crossenc.torch_backend"):
+    with caplog.at_level("WARNING", logger="crossenc.engine.torch_runner"):
         auto = LocalScorer(ModelConfig(name=folder), RuntimeConfig())
     assert auto.engine.runs == "torch cpu float32 eager prepacked"  # DeBERTa has no SDPA
     assert "does not run in bfloat16 here" in caplog.text and "model.dtype" in caplog.text

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossenc.config import ModelConfig, RuntimeConfig
-from crossenc.engine import LocalScorer, ScoringEngine, make_runner, pad_batch, plan_batches
+from crossenc.engine.scoring import LocalScorer, ScoringEngine, make_runner, pad_batch, plan_batches
+from crossenc.engine.torch_runner import TorchRunner
 from crossenc.models.load import ModelInfo
-from crossenc.torch_backend import TorchRunner
 
 
 def _info(num_labels: int = 1, activation: str = "identity") -> ModelInfo:
@@ -281,7 +281,7 @@ def test_a_model_that_fails_to_compile_runs_eagerly(models, inductor_config, cap
     inductor_config.cpp.cxx = ("/nonexistent/c++",)
     inductor_config.fx_graph_cache = False
     folder = str(models[("electra", 1)])
-    with caplog.at_level("WARNING", logger="crossenc.torch_backend"):
+    with caplog.at_level("WARNING", logger="crossenc.engine.torch_runner"):
         scorer = LocalScorer(
             ModelConfig(dtype="float32", name=folder, compile=True), RuntimeConfig()
         )

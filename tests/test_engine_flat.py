@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossenc.config import ModelConfig, RuntimeConfig
-from crossenc.engine import LocalScorer, ScoringEngine, flatten, pad_batch, pad_spans
+from crossenc.engine.scoring import LocalScorer, ScoringEngine, flatten, pad_batch, pad_spans
 from crossenc.models.load import ModelInfo
 
 
@@ -253,8 +253,8 @@ def bert(models):
 
 
 def _torch_engine(folder: str, staged: bool, rows: int = 8):
+    from crossenc.engine.torch_runner import TorchRunner
     from crossenc.models.load import describe_model
-    from crossenc.torch_backend import TorchRunner
 
     cfg = ModelConfig(dtype="float32", name=folder)
     info = describe_model(cfg)
@@ -285,7 +285,7 @@ def test_torch_runner_staged_scores_as_in_place_with_one_copy_per_batch(bert):
 
 
 def test_staging_buffers_are_reused_in_turn_and_grown():
-    from crossenc.torch_backend import Staging
+    from crossenc.engine.torch_runner import Staging
 
     staging = Staging(pin=False)
     a = staging.take(3, 4, 10)

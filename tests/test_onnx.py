@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from crossenc import onnx_backend
 from crossenc.config import ModelConfig, RuntimeConfig
-from crossenc.engine import LocalScorer
+from crossenc.engine import onnx_runner as onnx_backend
+from crossenc.engine.scoring import LocalScorer
 from crossenc.testing import ARCHITECTURES, build_minilm_cross_encoder, sample_sentences
 
 pytest.importorskip("onnxruntime")
@@ -149,7 +149,7 @@ def test_onnx_replica_with_a_cached_export_never_imports_torch(models, tmp_path)
     script = f"""
 import sys, numpy as np
 from crossenc.config import ModelConfig, RuntimeConfig
-from crossenc.engine import ScoringEngine
+from crossenc.engine.scoring import ScoringEngine
 from crossenc.models.load import ModelInfo
 cfg = ModelConfig(dtype="float32", name={folder!r}, backend="onnx")
 runtime = RuntimeConfig(cache_dir={str(tmp_path)!r})

@@ -8,7 +8,7 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from crossenc.config import ModelConfig, RuntimeConfig
-from crossenc.engine import LocalScorer
+from crossenc.engine.scoring import LocalScorer
 from crossenc.testing import ARCHITECTURES, sample_sentences
 
 ST_ACTIVATIONS = {

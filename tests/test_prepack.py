@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from crossenc.config import ModelConfig, RuntimeConfig, build_config
-from crossenc.engine import LocalScorer
-from crossenc.prepack import PackedLinear, prepack_linears
+from crossenc.engine.prepack import PackedLinear, prepack_linears
+from crossenc.engine.scoring import LocalScorer
 from crossenc.testing import ARCHITECTURES, sample_sentences
 
 pytestmark = pytest.mark.skipif(
@@ -80,7 +80,7 @@ def test_undo_puts_back_every_original_module(models):
 def test_a_pack_that_does_not_score_as_plain_is_refused(broken, models, monkeypatch, caplog):
     folder = str(models[("electra", 1)])
     monkeypatch.setattr(PackedLinear, "forward", broken)
-    with caplog.at_level("WARNING", logger="crossenc.torch_backend"):
+    with caplog.at_level("WARNING", logger="crossenc.engine.torch_runner"):
         scorer = LocalScorer(ModelConfig(dtype="float32", name=folder))
     assert "pre-packed weights for" in caplog.text and "it runs plain" in caplog.text
     assert scorer.engine.stats.extra["prepacked"] is False
@@ -127,7 +127,7 @@ def test_a_layer_that_cannot_be_packed_leaves_the_whole_model_plain(models, monk
         original_init(self, linear)
 
     monkeypatch.setattr(PackedLinear, "__init__", fails_on_the_fifth)
-    with caplog.at_level("WARNING", logger="crossenc.torch_backend"):
+    with caplog.at_level("WARNING", logger="crossenc.engine.torch_runner"):
         scorer = LocalScorer(ModelConfig(dtype="float32", name=folder))
     assert "unsupported weight layout" in caplog.text and "it runs plain" in caplog.text
     assert scorer.engine.runs == "torch cpu float32 sdpa"

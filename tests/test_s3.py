@@ -13,7 +13,7 @@ import pytest
 import s3fs
 
 from crossenc.config import ModelConfig
-from crossenc.engine import LocalScorer
+from crossenc.engine.scoring import LocalScorer
 from crossenc.pipeline import run_job
 from crossenc.storage import resolve
 from crossenc.testing import write_pairs

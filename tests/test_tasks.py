@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 
 from crossenc.config import ConfigError
-from crossenc.engine import LocalScorer
+from crossenc.engine.scoring import LocalScorer
 from crossenc.inputs.plan import plan_job
 from crossenc.output.commit import MANIFEST, SUCCESS, SUMMARY
 from crossenc.pipeline import run_job

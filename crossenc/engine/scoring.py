@@ -4,8 +4,8 @@ One :class:`ScoringEngine` holds one model replica. It owns everything both back
 length-sorted batches within a token budget, padding to the longest row of each batch,
 splitting a batch that runs out of memory, the activation, input-order results and the
 counters. A *runner* does only the forward pass of one padded batch:
-:class:`crossenc.torch_backend.TorchRunner` (CPU or GPU) or
-:class:`crossenc.onnx_backend.OnnxRunner` (ONNX Runtime on CPU). This module does not import
+:class:`crossenc.engine.torch_runner.TorchRunner` (CPU or GPU) or
+:class:`crossenc.engine.onnx_runner.OnnxRunner` (ONNX Runtime on CPU). This module does not import
 torch: an ONNX replica never loads it.
 """
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # A runner maps padded int64 arrays (input_ids, attention_mask[, token_type_ids]) to logits,
 # (rows, outputs), as anything numpy reads as float32 (an array, a CPU tensor). It may also have
-# (see :class:`crossenc.torch_backend.TorchRunner` on a GPU):
+# (see :class:`crossenc.engine.torch_runner.TorchRunner` on a GPU):
 #   staging(planes, rows, width) -> an int64 array of that shape, host memory the engine pads
 #     the next batch into (pinned and reused across batches on a GPU); the batch then reaches
 #     the runner as that array's planes, in order: input_ids, attention_mask[, token_type_ids];
@@ -211,14 +211,14 @@ def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig,
             raise ConfigError(f"model.backend onnx serves sequence classification, not {info.kind}")
         if model_cfg.compile:
             raise ConfigError("model.compile needs model.backend torch (ONNX Runtime optimises)")
-        from crossenc.onnx_backend import OnnxRunner
+        from crossenc.engine.onnx_runner import OnnxRunner
 
         return OnnxRunner(
             model_cfg, source, info.uses_token_type_ids, cpu_threads(runtime), runtime.cache_dir
         )
     if model_cfg.quantize != "none":
         raise ConfigError(f"model.quantize {model_cfg.quantize} needs model.backend onnx")
-    from crossenc.torch_backend import TorchRunner
+    from crossenc.engine.torch_runner import TorchRunner
 
     return TorchRunner(model_cfg, source, runtime, info.uses_token_type_ids, info)
 

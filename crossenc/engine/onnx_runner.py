@@ -2,7 +2,7 @@
 
 The exported graph takes the same padded ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``)
 as the torch model and returns its logits; batching, activation and ordering stay in
-:class:`crossenc.engine.ScoringEngine`, shared with the torch backend.
+:class:`crossenc.engine.scoring.ScoringEngine`, shared with the torch backend.
 
 Exports are cached under ``<runtime.cache_dir>/onnx/<key>/`` (default ``~/.cache/crossenc/onnx``),
 keyed by a hash of the model folder's files and the export options, so a changed model or option

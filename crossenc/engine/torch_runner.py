@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from crossenc.config import ModelConfig, RuntimeConfig
-from crossenc.engine import cpu_threads
+from crossenc.engine.prepack import can_prepack, prepack_linears
+from crossenc.engine.scoring import cpu_threads
 from crossenc.models.load import CAUSAL_LM, SEQUENCE_CLASSIFICATION, ModelInfo, load_model
-from crossenc.prepack import can_prepack, prepack_linears
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class TorchRunner:
         return batch
 
     def _prepack(self, name: str, uses_token_type_ids: bool) -> None:
-        """Run the linear layers on pre-packed oneDNN weights (:mod:`crossenc.prepack`), if
+        """Run the linear layers on pre-packed oneDNN weights (:mod:`crossenc.engine.prepack`), if
         this PyTorch can and the packed model scores a sample batch as the plain one does."""
         if not can_prepack():
             log.info("this PyTorch has no oneDNN packed linear ops: %s runs plain", name)
