@@ -28,7 +28,7 @@ from crossenc.models.load import check_task, describe_model
 from crossenc.models.tokenize import ERROR
 from crossenc.output.writer import visible_columns
 from crossenc.pipeline import RunResult, for_this_machine, run_job, scoring_stages
-from crossenc.postprocess import DROPPED
+from crossenc.tasks.base import DROPPED
 
 REASON = "reason"  # why a row could not be scored (null where it was): the dead-letter reason
 IN_DATASET = "(the dataset)"  # input.path and output.path of a scorer: the dataset is both

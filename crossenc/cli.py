@@ -32,7 +32,7 @@ from crossenc.errors import (  # noqa: F401  (the exit codes are this module's i
 )
 from crossenc.inputs.plan import JobPlan, plan_job
 from crossenc.models.load import CAUSAL_LM, ModelInfo
-from crossenc.postprocess import output_columns
+from crossenc.tasks.base import output_columns
 
 if TYPE_CHECKING:
     from crossenc.pipeline import RunResult

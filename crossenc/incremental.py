@@ -43,9 +43,9 @@ import pyarrow.parquet as pq
 from crossenc.config import ConfigError, JobConfig, OutputConfig, StorageConfig
 from crossenc.models.load import ModelInfo
 from crossenc.models.tokenize import ROW, SOURCE, TRUNCATED, WINDOWS
-from crossenc.postprocess import score_names
 from crossenc.storage import resolve
 from crossenc.summary import REUSED
+from crossenc.tasks.base import score_names
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,6 @@ from crossenc.output.parts import (
 )
 from crossenc.output.tables import committer_for, previous_manifest
 from crossenc.output.writer import WriterOptions, write_block, writer_actor
-from crossenc.postprocess import rank_group, score_columns
 from crossenc.storage import resolve, retried_requests
 from crossenc.summary import (
     RunMetrics,
@@ -60,6 +59,7 @@ from crossenc.summary import (
     metric_columns,
     summary_table,
 )
+from crossenc.tasks.base import rank_group, score_columns
 from crossenc.verify import Verdict, check_reuse
 from crossenc.versions import stack_versions
 

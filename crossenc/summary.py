@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crossenc.models.tokenize import ERROR, TRUNCATED
-from crossenc.postprocess import LABEL, SCORE
+from crossenc.tasks.base import LABEL, SCORE
 
 REPLICA = "_replica"  # which scorer replica scored the row
 BUSY = "_busy_s"  # the row's share of that replica's busy seconds for its block

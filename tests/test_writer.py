@@ -16,8 +16,8 @@ from crossenc.inputs.plan import InputFile
 from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from crossenc.output.writer import RollingWriter, WriterOptions
 from crossenc.pipeline import usable_parts
-from crossenc.postprocess import DROPPED, RANK, rank_group
 from crossenc.summary import SAMPLE, merge_part_metrics, metric_columns, part_metrics
+from crossenc.tasks.base import DROPPED, RANK, rank_group
 
 
 def _block(source: str, start: int, n: int, qid_every: int = 4, bad: tuple = ()) -> pa.Table:

@@ -20,9 +20,9 @@ from crossenc.incremental import PAIR_HASH, Reuse, load_reuse, pair_hashes, reus
 from crossenc.inputs.plan import InputError, InputFile, schema_problem
 from crossenc.models.load import ModelInfo
 from crossenc.models.tokenize import ROW, SOURCE, tokenize_batch
-from crossenc.postprocess import score_names
 from crossenc.storage import resolve, retried_requests
 from crossenc.summary import STORE_RETRIES
+from crossenc.tasks.base import score_names
 
 UNIT_SCHEMA = ("file", "row_group", "offset", "start", "end")
 
