@@ -1,7 +1,7 @@
 """The data plane (``python -m bench --mode feed``): the whole job around a model that costs
 nothing, against the tokenizer alone on the same pairs.
 
-The job is ``crossenc.pipeline.run_job`` as ``crossenc score`` runs it (Parquet in, Parquet out,
+The job is ``crossenc.run.job.run_job`` as ``crossenc score`` runs it (Parquet in, Parquet out,
 its own in-process Ray started by the job), each repetition in a fresh process, with
 ``CROSSENC_RUNNER=zeros``: the replicas score with
 :class:`crossenc.engine.scoring.ZeroRunner`, so what is left is reading, tokenizing, handing
@@ -66,7 +66,7 @@ def _config(data: Path, model: Path, out: Path, cache: Path) -> dict[str, Any]:
 
 
 def _cores() -> int:
-    from crossenc.pipeline import machine_cores
+    from crossenc.run.job import machine_cores
 
     return machine_cores()
 
@@ -247,8 +247,8 @@ def child(spec_path: str) -> None:
     The dataset is captured on its way out of ``build_dataset`` to read its stats afterwards."""
     import logging
 
-    from crossenc import pipeline
     from crossenc.config import build_config
+    from crossenc.run import job as pipeline
 
     logging.basicConfig(level=logging.WARNING)
     spec = json.loads(Path(spec_path).read_text())
@@ -391,7 +391,7 @@ def feed(args: argparse.Namespace) -> dict[str, Any]:
     from bench.__main__ import _versions, cpu_model
     from bench.data import write_pairs
     from crossenc.config import build_config
-    from crossenc.pipeline import machine_cores
+    from crossenc.run.job import machine_cores
     from crossenc.testing import build_minilm_cross_encoder
 
     work = Path(args.work)

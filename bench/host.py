@@ -288,7 +288,7 @@ def _measure_main() -> None:
     from crossenc.config import ModelConfig
     from crossenc.engine.scoring import ScoringEngine, ZeroRunner
     from crossenc.models.load import describe_model
-    from crossenc.pipeline import ScorerReplica
+    from crossenc.run.job import ScorerReplica
 
     spec = json.loads(sys.argv[1])
     cfg = _config(spec["work"], spec["model"])

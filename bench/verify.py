@@ -37,8 +37,8 @@ def _cpu() -> str:
 def cost(work: Path, pairs: int, sample: int) -> dict[str, Any]:
     """Night 2 with and without the check (see the module docstring)."""
     from bench.incremental import nights
-    from crossenc import pipeline
     from crossenc.config import build_config
+    from crossenc.run import job as pipeline
     from crossenc.testing import build_tiny_model
 
     one, two = nights(work, pairs, seed=0)

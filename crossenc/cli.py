@@ -35,7 +35,7 @@ from crossenc.models.load import CAUSAL_LM, ModelInfo
 from crossenc.tasks.base import output_columns
 
 if TYPE_CHECKING:
-    from crossenc.pipeline import RunResult
+    from crossenc.run.job import RunResult
 
 log = logging.getLogger("crossenc")
 
@@ -185,7 +185,7 @@ def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
     log.info("config:\n%s", yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
     plan = plan_job(cfg)
     if args.command == "plan":
-        from crossenc.estimate import estimate
+        from crossenc.run.estimate import estimate
 
         result = estimate(cfg, plan, args.pairs_per_second, args.sample_rows)
         if result.feed_warning:
@@ -197,7 +197,7 @@ def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
                 print(f"{key:>30}: {value}")
         return EXIT_OK
     if args.command == "validate":
-        from crossenc.pipeline import previous_summary
+        from crossenc.run.job import previous_summary
 
         previous_summary(cfg)  # output.compare_to must hold a committed run
         print(yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
@@ -205,12 +205,12 @@ def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
         print(describe_plan(cfg, plan))
         print("config OK")
         return EXIT_OK
-    from crossenc.pipeline import run_job, summary_lines
+    from crossenc.run.job import run_job, summary_lines
 
     result = run_job(cfg, plan)
     print("\n".join(summary_lines(result)))
     if result.rows_scored >= 1000:  # small runs are all start-up: no use for estimates
-        from crossenc.estimate import record_throughput
+        from crossenc.run.estimate import record_throughput
 
         try:
             record_throughput(cfg, result.rows_per_second / cfg.runtime.replicas)

@@ -36,7 +36,7 @@ from crossenc.output.commit import (
 )
 from crossenc.output.parts import new_run_id
 from crossenc.output.writer import RollingWriter, WriterOptions
-from crossenc.pipeline import run_job
+from crossenc.run.job import run_job
 from crossenc.storage import resolve
 from crossenc.testing import write_pairs
 from crossenc.testing.failpoints import EXIT_CODE as FAILPOINT_EXIT

@@ -307,7 +307,7 @@ def test_replica_scores_a_block_however_it_is_sliced_or_chunked(models, tmp_path
 
     from crossenc.models.load import describe_model
     from crossenc.models.tokenize import ROW, SOURCE, tokenize_batch
-    from crossenc.pipeline import ScorerReplica
+    from crossenc.run.job import ScorerReplica
     from crossenc.testing import sample_sentences
     from tests.helpers import job_config
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from crossenc.output.parts import parts_from_table
-from crossenc.pipeline import run_job
+from crossenc.run.job import run_job
 from crossenc.testing import write_pairs
 from tests.helpers import job_config, read_output
 

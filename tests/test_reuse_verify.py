@@ -15,15 +15,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from crossenc import pipeline
 from crossenc.cli import EXIT_DRIFT, EXIT_OK, exit_code
 from crossenc.models import load as model_module
 from crossenc.models.load import describe_model, load_tokenizer, model_fingerprint
 from crossenc.output.commit import read_manifest
 from crossenc.output.tables import committer_for
-from crossenc.pipeline import run_job
+from crossenc.run import job as pipeline
+from crossenc.run.job import run_job
+from crossenc.run.verify import FLOAT32_TOLERANCE, HALF_TOLERANCE, tolerance
 from crossenc.testing import build_tiny_model, write_pairs
-from crossenc.verify import FLOAT32_TOLERANCE, HALF_TOLERANCE, tolerance
 from crossenc.versions import stack_versions
 from tests.helpers import job_config, read_output, table_output
 
@@ -152,7 +152,7 @@ def test_tables_record_the_stack_and_a_new_one_is_verified(
         stack = _upgraded(monkeypatch)
         out["partition_value"] = {"dt": "d2"}
         cfg = _config(nights, "night2", out["path"], model, verify_sample=25, **out)
-        with caplog.at_level(logging.INFO, logger="crossenc.pipeline"):
+        with caplog.at_level(logging.INFO, logger="crossenc.run.job"):
             second = run_job(cfg)
         reuse = second.summary["reuse"]
         assert second.rows_reused == PAIRS and second.summary["rows"]["new"] == 12
@@ -193,7 +193,7 @@ def test_drifted_stored_scores_are_not_reused(
     _tamper(out, 0.05)
     _upgraded(monkeypatch)
     cfg = _config(nights, "night2", out, model, mode="overwrite", verify_sample=sample)
-    with caplog.at_level(logging.WARNING, logger="crossenc.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="crossenc.run.job"):
         second = run_job(cfg)
     reuse = second.summary["reuse"]
     night2 = read_output(out).sort_by("pair_id")

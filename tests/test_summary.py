@@ -15,7 +15,7 @@ import yaml
 from crossenc.cli import EXIT_CONFIG, EXIT_DRIFT, EXIT_OK, EXIT_PARTIAL, main
 from crossenc.models.tokenize import ERROR
 from crossenc.output.commit import MANIFEST, SUMMARY
-from crossenc.summary import (
+from crossenc.run.summary import (
     MERGED_SAMPLE,
     QUANTILES,
     SAMPLE,

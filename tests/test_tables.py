@@ -26,7 +26,7 @@ from crossenc.output.commit import ConcurrentRunError, Manifest
 from crossenc.output.parts import new_run_id
 from crossenc.output.tables import committer_for, previous_manifest
 from crossenc.output.writer import RollingWriter, WriterOptions
-from crossenc.pipeline import run_job
+from crossenc.run.job import run_job
 from crossenc.testing import build_tiny_model, write_pairs
 from crossenc.testing.failpoints import FailpointError
 from tests.helpers import (

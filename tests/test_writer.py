@@ -15,8 +15,8 @@ from crossenc.config import OutputConfig
 from crossenc.inputs.plan import InputFile
 from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from crossenc.output.writer import RollingWriter, WriterOptions
-from crossenc.pipeline import usable_parts
-from crossenc.summary import SAMPLE, merge_part_metrics, metric_columns, part_metrics
+from crossenc.run.job import usable_parts
+from crossenc.run.summary import SAMPLE, merge_part_metrics, metric_columns, part_metrics
 from crossenc.tasks.base import DROPPED, RANK, rank_group
 
 

@@ -16,12 +16,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crossenc.config import InputConfig, JobConfig
-from crossenc.incremental import PAIR_HASH, Reuse, load_reuse, pair_hashes, reuse_for, with_reuse
 from crossenc.inputs.plan import InputError, InputFile, schema_problem
 from crossenc.models.load import ModelInfo
 from crossenc.models.tokenize import ROW, SOURCE, tokenize_batch
+from crossenc.run.incremental import (
+    PAIR_HASH,
+    Reuse,
+    load_reuse,
+    pair_hashes,
+    reuse_for,
+    with_reuse,
+)
+from crossenc.run.summary import STORE_RETRIES
 from crossenc.storage import resolve, retried_requests
-from crossenc.summary import STORE_RETRIES
 from crossenc.tasks.base import score_names
 
 UNIT_SCHEMA = ("file", "row_group", "offset", "start", "end")

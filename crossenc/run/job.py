@@ -20,7 +20,6 @@ import ray
 from crossenc import __version__
 from crossenc.config import ConfigError, JobConfig
 from crossenc.engine.scoring import ScoringEngine
-from crossenc.incremental import REUSE_SCORES, Matches, earlier_runs, match, reused_scores
 from crossenc.inputs.plan import InputFile, JobPlan, finish_inspection, plan_job
 from crossenc.inputs.read import pending_units, read_tokenized, read_units
 from crossenc.models.load import ModelInfo, load_tokenizer, model_fingerprint, model_source
@@ -51,16 +50,17 @@ from crossenc.output.parts import (
 )
 from crossenc.output.tables import committer_for, previous_manifest
 from crossenc.output.writer import WriterOptions, write_block, writer_actor
-from crossenc.storage import resolve, retried_requests
-from crossenc.summary import (
+from crossenc.run.incremental import REUSE_SCORES, Matches, earlier_runs, match, reused_scores
+from crossenc.run.summary import (
     RunMetrics,
     build_summary,
     compare_runs,
     metric_columns,
     summary_table,
 )
+from crossenc.run.verify import Verdict, check_reuse
+from crossenc.storage import resolve, retried_requests
 from crossenc.tasks.base import rank_group, score_columns
-from crossenc.verify import Verdict, check_reuse
 from crossenc.versions import stack_versions
 
 log = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ class RunResult:
     """What a run did. ``rows_scored`` is what this run read and scored with the model; on a
     resume, ``rows_resumed`` were taken over from the interrupted run's staged parts; with
     output.incremental, ``rows_reused`` took their scores from an earlier run. ``summary`` is
-    the run summary committed beside the manifest (see :mod:`crossenc.summary`)."""
+    the run summary committed beside the manifest (see :mod:`crossenc.run.summary`)."""
 
     run_id: str
     rows_read: int
@@ -582,7 +582,7 @@ def _score_pass(
 ) -> None:
     """One pass of the pipeline over the todo ranges: writers started, the stream consumed,
     the writers flushed (a writer that died loses its open file: the next pass redoes it).
-    ``reuse``: output.incremental's matches (see :mod:`crossenc.incremental`)."""
+    ``reuse``: output.incremental's matches (see :mod:`crossenc.run.incremental`)."""
     ensure_ray()
     files = cfg.output.files
     count = cfg.runtime.writers or cfg.runtime.replicas
@@ -677,7 +677,7 @@ def _match_earlier(
 ) -> tuple[Matches | None, Verdict | None]:
     """output.incremental: the earlier runs with this run's scoring key, matched against the
     rows to score (None: no earlier run to match, or none to reuse), and the check of those
-    that recorded another ``stack`` (:mod:`crossenc.verify`; None: nothing to check)."""
+    that recorded another ``stack`` (:mod:`crossenc.run.verify`; None: nothing to check)."""
     earlier = earlier_runs(cfg, key)
     where = ", ".join(cfg.output.reuse_from) or cfg.output.path
     if earlier.other_keys:
@@ -918,7 +918,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         phases["commit"],
     )
     if cfg.output.report:
-        from crossenc.report import write_report
+        from crossenc.run.report import write_report
 
         write_report(summary, cfg.output.report, cfg.output.storage)
         log.info("report written to %s", cfg.output.report)

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from crossenc.config import JobConfig
-from crossenc.incremental import EarlierRuns, Matches, load_reuse
+from crossenc.run.incremental import EarlierRuns, Matches, load_reuse
 from crossenc.storage import resolve
 
 log = logging.getLogger(__name__)

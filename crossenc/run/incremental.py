@@ -43,8 +43,8 @@ import pyarrow.parquet as pq
 from crossenc.config import ConfigError, JobConfig, OutputConfig, StorageConfig
 from crossenc.models.load import ModelInfo
 from crossenc.models.tokenize import ROW, SOURCE, TRUNCATED, WINDOWS
+from crossenc.run.summary import REUSED
 from crossenc.storage import resolve
-from crossenc.summary import REUSED
 from crossenc.tasks.base import score_names
 
 log = logging.getLogger(__name__)
@@ -364,7 +364,7 @@ def _match_on_ray(
     then shuffled by input file into one file of matches each."""
     import ray
 
-    from crossenc.pipeline import TOKENIZE_CPUS
+    from crossenc.run.job import TOKENIZE_CPUS
 
     left = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 1000)))
     left = left.map_batches(
