@@ -55,6 +55,18 @@ EXIT_ENVIRONMENT = 10
 PATH_KEYS = {"input": "input.path", "output": "output.path", "model": "model.name"}
 
 
+class InputError(ValueError):
+    """The input data cannot be scored as configured (missing file, column or type)."""
+
+
+class ConcurrentRunError(RuntimeError):
+    """Another run committed to the same output while this one ran: nothing was committed."""
+
+
+class InvariantError(RuntimeError):
+    """Rows read differ from rows written + dead-lettered + dropped: nothing is committed."""
+
+
 class StorageError(Exception):
     """A store or disk problem, worded with the config key to change and the path."""
 
@@ -381,8 +393,6 @@ def storage_errors(key: str, uri: str, storage: StorageConfig | None = None) -> 
 def _worded(err: BaseException) -> bool:
     """An error already worded for the user (config, input, concurrent run)."""
     from crossenc.config import ConfigError
-    from crossenc.inputs.plan import InputError
-    from crossenc.output.commit import ConcurrentRunError
 
     return isinstance(err, (ConfigError, InputError, ConcurrentRunError))
 
@@ -503,8 +513,6 @@ def explain(
     """The exit code and the one message (``crossenc: ...``) for an exception the command
     could not handle otherwise; ``argv``, the command's arguments, heads a written traceback."""
     from crossenc.config import ConfigError
-    from crossenc.inputs.plan import InputError
-    from crossenc.output.commit import ConcurrentRunError
 
     found = find(err, ConcurrentRunError)
     if found is not None:
@@ -554,6 +562,6 @@ def _failed_while_scoring(err: BaseException) -> bool:
     do not add up after it: the run failed, nothing was committed."""
     for e in chain(err, context=False):
         names = {c.__name__ for c in type(e).__mro__}
-        if _is_ray_wrapper(e) or "InvariantError" in names:
+        if _is_ray_wrapper(e) or InvariantError.__name__ in names:
             return True
     return False

@@ -12,16 +12,18 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import ConfigError, JobConfig
-from crossenc.errors import StorageError, model_storage_hint, raise_storage, storage_errors
+from crossenc.errors import (
+    InputError,
+    StorageError,
+    model_storage_hint,
+    raise_storage,
+    storage_errors,
+)
 from crossenc.models.load import ModelInfo, check_task, describe_model
 from crossenc.storage import Location, check_bucket, check_writable, list_parquet_files, resolve
 from crossenc.testing.failpoints import failpoint
 
 log = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """The input data cannot be scored as configured (missing file, column or type)."""
 
 
 @dataclass(frozen=True)

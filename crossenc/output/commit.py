@@ -36,7 +36,7 @@ from typing import Any
 from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import ConfigError, OutputConfig
-from crossenc.errors import output_errors
+from crossenc.errors import ConcurrentRunError, output_errors
 from crossenc.output.journal import read_journal
 from crossenc.output.parts import PartStats, run_of
 from crossenc.storage import Location, resolve
@@ -51,10 +51,6 @@ STAGING = "_temporary"
 RUN_RECORD = "_run.json"
 COMMITS = "_commits"
 LAYOUT = "crossenc-folder/2"  # data files under final names, commit records in _commits/
-
-
-class ConcurrentRunError(RuntimeError):
-    """Another run committed to the same output while this one ran: nothing was committed."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ import ray
 from crossenc import __version__
 from crossenc.config import ConfigError, JobConfig
 from crossenc.engine.scoring import ScoringEngine
+from crossenc.errors import InvariantError
 from crossenc.inputs.plan import InputFile, JobPlan, finish_inspection, plan_job
 from crossenc.inputs.read import pending_units, read_tokenized, read_units
 from crossenc.models.load import ModelInfo, load_tokenizer, model_fingerprint, model_source
@@ -342,10 +343,6 @@ class RunResult:
     def drifted(self) -> bool:
         """True when output.compare_to was set and this run moved past its thresholds."""
         return bool((self.summary.get("drift") or {}).get("drifted"))
-
-
-class InvariantError(RuntimeError):
-    """Rows read differ from rows written + dead-lettered + dropped: nothing is committed."""
 
 
 def coverage(parts: list[PartStats]) -> dict[str, list[list[int]]]:
