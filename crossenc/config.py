@@ -531,6 +531,10 @@ class RuntimeConfig(_Strict):
             update={"replicas": replicas, "torch_threads": max(1, cores // replicas)}
         )
 
+    def cpu_threads(self) -> int:
+        """Intra-op threads of a CPU replica: torch_threads, else its reserved CPUs."""
+        return self.torch_threads or max(1, int(self.cpus_per_replica))
+
     def object_store_budget(self) -> int:
         """The pipeline's object-store budget in bytes (object_store_mb, or its default)."""
         return (self.object_store_mb or max(256, 128 * self.replicas)) * 2**20

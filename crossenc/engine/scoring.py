@@ -49,11 +49,6 @@ def _release_gpu_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def cpu_threads(runtime: RuntimeConfig) -> int:
-    """Intra-op threads of a CPU replica: runtime.torch_threads, else its reserved CPUs."""
-    return runtime.torch_threads or max(1, int(runtime.cpus_per_replica))
-
-
 def activate(logits: np.ndarray, activation: str) -> np.ndarray:
     """Apply the named activation to float32 logits of shape (rows, outputs)."""
     if activation == "sigmoid":
@@ -214,7 +209,7 @@ def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig,
         from crossenc.engine.onnx_runner import OnnxRunner
 
         return OnnxRunner(
-            model_cfg, source, info.uses_token_type_ids, cpu_threads(runtime), runtime.cache_dir
+            model_cfg, source, info.uses_token_type_ids, runtime.cpu_threads(), runtime.cache_dir
         )
     if model_cfg.quantize != "none":
         raise ConfigError(f"model.quantize {model_cfg.quantize} needs model.backend onnx")

@@ -22,7 +22,6 @@ import torch
 
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine.prepack import can_prepack, prepack_linears
-from crossenc.engine.scoring import cpu_threads
 from crossenc.models.load import CAUSAL_LM, SEQUENCE_CLASSIFICATION, ModelInfo, load_model
 
 log = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ class TorchRunner:
         self.device = pick_device(runtime.gpus_per_replica)
         self.dtype = pick_dtype(model_cfg.dtype, self.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(runtime))
+            torch.set_num_threads(runtime.cpu_threads())
         self.kind = info.kind if info is not None else SEQUENCE_CLASSIFICATION
         # GPU: pinned staging buffers, one copy per batch, logits fetched per block. Set on
         # CPU too by tests of that path (the buffers are then plain memory).
