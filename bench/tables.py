@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 
 from crossenc.config import OutputConfig, StorageConfig
 from crossenc.output.commit import Manifest
+from crossenc.output.committers import committer_for
 from crossenc.output.parts import PartStats, new_run_id, part_file_name
-from crossenc.output.tables import committer_for
 from crossenc.storage import resolve
 
 ROWS_PER_FILE = 10

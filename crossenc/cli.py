@@ -235,7 +235,7 @@ HISTORY_COLUMNS = (
 def print_history(cfg: JobConfig, as_json: bool = False) -> None:
     """Print the runs committed to output.path, oldest first: one line each (JSON lines with
     ``--json``, every recorded fact)."""
-    from crossenc.output.tables import committer_for
+    from crossenc.output.committers import committer_for
 
     rows = committer_for(cfg.output).history()
     if as_json:

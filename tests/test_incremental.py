@@ -22,8 +22,8 @@ from crossenc.inputs.read import reuse_block
 from crossenc.models.load import describe_model, model_fingerprint
 from crossenc.models.tokenize import ROW, SOURCE, TRUNCATED
 from crossenc.output.commit import read_manifest, staged_runs, staging_dir
+from crossenc.output.committers import committer_for
 from crossenc.output.journal import Journal, read_journal
-from crossenc.output.tables import committer_for
 from crossenc.run import incremental
 from crossenc.run.incremental import PAIR_HASH, REUSE_SCORES, Reuse, match_partition, pair_hashes
 from crossenc.run.job import ScorerReplica, run_job, summary_lines

@@ -19,7 +19,7 @@ from crossenc.cli import EXIT_DRIFT, EXIT_OK, exit_code
 from crossenc.models import load as model_module
 from crossenc.models.load import describe_model, load_tokenizer, model_fingerprint
 from crossenc.output.commit import read_manifest
-from crossenc.output.tables import committer_for
+from crossenc.output.committers import committer_for
 from crossenc.run import job as pipeline
 from crossenc.run.job import run_job
 from crossenc.run.verify import FLOAT32_TOLERANCE, HALF_TOLERANCE, tolerance

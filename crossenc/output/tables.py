@@ -473,71 +473,6 @@ class TableCommitter(ABC):
         return commits[-1].manifest()
 
 
-def committer_for(out: OutputConfig) -> Committer:
-    """The committer of output.format."""
-    if out.format == "delta":
-        from crossenc.output.delta import DeltaCommitter
-
-        return DeltaCommitter(out)
-    if out.format == "iceberg":
-        from crossenc.output.iceberg import IcebergCommitter
-
-        return IcebergCommitter(out)
-    return ParquetCommitter(out)
-
-
-def parse_table_ref(ref: str) -> tuple[str, int | None, dict[str, str] | None]:
-    """``path[@version][#col=value,...]`` → (path, version, partition)."""
-    partition: dict[str, str] | None = None
-    if "#" in ref:
-        ref, _, spec = ref.partition("#")
-        partition = {}
-        for item in spec.split(","):
-            key, eq, value = item.partition("=")
-            if not eq or not key:
-                raise ConfigError(
-                    f"output.compare_to: partition {spec!r} is not col=value[,col=value]"
-                )
-            partition[key.strip()] = value.strip()
-    version = None
-    head, at, tail = ref.rpartition("@")
-    if at and tail.isdigit():
-        ref, version = head, int(tail)
-    return ref, version, partition
-
-
-ICEBERG_REF = "iceberg:"
-
-
-def committer_at(
-    out: OutputConfig, ref: str
-) -> tuple[Committer, int | None, dict[str, str] | None]:
-    """The committer of an output another setting names (output.compare_to, reuse_from): a
-    Parquet folder, a Delta table path, or ``iceberg:<namespace.name>`` in output.catalog,
-    each optionally ``@version`` and ``#col=value``; with that version and partition."""
-    path, version, partition = parse_table_ref(ref)
-    if path.startswith(ICEBERG_REF):
-        table = out.model_copy(
-            update={"format": "iceberg", "table": path[len(ICEBERG_REF) :], "compare_to": ref}
-        )
-        return committer_for(table), version, partition
-    target = OutputConfig(path=path, storage=out.storage, compare_to=ref)
-    loc = resolve(path, out.storage)
-    if version is not None or partition is not None or loc.fs.exists(loc.join("_delta_log")):
-        return committer_for(target.model_copy(update={"format": "delta"})), version, partition
-    return committer_for(target), None, None
-
-
-def previous_manifest(out: OutputConfig) -> dict[str, Any] | None:
-    """The manifest of the run output.compare_to names (see :func:`committer_at`; a table's
-    latest run, of that partition, at that version). None for a folder with no run."""
-    assert out.compare_to is not None
-    committer, version, partition = committer_at(out, out.compare_to)
-    if isinstance(committer, TableCommitter):
-        return committer.find(version, partition)
-    return folder.read_manifest(committer.out)
-
-
 def store_options(storage: StorageConfig, names: dict[str, str]) -> dict[str, str]:
     """The endpoint, credentials, region and anonymity of crossenc's s3fs store, under a table
     library's own option ``names`` (keys: endpoint_url, key, secret, token, region, anon)."""
@@ -582,8 +517,5 @@ __all__ = [
     "TableCommit",
     "TableCommitter",
     "TableConflictError",
-    "committer_at",
-    "committer_for",
     "delta_storage_options",
-    "previous_manifest",
 ]

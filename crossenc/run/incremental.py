@@ -103,7 +103,7 @@ def earlier_runs(cfg: JobConfig, key: str) -> EarlierRuns:
     """The committed runs output.reuse_from names (this output, when empty) whose scoring key
     is ``key``; unset reuse_from takes the latest such run of this output (incremental true:
     it holds every pair it read) or every one (skip: each holds only its new pairs)."""
-    from crossenc.output.tables import committer_at, committer_for
+    from crossenc.output.committers import committer_at, committer_for
 
     out = cfg.output
     found: dict[str, tuple[dict[str, Any], list[str]]] = {}

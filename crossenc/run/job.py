@@ -41,6 +41,7 @@ from crossenc.output.commit import (
     staging_dir,
     write_run_record,
 )
+from crossenc.output.committers import committer_for, previous_manifest
 from crossenc.output.journal import Journal
 from crossenc.output.parts import (
     PartStats,
@@ -49,7 +50,6 @@ from crossenc.output.parts import (
     new_run_id,
     overlaps,
 )
-from crossenc.output.tables import committer_for, previous_manifest
 from crossenc.output.writer import WriterOptions, write_block, writer_actor
 from crossenc.run.incremental import REUSE_SCORES, Matches, earlier_runs, match, reused_scores
 from crossenc.run.summary import (
