@@ -13,20 +13,18 @@ import pytest
 import yaml
 
 from crossenc.cli import EXIT_CONFIG, EXIT_DRIFT, EXIT_OK, EXIT_PARTIAL, main
-from crossenc.models.tokenize import ERROR
-from crossenc.output.commit import MANIFEST, SUMMARY
-from crossenc.run.summary import (
+from crossenc.metrics import (
     MERGED_SAMPLE,
     QUANTILES,
     SAMPLE,
     TIMELINE_POINTS,
     RunMetrics,
-    build_summary,
-    label_tvd,
     metric_columns,
     part_metrics,
-    score_ks,
 )
+from crossenc.models.tokenize import ERROR
+from crossenc.output.commit import MANIFEST, SUMMARY
+from crossenc.run.summary import build_summary, label_tvd, score_ks
 from tests.helpers import job_config, read_input, read_output
 
 

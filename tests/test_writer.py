@@ -13,10 +13,10 @@ import pytest
 
 from crossenc.config import OutputConfig
 from crossenc.inputs.plan import InputFile
+from crossenc.metrics import SAMPLE, merge_part_metrics, metric_columns, part_metrics
 from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from crossenc.output.writer import RollingWriter, WriterOptions
 from crossenc.run.job import usable_parts
-from crossenc.run.summary import SAMPLE, merge_part_metrics, metric_columns, part_metrics
 from crossenc.tasks.base import DROPPED, RANK, rank_group
 
 

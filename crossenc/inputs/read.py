@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from crossenc.config import InputConfig, JobConfig
 from crossenc.inputs.plan import InputError, InputFile, schema_problem
+from crossenc.metrics import STORE_RETRIES
 from crossenc.models.load import ModelInfo
 from crossenc.models.tokenize import ROW, SOURCE, tokenize_batch
 from crossenc.run.incremental import (
@@ -27,7 +28,6 @@ from crossenc.run.incremental import (
     reuse_for,
     with_reuse,
 )
-from crossenc.run.summary import STORE_RETRIES
 from crossenc.storage import resolve, retried_requests
 from crossenc.tasks.base import score_names
 

@@ -35,9 +35,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import OutputConfig
 from crossenc.errors import storage_errors
+from crossenc.metrics import METRIC_COLUMNS, REUSED, merge_part_metrics, part_metrics
 from crossenc.models.tokenize import ERROR, IDS, ROW, SOURCE, TRUNCATED, TYPE_IDS
 from crossenc.output.parts import PartStats, in_ranges, merge_ranges, part_file_name, row_ranges
-from crossenc.run.summary import METRIC_COLUMNS, REUSED, merge_part_metrics, part_metrics
 from crossenc.storage import Location, resolve, retried_requests
 from crossenc.tasks.base import DROPPED, LABEL, RANK, SCORE, rank_within
 from crossenc.testing.failpoints import failpoint

@@ -41,9 +41,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crossenc.config import ConfigError, JobConfig, OutputConfig, StorageConfig
+from crossenc.metrics import REUSED
 from crossenc.models.load import ModelInfo
 from crossenc.models.tokenize import ROW, SOURCE, TRUNCATED, WINDOWS
-from crossenc.run.summary import REUSED
 from crossenc.storage import resolve
 from crossenc.tasks.base import score_names
 

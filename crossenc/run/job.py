@@ -23,6 +23,7 @@ from crossenc.engine.scoring import ScoringEngine
 from crossenc.errors import InvariantError
 from crossenc.inputs.plan import InputFile, JobPlan, finish_inspection, plan_job
 from crossenc.inputs.read import pending_units, read_tokenized, read_units
+from crossenc.metrics import RunMetrics, metric_columns
 from crossenc.models.load import ModelInfo, load_tokenizer, model_fingerprint, model_source
 from crossenc.models.tokenize import (
     ERROR,
@@ -52,13 +53,7 @@ from crossenc.output.parts import (
 )
 from crossenc.output.writer import WriterOptions, write_block, writer_actor
 from crossenc.run.incremental import REUSE_SCORES, Matches, earlier_runs, match, reused_scores
-from crossenc.run.summary import (
-    RunMetrics,
-    build_summary,
-    compare_runs,
-    metric_columns,
-    summary_table,
-)
+from crossenc.run.summary import build_summary, compare_runs, summary_table
 from crossenc.run.verify import Verdict, check_reuse
 from crossenc.storage import resolve, retried_requests
 from crossenc.tasks.base import rank_group, score_columns
