@@ -19,13 +19,14 @@ import pytest
 
 from crossenc.config import ConfigError
 from crossenc.inputs.read import reuse_block
+from crossenc.inputs.reuse import PAIR_HASH, REUSE_SCORES, Reuse, pair_hashes
 from crossenc.models.load import describe_model, model_fingerprint
 from crossenc.models.tokenize import ROW, SOURCE, TRUNCATED
 from crossenc.output.commit import read_manifest, staged_runs, staging_dir
 from crossenc.output.committers import committer_for
 from crossenc.output.journal import Journal, read_journal
 from crossenc.run import incremental
-from crossenc.run.incremental import PAIR_HASH, REUSE_SCORES, Reuse, match_partition, pair_hashes
+from crossenc.run.incremental import match_partition
 from crossenc.run.job import ScorerReplica, run_job, summary_lines
 from crossenc.storage import resolve
 from crossenc.testing import NLI_LABELS, build_tiny_model, write_pairs, write_parquet_files

@@ -21,8 +21,9 @@ laptop-sized night the two shuffles cost seconds more than the match itself (9 s
 night on 2 cores, against under 1 s in the driver).
 
 Then the job runs as ever, its read tasks taking each row group's matches from that file
-(:func:`reuse_for`): a matched row is not tokenized or scored, its scores are copied in the
-scorer stage (``_reused``), and the writer counts it (``skip``: counts it and writes nothing).
+(:func:`crossenc.inputs.reuse.reuse_for`): a matched row is not tokenized or scored, its scores
+are copied in the scorer stage (``_reused``), and the writer counts it (``skip``: counts it and
+writes nothing).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crossenc.config import ConfigError, JobConfig, OutputConfig, StorageConfig
-from crossenc.metrics import REUSED
+from crossenc.inputs.reuse import ORDER, PAIR_HASH, REUSE_SCORES, pair_hashes
 from crossenc.models.load import ModelInfo
 from crossenc.models.tokenize import ROW, SOURCE, TRUNCATED, WINDOWS
 from crossenc.storage import resolve
@@ -49,33 +49,13 @@ from crossenc.tasks.base import score_names
 
 log = logging.getLogger(__name__)
 
-PAIR_HASH = "pair_hash"  # an output column: BLAKE2b-128 of the two texts
-REUSE_SCORES = "_reuse_scores"  # internal: those scores (a fixed-size list per row)
 SCORING_KEY = "scoring_key"  # the manifest's (a table commit's) key
 STACK = "stack"  # the manifest's versions of the packages that made its scores
-_BUCKET, _SIDE, _ORDER = "_bucket", "_side", "_order"
+_BUCKET, _SIDE = "_bucket", "_side"
 MATCH_ROWS_PER_PARTITION = 2_000_000  # rows (both sides) per partition of the match shuffle
 MATCH_IO_THREADS = 16  # a driver-side match's reads and writes at a time (store latency)
 
 
-def pair_hashes(
-    texts_a: pa.Array | pa.ChunkedArray, texts_b: pa.Array | pa.ChunkedArray
-) -> pa.Array:
-    """Per row, BLAKE2b-128 of the two texts, length-prefixed (16 bytes); null where either
-    text is null or not a string (such a row is a dead letter, never reused)."""
-    out: list[bytes | None] = []
-    blake2b = hashlib.blake2b
-    for a, b in zip(texts_a.to_pylist(), texts_b.to_pylist(), strict=True):
-        if not isinstance(a, str) or not isinstance(b, str):
-            out.append(None)
-            continue
-        ab, bb = a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
-        digest = blake2b(len(ab).to_bytes(8, "little"), digest_size=16)
-        digest.update(ab)
-        digest.update(len(bb).to_bytes(8, "little"))
-        digest.update(bb)
-        out.append(digest.digest())
-    return pa.array(out, pa.binary())
 
 
 def reuse_columns(cfg: JobConfig, info: ModelInfo) -> list[str]:
@@ -157,7 +137,7 @@ def _match_schema(width: int, chunk: bool) -> pa.Schema:
         (PAIR_HASH, pa.binary()),
         (SOURCE, pa.string()),
         (ROW, pa.int64()),
-        (_ORDER, pa.int32()),
+        (ORDER, pa.int32()),
         (REUSE_SCORES, pa.list_(pa.float32(), width)),
         (TRUNCATED, pa.bool_()),
     ]
@@ -224,7 +204,7 @@ def read_earlier(
             _BUCKET: _buckets(hashes, partitions),
             _SIDE: pa.array(np.ones(n, np.int8)),
             PAIR_HASH: hashes,
-            _ORDER: pa.array(np.full(n, order, np.int32)),
+            ORDER: pa.array(np.full(n, order, np.int32)),
             REUSE_SCORES: pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), len(scores)),
             TRUNCATED: table.column(TRUNCATED).combine_chunks(),
         }
@@ -239,7 +219,7 @@ def score_names_of(names: list[str]) -> list[str]:
     return [c for c in names if c not in (TRUNCATED, WINDOWS)]
 
 
-MATCHED = (SOURCE, ROW, _ORDER, REUSE_SCORES, TRUNCATED, WINDOWS)
+MATCHED = (SOURCE, ROW, ORDER, REUSE_SCORES, TRUNCATED, WINDOWS)
 
 
 def match_partition(group: pa.Table) -> pa.Table:
@@ -251,7 +231,7 @@ def match_partition(group: pa.Table) -> pa.Table:
     keep = [c for c in MATCHED if c in group.column_names]
     if not left.num_rows or not right.num_rows:
         return group.select(keep).slice(0, 0)
-    right = right.sort_by([(_ORDER, "descending")])
+    right = right.sort_by([(ORDER, "descending")])
     found = pc.index_in(left.column(PAIR_HASH), value_set=right.column(PAIR_HASH).combine_chunks())
     hit = pc.is_valid(found)
     left, found = left.filter(hit), found.filter(hit)
@@ -417,106 +397,17 @@ class Matches:
         )
 
 
-# -- the read tasks' side ----------------------------------------------------------------------
 
 
-@dataclass
-class Reuse:
-    """An input file's matches: sorted row positions and, per row, what it reuses."""
-
-    rows: np.ndarray
-    scores: np.ndarray  # (rows, outputs) float32
-    truncated: np.ndarray
-    windows: np.ndarray | None
-    orders: np.ndarray | None = None  # each row's earlier run (EarlierRuns.runs' index)
-
-    @classmethod
-    def empty(cls, width: int) -> Reuse:
-        """No matches (an input file no earlier run scored a row of)."""
-        return cls(np.zeros(0, np.int64), np.zeros((0, width), np.float32), np.zeros(0, bool), None)
 
 
-_LOADED: OrderedDict[str, Reuse] = OrderedDict()  # a read task's row groups of one file
-_LOADED_FILES = 4  # read its matches once
 
 
-def load_reuse(path: str, out: OutputConfig) -> Reuse:
-    """An input file's matches, at ``path`` on the output's store (the last few files read
-    are kept in this process)."""
-    if path in _LOADED:
-        _LOADED.move_to_end(path)
-        return _LOADED[path]
-    reuse = _read_reuse(path, out)
-    _LOADED[path] = reuse
-    while len(_LOADED) > _LOADED_FILES:
-        _LOADED.popitem(last=False)
-    return reuse
 
 
-def _read_reuse(path: str, out: OutputConfig) -> Reuse:
-    from crossenc.errors import storage_errors
-
-    loc = resolve(out.path, out.storage)
-    with storage_errors("output", out.path, out.storage):
-        table = pq.read_table(path, filesystem=loc.arrow_fs)
-    scores = table.column(REUSE_SCORES).combine_chunks()
-    width = scores.type.list_size
-    return Reuse(
-        rows=table.column(ROW).to_numpy(),
-        scores=scores.values.to_numpy(zero_copy_only=False).reshape(-1, width),
-        truncated=table.column(TRUNCATED).to_numpy(zero_copy_only=False).astype(bool),
-        windows=(
-            table.column(WINDOWS).to_numpy(zero_copy_only=False)
-            if WINDOWS in table.column_names
-            else None
-        ),
-        orders=(
-            table.column(_ORDER).to_numpy(zero_copy_only=False)
-            if _ORDER in table.column_names
-            else None
-        ),
-    )
 
 
-def reuse_for(reuse: Reuse, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For rows at ``positions`` of an input file with matches ``reuse``: which rows have a
-    match, and the index of each one's match (-1: none)."""
-    at = np.searchsorted(reuse.rows, positions)
-    inside = at < len(reuse.rows)
-    hit = np.zeros(len(positions), dtype=bool)
-    hit[inside] = reuse.rows[at[inside]] == positions[inside]
-    return hit, np.where(hit, at, -1)
 
 
-def with_reuse(table: pa.Table, hit: np.ndarray, index: np.ndarray, reuse: Reuse) -> pa.Table:
-    """A tokenized block with its matched rows' reused scores (``_reused``, ``_reuse_scores``),
-    ``truncated`` and windows in place of the ones tokenizing left them."""
-    width = reuse.scores.shape[1]
-    scores = np.zeros((table.num_rows, width), dtype=np.float32)
-    scores[hit] = reuse.scores[index[hit]]
-    table = table.append_column(REUSED, pa.array(hit))
-    table = table.append_column(
-        REUSE_SCORES, pa.FixedSizeListArray.from_arrays(pa.array(scores.ravel()), width)
-    )
-    truncated = table.column(TRUNCATED).to_numpy(zero_copy_only=False).copy()
-    truncated[hit] = reuse.truncated[index[hit]]
-    table = table.set_column(
-        table.schema.get_field_index(TRUNCATED), TRUNCATED, pa.array(truncated)
-    )
-    if reuse.windows is not None and WINDOWS in table.column_names:
-        windows = table.column(WINDOWS).to_numpy(zero_copy_only=False).copy()
-        windows[hit] = reuse.windows[index[hit]]
-        table = table.set_column(
-            table.schema.get_field_index(WINDOWS), WINDOWS, pa.array(windows.astype(np.int32))
-        )
-    return table
 
 
-def reused_scores(batch: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
-    """A scorer's block: which rows reuse scores, and those scores (rows x outputs)."""
-    if REUSED not in batch.column_names:
-        return np.zeros(batch.num_rows, dtype=bool), None
-    hit = batch.column(REUSED).to_numpy(zero_copy_only=False).astype(bool)
-    column = batch.column(REUSE_SCORES).combine_chunks()
-    values = column.values.to_numpy(zero_copy_only=False)
-    return hit, values.reshape(batch.num_rows, column.type.list_size)

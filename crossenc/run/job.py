@@ -23,6 +23,7 @@ from crossenc.engine.scoring import ScoringEngine
 from crossenc.errors import InvariantError
 from crossenc.inputs.plan import InputFile, JobPlan, finish_inspection, plan_job
 from crossenc.inputs.read import pending_units, read_tokenized, read_units
+from crossenc.inputs.reuse import REUSE_SCORES, reused_scores
 from crossenc.metrics import RunMetrics, metric_columns
 from crossenc.models.load import ModelInfo, load_tokenizer, model_fingerprint, model_source
 from crossenc.models.tokenize import (
@@ -52,7 +53,7 @@ from crossenc.output.parts import (
     overlaps,
 )
 from crossenc.output.writer import WriterOptions, write_block, writer_actor
-from crossenc.run.incremental import REUSE_SCORES, Matches, earlier_runs, match, reused_scores
+from crossenc.run.incremental import Matches, earlier_runs, match
 from crossenc.run.summary import build_summary, compare_runs, summary_table
 from crossenc.run.verify import Verdict, check_reuse
 from crossenc.storage import resolve, retried_requests

@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from crossenc.config import JobConfig
-from crossenc.run.incremental import EarlierRuns, Matches, load_reuse
+from crossenc.inputs.reuse import load_reuse
+from crossenc.run.incremental import EarlierRuns, Matches
 from crossenc.storage import resolve
 
 log = logging.getLogger(__name__)
