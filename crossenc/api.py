@@ -24,10 +24,11 @@ import ray
 
 from crossenc.config import ConfigError, JobConfig, build_config
 from crossenc.inputs.plan import InputError, schema_problem
-from crossenc.models.load import check_task, describe_model
+from crossenc.models.load import describe_model
 from crossenc.models.tokenize import ERROR
 from crossenc.output.writer import visible_columns
 from crossenc.run.job import RunResult, for_this_machine, run_job, scoring_stages
+from crossenc.tasks import check_task
 from crossenc.tasks.base import DROPPED
 
 REASON = "reason"  # why a row could not be scored (null where it was): the dead-letter reason

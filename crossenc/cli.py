@@ -32,7 +32,7 @@ from crossenc.errors import (  # noqa: F401  (the exit codes are this module's i
 )
 from crossenc.inputs.plan import JobPlan, plan_job
 from crossenc.models.load import CAUSAL_LM, ModelInfo
-from crossenc.tasks.base import output_columns
+from crossenc.tasks import task_for
 
 if TYPE_CHECKING:
     from crossenc.run.job import RunResult
@@ -104,7 +104,7 @@ def model_kind_words(info: ModelInfo) -> str:
 def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
     """What a run with this config would do, in a few lines."""
     info = plan.info
-    outputs = output_columns(cfg, info)
+    outputs = task_for(cfg).columns(info)
     extra = (["windows"] if cfg.model.long_text == "chunk" else []) + ["truncated"]
     files = f"{len(plan.files)} Parquet file(s), {plan.rows} rows"
     if plan.pending:

@@ -17,7 +17,8 @@ from crossenc.metrics import SAMPLE, merge_part_metrics, metric_columns, part_me
 from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from crossenc.output.writer import RollingWriter, WriterOptions
 from crossenc.run.job import usable_parts
-from crossenc.tasks.base import DROPPED, RANK, rank_group
+from crossenc.tasks.base import DROPPED, RANK
+from crossenc.tasks.rerank import rank_group
 
 
 def _block(source: str, start: int, n: int, qid_every: int = 4, bad: tuple = ()) -> pa.Table:

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from crossenc.config import ConfigError, JobConfig, ModelConfig
+from crossenc.config import ConfigError, ModelConfig
 from crossenc.errors import (
     LOCAL_KINDS,
     StorageError,
@@ -676,33 +676,6 @@ def describe_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelInfo:
         chat_template=chat,
         architecture=str(architectures[0]) if architectures else "",
     )
-
-
-def check_task(cfg: JobConfig, info: ModelInfo) -> None:
-    """Refuse task/model combinations that cannot give the promised output columns."""
-    if cfg.task in ("score", "rerank") and info.num_labels != 1:
-        raise ConfigError(
-            f"task {cfg.task} needs a single-output model, but {cfg.model.name} has "
-            f"{info.num_labels} outputs {list(info.labels)}; use task: classify"
-        )
-    if cfg.task == "classify" and info.num_labels == 1 and cfg.classify.threshold is None:
-        raise ConfigError(
-            f"task classify with single-output model {cfg.model.name} needs classify.threshold"
-        )
-    if cfg.task == "classify" and info.num_labels > 1 and cfg.classify.threshold is not None:
-        raise ConfigError("classify.threshold applies to single-output models only")
-    if cfg.model.long_text == "chunk":
-        if info.num_labels != 1:
-            raise ConfigError(
-                f"model.long_text chunk keeps each pair's best window score (MaxP), which needs "
-                f"a single-output model (task score, rerank, or classify with "
-                f"classify.threshold); {cfg.model.name} has {info.num_labels} outputs "
-                f"{list(info.labels)}, whose per-window maxima would not be one window's "
-                "scores (use model.long_text: truncate)"
-            )
-        from crossenc.models.tokenize import check_chunking
-
-        check_chunking(cfg.model, info, load_tokenizer(cfg.model, info.source))
 
 
 # The files that turn a pair's texts into token ids: the tokenizer's (vocabulary, merges,

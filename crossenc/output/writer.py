@@ -39,7 +39,8 @@ from crossenc.metrics import METRIC_COLUMNS, REUSED, merge_part_metrics, part_me
 from crossenc.models.tokenize import ERROR, IDS, ROW, SOURCE, TRUNCATED, TYPE_IDS
 from crossenc.output.parts import PartStats, in_ranges, merge_ranges, part_file_name, row_ranges
 from crossenc.storage import Location, resolve, retried_requests
-from crossenc.tasks.base import DROPPED, LABEL, RANK, SCORE, rank_within
+from crossenc.tasks.base import DROPPED, LABEL, RANK, SCORE
+from crossenc.tasks.rerank import rank_within
 from crossenc.testing.failpoints import failpoint
 
 INTERNAL = (ERROR, DROPPED, REUSED, IDS, TYPE_IDS, SOURCE, ROW, *METRIC_COLUMNS)

@@ -57,7 +57,7 @@ from crossenc.run.incremental import Matches, earlier_runs, match
 from crossenc.run.summary import build_summary, compare_runs, summary_table
 from crossenc.run.verify import Verdict, check_reuse
 from crossenc.storage import resolve, retried_requests
-from crossenc.tasks.base import rank_group, score_columns
+from crossenc.tasks import task_for
 from crossenc.versions import stack_versions
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class ScorerReplica:
     def __init__(self, cfg: JobConfig, info: ModelInfo, load: bool = True) -> None:
         """``load`` false: the model is loaded when a row to score first arrives (a night whose
         every row output.incremental matched loads none)."""
-        self.cfg, self.info = cfg, info
+        self.cfg, self.info, self.task = cfg, info, task_for(cfg)
         self.replica = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
         self.engine: ScoringEngine | None = None
         self.load_seconds = 0.0  # reported with the first rows scored
@@ -171,7 +171,7 @@ class ScorerReplica:
             batch = batch.set_column(column, ERROR, pa.array(errors, type=pa.string()))
         dropped = (IDS, TYPE_IDS, WINDOW_LENGTHS, WINDOWS, REUSE_SCORES)  # windows: see below
         out = batch.drop_columns([c for c in dropped if c in batch.column_names])
-        columns = score_columns(scores, valid, self.cfg, self.info)
+        columns = self.task.score_columns(scores, valid, self.info)
         if WINDOWS in batch.column_names:
             columns[WINDOWS] = batch.column(WINDOWS)
         columns |= metric_columns(
@@ -233,7 +233,7 @@ def scoring_stages(
     )  # Ray restarts a dead scorer and retries its batch (max_restarts=-1 by default)
     if rank_partitions:
         ds = ds.groupby(cfg.rerank.group_by, num_partitions=rank_partitions).map_groups(
-            rank_group, fn_kwargs={"top_k": cfg.rerank.top_k}, batch_format="pyarrow"
+            task_for(cfg).post_group, batch_format="pyarrow"
         )
     return ds
 

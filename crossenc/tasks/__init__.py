@@ -1,0 +1,33 @@
+"""The tasks: one module each behind :class:`crossenc.tasks.base.Task`."""
+
+from __future__ import annotations
+
+from crossenc.config import ConfigError, JobConfig
+from crossenc.models.load import ModelInfo, load_tokenizer
+from crossenc.models.tokenize import check_chunking
+from crossenc.tasks.base import Task
+from crossenc.tasks.classify import ClassifyTask
+from crossenc.tasks.rerank import RerankTask
+from crossenc.tasks.score import ScoreTask
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (ScoreTask, ClassifyTask, RerankTask)}
+
+
+def task_for(cfg: JobConfig) -> Task:
+    """The task ``task:`` names."""
+    return TASKS[cfg.task](cfg)
+
+
+def check_task(cfg: JobConfig, info: ModelInfo) -> None:
+    """Refuse task/model combinations that cannot give the promised output columns."""
+    task_for(cfg).check(info)
+    if cfg.model.long_text == "chunk":
+        if info.num_labels != 1:
+            raise ConfigError(
+                f"model.long_text chunk keeps each pair's best window score (MaxP), which needs "
+                f"a single-output model (task score, rerank, or classify with "
+                f"classify.threshold); {cfg.model.name} has {info.num_labels} outputs "
+                f"{list(info.labels)}, whose per-window maxima would not be one window's "
+                "scores (use model.long_text: truncate)"
+            )
+        check_chunking(cfg.model, info, load_tokenizer(cfg.model, info.source))
