@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 from bench import render  # noqa: E402  (the repository's own renderer, bench/render.py)
 
-MARKER = re.compile(r"<!-- bench:([a-z-]+)((?: [^ ]+)*) -->")
+MARKER = re.compile(r"<!-- bench:([a-z-]+)((?: (?!-->)\S+)*) -->")
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -75,18 +75,39 @@ def source(name: str) -> str:
     result = _load(name)
     versions = result.get("versions") or {}
     stack = ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("torch", "transformers"))
-    return f"*`bench/{name}`: {date(result)}, {machine(result)}" + (
-        f"; {stack}*" if stack else "*"
-    )
+    return f"*`bench/{name}`: {date(result)}, {machine(result)}" + (f"; {stack}*" if stack else "*")
+
+
+# The page each result is shown on, and what it measures where its JSON does not say.
+PAGES = {
+    "latest-causal.json": ("causal.md", None),
+    "latest-cpu-engine.json": ("cpu.md", "the engine alone, 7 repetitions (a shorter run)"),
+    "latest-cpu.json": ("cpu.md", None),
+    "latest-feed-3e5.json": ("feeding-a-gpu.md", None),
+    "latest-feed.json": ("feeding-a-gpu.md", None),
+    "latest-gpu-sweep.json": ("gpu.md", "the bf16 engine per token budget; out of memory"),
+    "latest-gpu.json": ("gpu.md", None),
+    "latest-host.json": ("feeding-a-gpu.md", "the engine's host work per pair (zeros runner)"),
+    "latest-incremental-tiny.json": ("incremental.md", None),
+    "latest-incremental.json": ("incremental.md", None),
+    "latest-long.json": ("../models.md#long-inputs-8192-token-models", None),
+    "latest-memory.json": ("cpu.md", None),
+    "latest-oob.json": ("oob.md", "crossenc score's defaults against a user's script"),
+    "latest-scale.json": ("scale.md", None),
+    "latest-tables.json": ("scale.md#delta-lake-and-iceberg-commits", None),
+    "latest-verify-cost.json": ("../concepts/incremental.md", "the reuse check's cost"),
+    "latest-verify-tolerance.json": ("../concepts/incremental.md", "the reuse check's tolerance"),
+}
 
 
 def results_table() -> str:
     rows = []
     for path in sorted(BENCH.glob("latest-*.json")):
         result = _load(path.name)
-        name = f"`bench/{path.name}`"
-        rows.append([name, date(result), machine(result), what(path.name, result)])
-    return render._markdown(["file", "date", "CPU / device", "what"], rows)
+        page, description = PAGES.get(path.name, (None, None))
+        name = f"[`{path.name}`]({page})" if page else f"`{path.name}`"
+        rows.append([name, date(result), machine(result), description or what(path.name, result)])
+    return render._markdown(["bench/", "date", "CPU / device", "what"], rows)
 
 
 def gpu_sweep(name: str, run1: str | None = None) -> str:
