@@ -179,12 +179,14 @@ def test_schema_documents_every_field(capsys):
             assert spec.get("description"), f"{name}.{field} has no description"
 
 
-def test_readme_config_reference_is_current():
+def test_docs_config_reference_is_current():
     from crossenc.config import config_reference
 
-    readme = (CONFIGS.parent / "README.md").read_text()
-    start = readme.index("<!-- config-reference:start -->\n") + len(
+    page = (CONFIGS.parent / "docs" / "reference" / "config.md").read_text()
+    start = page.index("<!-- config-reference:start -->\n") + len(
         "<!-- config-reference:start -->\n"
     )
-    end = readme.index("\n<!-- config-reference:end -->")
-    assert readme[start:end] == config_reference(), "regenerate: crossenc schema --markdown"
+    end = page.index("\n<!-- config-reference:end -->")
+    assert page[start:end] == config_reference(), (
+        "regenerate: .venv/bin/python scripts/regen_config_reference.py"
+    )

@@ -1,6 +1,6 @@
 """Every mistake a user can make ends with a documented exit code and one message naming the
-config key or file to change, never a traceback (README, "Exit codes"). Each case runs the
-real command: stores on loopback (moto's S3 server, one that checks credentials, a closed
+config key or file to change, never a traceback (docs/operations/exit-codes.md). Each case runs
+the real command: stores on loopback (moto's S3 server, one that checks credentials, a closed
 port), model folders with a file missing, a small tmpfs that fills up while the run stages."""
 
 from __future__ import annotations
@@ -284,7 +284,8 @@ def _unexpected_error_after_scoring(c: Ctx) -> Run:
     return Run({}, env={"CROSSENC_FAILPOINT": "commit.after_record:raise"}, before_start=False)
 
 
-# case -> (setup, exit code, what the message must say). The README's table lists the same.
+# case -> (setup, exit code, what the message must say). docs/operations/exit-codes.md lists
+# the same.
 CASES: dict[str, tuple[Callable[[Ctx], Run], int, list[str]]] = {
     "input endpoint unreachable": (
         _input_unreachable,
@@ -452,9 +453,9 @@ def test_mistake_gets_its_exit_code_and_names_what_to_change(
         assert not (tmp_path / "out").exists()
 
 
-def test_readme_lists_every_exit_code():
-    readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("Exit codes, for schedulers:") :]
+def test_docs_list_every_exit_code():
+    page = (REPO / "docs" / "operations" / "exit-codes.md").read_text()
+    table = page[page.index("Exit codes, for schedulers:") :]
     for code in (0, 2, 3, 4, 5, 6, 7, EXIT_STORAGE, EXIT_BUG, EXIT_ENVIRONMENT):
         assert f"\n| {code} |" in table
 
