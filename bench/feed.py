@@ -66,7 +66,7 @@ def _config(data: Path, model: Path, out: Path, cache: Path) -> dict[str, Any]:
 
 
 def _cores() -> int:
-    from crossenc.run.job import machine_cores
+    from crossenc.run.cluster import machine_cores
 
     return machine_cores()
 
@@ -248,12 +248,13 @@ def child(spec_path: str) -> None:
     import logging
 
     from crossenc.config import build_config
-    from crossenc.run import job as pipeline
+    from crossenc.run import job, passes
+    from crossenc.run.progress import Progress
 
     logging.basicConfig(level=logging.WARNING)
     spec = json.loads(Path(spec_path).read_text())
     built: list[Any] = []
-    build = pipeline.build_dataset
+    build = passes.build_dataset
 
     def capture(*args: Any, **kwargs: Any) -> Any:
         marks.setdefault("build_dataset", time.perf_counter())
@@ -261,9 +262,9 @@ def child(spec_path: str) -> None:
         built.append(ds)
         return ds
 
-    pipeline.build_dataset = capture
+    passes.build_dataset = capture
     marks: dict[str, float] = {}  # perf_counter times of the scoring phase's first steps
-    score_pass, add = pipeline._score_pass, pipeline.Progress.add
+    score_pass, add = passes.score_pass, Progress.add
 
     def timed_pass(*args: Any, **kwargs: Any) -> Any:
         marks.setdefault("score_pass", time.perf_counter())
@@ -273,13 +274,13 @@ def child(spec_path: str) -> None:
         marks.setdefault("first_rows_written", time.perf_counter())
         add(self, rows)
 
-    pipeline._score_pass = timed_pass
-    pipeline.Progress.add = first_rows  # type: ignore[method-assign]
+    passes.score_pass = timed_pass
+    Progress.add = first_rows  # type: ignore[method-assign]
     cfg = build_config(spec["config"])
     busy0, total0 = _cpu_busy()
     t0 = time.perf_counter()
     with ProcessCpu() as cpu:
-        result = pipeline.run_job(cfg)
+        result = job.run_job(cfg)
     ended = time.perf_counter()
     seconds = ended - t0
     busy1, total1 = _cpu_busy()
@@ -391,7 +392,7 @@ def feed(args: argparse.Namespace) -> dict[str, Any]:
     from bench.__main__ import _versions, cpu_model
     from bench.data import write_pairs
     from crossenc.config import build_config
-    from crossenc.run.job import machine_cores
+    from crossenc.run.cluster import machine_cores
     from crossenc.testing import build_minilm_cross_encoder
 
     work = Path(args.work)

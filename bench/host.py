@@ -286,9 +286,9 @@ def _measure_main() -> None:
 
     import crossenc
     from crossenc.config import ModelConfig
+    from crossenc.engine.replica import ScorerReplica
     from crossenc.engine.scoring import ScoringEngine, ZeroRunner
     from crossenc.models.load import describe_model
-    from crossenc.run.job import ScorerReplica
 
     spec = json.loads(sys.argv[1])
     cfg = _config(spec["work"], spec["model"])

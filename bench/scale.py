@@ -94,7 +94,7 @@ def one(
     )
     from crossenc.output.journal import Journal
     from crossenc.output.parts import PartStats, new_run_id, part_file_name
-    from crossenc.run.job import check_accounted, usable_parts
+    from crossenc.run.accounting import check_accounted, usable_parts
     from crossenc.storage import resolve
     from crossenc.testing.faultproxy import FaultProxy
 

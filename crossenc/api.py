@@ -10,7 +10,7 @@ the lazy dataset of their scores, which composes with any operator before and af
     score(ds).write_parquet("s3://bucket/scored/")
 
 ``run(config)`` runs the job as ``crossenc score`` does (input and output paths, commit,
-resume, dead-letter folder, summary) and returns its :class:`~crossenc.run.job.RunResult`.
+resume, dead-letter folder, summary) and returns its :class:`~crossenc.run.result.RunResult`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from crossenc.inputs.plan import InputError, schema_problem
 from crossenc.models.load import describe_model
 from crossenc.models.tokenize import ERROR
 from crossenc.output.writer import visible_columns
-from crossenc.run.job import RunResult, for_this_machine, run_job, scoring_stages
+from crossenc.run.cluster import for_this_machine
+from crossenc.run.dataflow import scoring_stages
+from crossenc.run.job import run_job
+from crossenc.run.result import RunResult
 from crossenc.tasks import check_task
 from crossenc.tasks.base import DROPPED
 

@@ -35,7 +35,7 @@ from crossenc.models.load import CAUSAL_LM, ModelInfo
 from crossenc.tasks import task_for
 
 if TYPE_CHECKING:
-    from crossenc.run.job import RunResult
+    from crossenc.run.result import RunResult
 
 log = logging.getLogger("crossenc")
 
@@ -197,7 +197,7 @@ def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
                 print(f"{key:>30}: {value}")
         return EXIT_OK
     if args.command == "validate":
-        from crossenc.run.job import previous_summary
+        from crossenc.run.summary import previous_summary
 
         previous_summary(cfg)  # output.compare_to must hold a committed run
         print(yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
@@ -205,7 +205,8 @@ def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
         print(describe_plan(cfg, plan))
         print("config OK")
         return EXIT_OK
-    from crossenc.run.job import run_job, summary_lines
+    from crossenc.run.job import run_job
+    from crossenc.run.result import summary_lines
 
     result = run_job(cfg, plan)
     print("\n".join(summary_lines(result)))

@@ -192,10 +192,10 @@ def test_replica_dead_letters_a_row_that_does_not_fit_alone(models, tmp_path):
     block is scored as usual."""
     import pyarrow as pa
 
+    from crossenc.engine.replica import ScorerReplica
     from crossenc.metrics import OOM
     from crossenc.models.load import describe_model
     from crossenc.models.tokenize import ERROR, IDS, ROW, SOURCE, tokenize_batch
-    from crossenc.run.job import ScorerReplica
     from tests.helpers import job_config
 
     cfg = job_config(tmp_path / "in", tmp_path / "out", models[("bert", 1)])

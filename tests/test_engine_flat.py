@@ -305,9 +305,9 @@ def test_staging_buffers_are_reused_in_turn_and_grown():
 def test_replica_scores_a_block_however_it_is_sliced_or_chunked(models, tmp_path):
     import pyarrow as pa
 
+    from crossenc.engine.replica import ScorerReplica
     from crossenc.models.load import describe_model
     from crossenc.models.tokenize import ROW, SOURCE, tokenize_batch
-    from crossenc.run.job import ScorerReplica
     from crossenc.testing import sample_sentences
     from tests.helpers import job_config
 

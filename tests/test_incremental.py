@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from crossenc.config import ConfigError
+from crossenc.engine.replica import ScorerReplica
 from crossenc.inputs.read import reuse_block
 from crossenc.inputs.reuse import PAIR_HASH, REUSE_SCORES, Reuse, pair_hashes
 from crossenc.models.load import describe_model, model_fingerprint
@@ -27,7 +28,8 @@ from crossenc.output.committers import committer_for
 from crossenc.output.journal import Journal, read_journal
 from crossenc.run import incremental
 from crossenc.run.incremental import match_partition
-from crossenc.run.job import ScorerReplica, run_job, summary_lines
+from crossenc.run.job import run_job
+from crossenc.run.result import summary_lines
 from crossenc.storage import resolve
 from crossenc.testing import NLI_LABELS, build_tiny_model, write_pairs, write_parquet_files
 from crossenc.testing.failpoints import FailpointError
@@ -363,7 +365,7 @@ def test_a_night_of_pairs_scored_before_loads_no_model(tmp_path, nights, model, 
     out = tmp_path / "out"
     run_job(_config(nights, "night1", out, model, mode="overwrite"))
     night1 = read_output(out)
-    with caplog.at_level(logging.INFO, logger="crossenc.run.job"):
+    with caplog.at_level(logging.INFO, logger="crossenc.run"):
         again = run_job(_config(nights, "night1", out, model, mode="overwrite"))
     assert "every row to score was scored before: no model is loaded" in caplog.text
     rows = again.summary["rows"]

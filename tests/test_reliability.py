@@ -31,7 +31,8 @@ from crossenc.output.commit import (
 from crossenc.output.journal import Journal
 from crossenc.output.parts import PartStats, missing_ranges, new_run_id
 from crossenc.output.writer import RollingWriter, WriterOptions
-from crossenc.run.job import check_accounted, run_job, usable_parts
+from crossenc.run.accounting import check_accounted, usable_parts
+from crossenc.run.job import run_job
 from crossenc.storage import resolve
 from tests.helpers import job_config, read_output
 

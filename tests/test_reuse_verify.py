@@ -152,7 +152,7 @@ def test_tables_record_the_stack_and_a_new_one_is_verified(
         stack = _upgraded(monkeypatch)
         out["partition_value"] = {"dt": "d2"}
         cfg = _config(nights, "night2", out["path"], model, verify_sample=25, **out)
-        with caplog.at_level(logging.INFO, logger="crossenc.run.job"):
+        with caplog.at_level(logging.INFO, logger="crossenc.run"):
             second = run_job(cfg)
         reuse = second.summary["reuse"]
         assert second.rows_reused == PAIRS and second.summary["rows"]["new"] == 12
@@ -193,7 +193,7 @@ def test_drifted_stored_scores_are_not_reused(
     _tamper(out, 0.05)
     _upgraded(monkeypatch)
     cfg = _config(nights, "night2", out, model, mode="overwrite", verify_sample=sample)
-    with caplog.at_level(logging.WARNING, logger="crossenc.run.job"):
+    with caplog.at_level(logging.WARNING, logger="crossenc.run"):
         second = run_job(cfg)
     reuse = second.summary["reuse"]
     night2 = read_output(out).sort_by("pair_id")

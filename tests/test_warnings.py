@@ -17,7 +17,7 @@ from crossenc.inputs.plan import plan_job
 from crossenc.inputs.read import read_units
 from crossenc.output.parts import new_run_id
 from crossenc.output.writer import WriterOptions
-from crossenc.run.job import build_dataset
+from crossenc.run.dataflow import build_dataset
 from crossenc.testing import build_tiny_model, write_pairs
 from tests.helpers import job_config, read_output
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from crossenc.config import ConfigError, JobConfig
 from crossenc.metrics import RunMetrics
+from crossenc.output.committers import previous_manifest
 
 
 def build_summary(
@@ -191,3 +193,17 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append((f"vs {drift['compare_to']}", verdict))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
+
+
+def previous_summary(cfg: JobConfig) -> dict[str, Any] | None:
+    """The summary of the run at output.compare_to, or None when no comparison is asked for."""
+    if not cfg.output.compare_to:
+        return None
+    manifest = previous_manifest(cfg.output)  # a Parquet folder, or a table's commit
+    if manifest is None or not manifest.get("summary", {}).get("scores"):
+        raise ConfigError(
+            f"output.compare_to {cfg.output.compare_to} holds no committed crossenc run with a "
+            "summary (_SUCCESS and _manifest.json, or a table commit of crossenc); remove "
+            "compare_to for a first run"
+        )
+    return manifest["summary"]

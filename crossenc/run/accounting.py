@@ -1,0 +1,90 @@
+"""Row accounting: which input rows the parts hold, what a resume can take over, and the check
+that every row read was written, dead-lettered or dropped exactly once."""
+
+from __future__ import annotations
+
+from crossenc.errors import InvariantError
+from crossenc.inputs.plan import InputFile
+from crossenc.output.parts import (
+    PartStats,
+    merge_ranges,
+    missing_ranges,
+    overlaps,
+)
+
+
+def coverage(parts: list[PartStats]) -> dict[str, list[list[int]]]:
+    """Per input file, the row ranges the parts hold (not merged: overlaps stay visible)."""
+    out: dict[str, list[list[int]]] = {}
+    for part in parts:
+        out.setdefault(part.input_file, []).extend(part.row_ranges())
+    return out
+
+
+def check_accounted(files: list[InputFile], parts: list[PartStats], run_id: str) -> None:
+    """Per input file: the parts' row ranges tile its rows exactly once, and rows read = rows
+    written + dead-lettered + dropped by top_k."""
+    accounted: dict[str, int] = {}
+    for part in parts:
+        accounted[part.input_file] = accounted.get(part.input_file, 0) + part.accounted
+    ranges = coverage(parts)
+    wrong = []
+    for f in files:
+        got = ranges.pop(f.path, [])
+        n = accounted.pop(f.path, 0)
+        if (
+            n != f.rows
+            or overlaps(got)
+            or missing_ranges(got, f.rows)
+            or (got and max(e for _, e in got) > f.rows)
+        ):
+            wrong.append(f"{f.path}: read {f.rows}, accounted {n}, ranges {merge_ranges(got)}")
+    wrong += [f"{path}: not an input file, {n} rows" for path, n in accounted.items()]
+    if wrong:
+        raise InvariantError(
+            f"rows read != rows written + dead-lettered + dropped; nothing committed "
+            f"(run {run_id}): " + "; ".join(wrong[:5])
+        )
+
+
+def usable_parts(staged: list[PartStats], files: tuple[InputFile, ...]) -> list[PartStats]:
+    """The staged parts a resume can take over: whole output files (every part of a file, as
+    many as each part says it has, or none), whose input files are all still in the input
+    with the same row counts, holding no row that an already kept file holds."""
+    rows = {f.path: f.rows for f in files}
+    by_file: dict[str, list[PartStats]] = {}
+    for part in staged:
+        name = (part.file or part.dead_file or "").rsplit("/", 1)[-1]
+        by_file.setdefault(name, []).append(part)
+    kept: list[PartStats] = []
+    taken: dict[str, list[list[int]]] = {}
+    for name in sorted(by_file):  # run ids sort by start: the earliest run's files first
+        group = list({(p.input_file, p.ranges): p for p in by_file[name]}.values())
+        fits = (
+            bool(name)
+            and all(len(group) == p.siblings for p in group)
+            and all(
+                p.input_file in rows
+                and (p.input_rows in (-1, rows[p.input_file]))
+                and not overlaps(taken.get(p.input_file, []) + p.row_ranges())
+                and max((e for _, e in p.row_ranges()), default=0) <= rows[p.input_file]
+                for p in group
+            )
+        )
+        if fits:
+            kept += group
+            for p in group:
+                taken.setdefault(p.input_file, []).extend(p.row_ranges())
+    return kept
+
+
+def todo_ranges(files: tuple[InputFile, ...], parts: list[PartStats]) -> dict[str, list[list[int]]]:
+    """Per input file, the row ranges no part holds yet."""
+    have = coverage(parts)
+    todo = {f.path: missing_ranges(have.get(f.path, []), f.rows) for f in files}
+    return {path: ranges for path, ranges in todo.items() if ranges}
+
+
+def rows_in(todo: dict[str, list[list[int]]]) -> int:
+    """How many rows the todo ranges hold."""
+    return sum(end - start for ranges in todo.values() for start, end in ranges)

@@ -1,0 +1,57 @@
+"""output.incremental's phase: match the rows to score against the earlier runs of the same
+scoring key, and check the stored scores made under another stack."""
+
+from __future__ import annotations
+
+import logging
+
+from crossenc.config import JobConfig
+from crossenc.inputs.plan import JobPlan
+from crossenc.inputs.read import pending_units, read_units
+from crossenc.run.incremental import Matches, earlier_runs, match
+from crossenc.run.verify import Verdict, check_reuse
+
+log = logging.getLogger(__name__)
+
+
+def match_earlier(
+    cfg: JobConfig,
+    plan: JobPlan,
+    todo: dict[str, list[list[int]]],
+    key: str,
+    staging: str,
+    rows: int,
+    stack: dict[str, str],
+) -> tuple[Matches | None, Verdict | None]:
+    """output.incremental: the earlier runs with this run's scoring key, matched against the
+    rows to score (None: no earlier run to match, or none to reuse), and the check of those
+    that recorded another ``stack`` (:mod:`crossenc.run.verify`; None: nothing to check)."""
+    earlier = earlier_runs(cfg, key)
+    where = ", ".join(cfg.output.reuse_from) or cfg.output.path
+    if earlier.other_keys:
+        log.warning(
+            "incremental: %d earlier run(s) in %s scored with another scoring key (another "
+            "model, revision, weights, activation, max_length, truncation, dtype...): their "
+            "scores are not reused",
+            len(earlier.other_keys),
+            where,
+        )
+    if not earlier.files:
+        log.info(
+            "incremental: no earlier run in %s has scoring key %s: every row is scored", where, key
+        )
+        return None, None
+    units = read_units(plan.files, todo) + pending_units([p for p, _ in plan.pending])
+    matches = Matches(match(cfg, plan.info, units, earlier, staging, rows), staging)
+    verdict = check_reuse(cfg, matches, earlier, stack, key)
+    if verdict is not None:
+        log.log(
+            logging.INFO if verdict.decision == "reused" else logging.WARNING,
+            "incremental: scores made under another stack: %s",
+            verdict.reason,
+        )
+        if verdict.decision == "rescored":
+            return None, verdict
+    if matches.covers(todo) and not plan.pending:
+        log.info("incremental: every row to score was scored before: no model is loaded")
+    return matches, verdict

@@ -1,0 +1,123 @@
+"""The score passes: the dataflow run over the rows to score, writers started and flushed, and
+rows a dead writer lost scored again."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import ray
+
+from crossenc.config import JobConfig
+from crossenc.inputs.plan import JobPlan
+from crossenc.inputs.read import pending_units, read_units
+from crossenc.output.parts import (
+    PartStats,
+)
+from crossenc.output.writer import WriterOptions, writer_actor
+from crossenc.run.accounting import rows_in, todo_ranges
+from crossenc.run.cluster import ensure_ray
+from crossenc.run.dataflow import build_dataset
+from crossenc.run.incremental import Matches
+
+log = logging.getLogger(__name__)
+
+
+WHOLE_INPUT_RANK_ROWS = 1_000_000  # a rerank this small is ranked in its one writer, no shuffle
+
+
+def score_pass(
+    cfg: JobConfig,
+    plan: JobPlan,
+    todo: dict[str, list[list[int]]],
+    run_id: str,
+    attempt: int,
+    on_parts: Any,
+    on_progress: Any,
+    reuse: Matches | None = None,
+) -> None:
+    """One pass of the pipeline over the todo ranges: writers started, the stream consumed,
+    the writers flushed (a writer that died loses its open file: the next pass redoes it).
+    ``reuse``: output.incremental's matches (see :mod:`crossenc.run.incremental`)."""
+    ensure_ray()
+    files = cfg.output.files
+    count = cfg.runtime.writers or cfg.runtime.replicas
+    rows = rows_in(todo)
+    # A small rerank whose groups span files: its one writer ranks the whole input, no shuffle.
+    whole = (
+        cfg.task == "rerank"
+        and not plan.rerank_within_files
+        and count == 1
+        and rows <= min(files.max_rows, WHOLE_INPUT_RANK_ROWS)
+    )
+    within = cfg.task == "rerank" and (plan.rerank_within_files or whole)
+    options = WriterOptions(
+        max_rows=files.max_rows,
+        max_bytes=int(files.max_mib * 2**20),
+        max_seconds=files.max_seconds,
+        rerank_by=cfg.rerank.group_by if within else None,
+        top_k=cfg.rerank.top_k if within else None,
+        expected_rows={f.path: f.rows for f in plan.files if f.path in todo} if within else {},
+        rank_whole_input=whole,
+    )
+    actor = writer_actor()
+    prefix = f"r{attempt}" if attempt else ""
+    writers = [actor.remote(cfg.output, run_id, f"{prefix}w{i}", options) for i in range(count)]
+    try:
+        units = read_units(plan.files, todo) + pending_units([p for p, _ in plan.pending])
+        if cfg.output.incremental:
+            paths = reuse.paths if reuse else {}
+            for unit in units:
+                unit["reuse"] = paths.get(str(unit["file"]), "")
+        ds = build_dataset(
+            cfg,
+            units,
+            plan.info,
+            run_id,
+            writers,
+            options,
+            cfg.task == "rerank" and not within,
+            dict(plan.reference),
+            load_model=not (reuse and reuse.covers(todo) and not plan.pending),
+        )
+        for row in ds.iter_rows():
+            on_progress(row["t"], row["accounted"])
+            on_parts([PartStats(**p) for p in json.loads(row["parts"])])
+        for writer in writers:
+            try:
+                on_parts(ray.get(writer.flush.remote()))
+            except ray.exceptions.RayActorError:
+                log.warning("an output writer died: its open file is scored again")
+    finally:
+        for writer in writers:
+            ray.kill(writer)
+
+
+def score_passes(
+    cfg: JobConfig,
+    plan: JobPlan,
+    todo: dict[str, list[list[int]]],
+    parts: list[PartStats],
+    run_id: str,
+    pending: Any,
+    on_parts: Any,
+    on_progress: Any,
+    reuse: Matches | None = None,
+) -> tuple[JobPlan, dict[str, list[list[int]]]]:
+    """Score the todo ranges; while rows are missing (a writer died with its open file), score
+    them again, at most twice. Returns the plan with every footer read, and what is missing."""
+    for attempt in range(3):
+        if not todo and not plan.pending:
+            break
+        if attempt:
+            log.warning(
+                "%d rows of %d files were not written (a writer died): scoring them again",
+                rows_in(todo),
+                len(todo),
+            )
+        score_pass(cfg, plan, todo, run_id, attempt, on_parts, on_progress, reuse)
+        if pending is not None:  # every footer is known now: the accounting needs them all
+            plan, pending = pending.result(), None
+        todo = todo_ranges(plan.files, parts)
+    return plan, todo
