@@ -197,7 +197,7 @@ def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
                 print(f"{key:>30}: {value}")
         return EXIT_OK
     if args.command == "validate":
-        from crossenc.run.summary import previous_summary
+        from crossenc.run.prepare import previous_summary
 
         previous_summary(cfg)  # output.compare_to must hold a committed run
         print(yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())

@@ -1,16 +1,26 @@
-"""Row accounting: which input rows the parts hold, what a resume can take over, and the check
-that every row read was written, dead-lettered or dropped exactly once."""
+"""Phase 5, account: which input rows the parts hold, what a resume can take over, the driver's
+ledger of parts as they close, and the check that every row read was written, dead-lettered or
+dropped exactly once."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
+from crossenc.config import OutputConfig
 from crossenc.errors import InvariantError
 from crossenc.inputs.plan import InputFile
+from crossenc.metrics import RunMetrics
+from crossenc.output.commit import staging_dir
+from crossenc.output.journal import Journal
 from crossenc.output.parts import (
     PartStats,
     merge_ranges,
     missing_ranges,
     overlaps,
 )
+from crossenc.run.progress import Progress
+from crossenc.storage import resolve
 
 
 def coverage(parts: list[PartStats]) -> dict[str, list[list[int]]]:
@@ -88,3 +98,70 @@ def todo_ranges(files: tuple[InputFile, ...], parts: list[PartStats]) -> dict[st
 def rows_in(todo: dict[str, list[list[int]]]) -> int:
     """How many rows the todo ranges hold."""
     return sum(end - start for ranges in todo.values() for start, end in ranges)
+
+
+class Ledger:
+    """The driver's record of the parts written so far: their metrics folded into the run's,
+    the journal a resume reads, and the progress line."""
+
+    def __init__(self, out: OutputConfig, run_id: str, kept: list[PartStats], rows: int) -> None:
+        loc = resolve(out.path, out.storage)
+        self.journal = Journal(loc, staging_dir(loc, run_id))
+        self.parts = list(kept)
+        self.metrics = RunMetrics()
+        for part in self.parts:
+            self.metrics.add(json.loads(part.metrics), part.accounted, mine=False)
+            part.metrics = ""  # folded in: the driver keeps only what the commit needs
+        self.progress = Progress(rows)
+
+    def on_parts(self, new: list[PartStats]) -> None:
+        """Parts a writer closed: metrics folded in, journaled (with their metrics, which a
+        resume folds in), kept for the commit."""
+        for part in new:
+            self.metrics.add(json.loads(part.metrics), part.accounted, mine=True)
+        self.journal.add(new)
+        for part in new:
+            part.metrics = ""
+        self.parts.extend(new)
+
+    def on_progress(self, t: float, rows: int) -> None:
+        """Rows handed to the writers at ``t``: the throughput timeline and the progress line."""
+        self.metrics.progress(t, rows)
+        self.progress.add(rows)
+
+
+@dataclass
+class Counts:
+    """The run's rows and files, once every part is in."""
+
+    read: int
+    scored: int  # the model's rows: neither taken over nor copied from an earlier run
+    written: int
+    dead_lettered: int
+    dropped_top_k: int
+    resumed: int  # taken over from interrupted runs
+    reused: int  # output.incremental: scores copied from an earlier run
+    skipped_reused: int  # of those, not written (output.incremental: skip)
+    files_written: int
+
+
+def account(
+    files: tuple[InputFile, ...], rows: int, ledger: Ledger, kept: list[PartStats], run_id: str
+) -> Counts:
+    """Phase 5: check that the parts tile every input row exactly once
+    (:func:`check_accounted`: else nothing is committed), and count them."""
+    parts = ledger.parts
+    check_accounted(list(files), parts, run_id)
+    resumed = sum(p.accounted for p in kept)
+    reused = sum(p.reused_rows for p in parts)
+    return Counts(
+        read=rows,
+        scored=rows - resumed - (reused - sum(p.reused_rows for p in kept)),
+        written=sum(p.rows for p in parts),
+        dead_lettered=sum(p.dead_rows for p in parts),
+        dropped_top_k=sum(p.dropped_rows for p in parts),
+        resumed=resumed,
+        reused=reused,
+        skipped_reused=sum(p.skipped_rows for p in parts),
+        files_written=len({p.file for p in parts if p.file}),
+    )

@@ -56,8 +56,6 @@ MATCH_ROWS_PER_PARTITION = 2_000_000  # rows (both sides) per partition of the m
 MATCH_IO_THREADS = 16  # a driver-side match's reads and writes at a time (store latency)
 
 
-
-
 def reuse_columns(cfg: JobConfig, info: ModelInfo) -> list[str]:
     """The output columns an earlier run's row gives a reused one: its scores (the task's
     other columns, label and rank, follow from them), ``truncated`` and, chunking, ``windows``."""
@@ -395,19 +393,3 @@ class Matches:
             self.rows.get(path, 0) == sum(end - start for start, end in ranges)
             for path, ranges in todo.items()
         )
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

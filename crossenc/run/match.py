@@ -1,20 +1,56 @@
-"""output.incremental's phase: match the rows to score against the earlier runs of the same
-scoring key, and check the stored scores made under another stack."""
+"""Phase 3, match earlier scores (output.incremental): the rows to score are matched against the
+earlier runs of the same scoring key, and stored scores made under another stack are checked."""
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 
 from crossenc.config import JobConfig
 from crossenc.inputs.plan import JobPlan
 from crossenc.inputs.read import pending_units, read_units
+from crossenc.output.commit import staging_dir
+from crossenc.run.clock import Clock
 from crossenc.run.incremental import Matches, earlier_runs, match
+from crossenc.run.prepare import Prepared
+from crossenc.run.takeover import TakeOver
 from crossenc.run.verify import Verdict, check_reuse
+from crossenc.storage import resolve
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class EarlierScores:
+    """What this run may take from earlier runs."""
+
+    key: str  # this run's scoring key ("": not incremental)
+    matches: Matches | None = None  # None: nothing to reuse
+    verdict: Verdict | None = None  # the check of scores made under another stack, if any
+
+
 def match_earlier(
+    cfg: JobConfig, run: Prepared, taken: TakeOver, stack: dict[str, str], clock: Clock
+) -> EarlierScores:
+    """With output.incremental, match the rows left to score (``match`` and ``verify`` phase
+    seconds go on ``clock``); else nothing to reuse."""
+    if not cfg.output.incremental:
+        return EarlierScores("")
+    key = cfg.scoring_key(run.record.model)
+    if not taken.todo and not run.plan.pending:
+        return EarlierScores(key)
+    started = time.monotonic()
+    loc = resolve(cfg.output.path, cfg.output.storage)
+    staging = staging_dir(loc, run.record.run_id)
+    matches, verdict = _match(cfg, run.plan, taken.todo, key, staging, taken.rows_now, stack)
+    clock.lap("match", started)
+    if verdict is not None:  # (within the match's seconds)
+        clock.phases["verify"] = round(verdict.seconds, 3)
+    return EarlierScores(key, matches, verdict)
+
+
+def _match(
     cfg: JobConfig,
     plan: JobPlan,
     todo: dict[str, list[list[int]]],

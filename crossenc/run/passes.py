@@ -1,4 +1,4 @@
-"""The score passes: the dataflow run over the rows to score, writers started and flushed, and
+"""Phase 4, score passes: the dataflow run over the rows to score, writers started and flushed, and
 rows a dead writer lost scored again."""
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from crossenc.output.parts import (
     PartStats,
 )
 from crossenc.output.writer import WriterOptions, writer_actor
-from crossenc.run.accounting import rows_in, todo_ranges
+from crossenc.run.accounting import Ledger, rows_in, todo_ranges
 from crossenc.run.cluster import ensure_ray
 from crossenc.run.dataflow import build_dataset
 from crossenc.run.incremental import Matches
+from crossenc.run.match import EarlierScores
+from crossenc.run.prepare import Prepared
+from crossenc.run.takeover import TakeOver
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +124,29 @@ def score_passes(
             plan, pending = pending.result(), None
         todo = todo_ranges(plan.files, parts)
     return plan, todo
+
+
+def score(
+    cfg: JobConfig, run: Prepared, taken: TakeOver, ledger: Ledger, earlier: EarlierScores
+) -> None:
+    """Phase 4: score the rows left (:func:`score_passes`), each closed part going to the
+    ``ledger``; ``run.plan`` becomes the plan with every footer read. A failure is reported as
+    being outrun when another run committed meanwhile (and may have removed this one's files)."""
+    try:
+        run.plan, _ = score_passes(
+            cfg,
+            run.plan,
+            taken.todo,
+            ledger.parts,
+            run.record.run_id,
+            run.pending,
+            ledger.on_parts,
+            ledger.on_progress,
+            earlier.matches,
+        )
+    except Exception:
+        run.committer.check_not_outrun(run.base, run.record.run_id, ledger.parts)
+        raise
+    finally:
+        ledger.progress.close()
+    ledger.journal.flush()

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from crossenc.config import JobConfig
+from crossenc.inputs.plan import JobPlan
+from crossenc.run.accounting import Counts
 from crossenc.run.summary import summary_table
 
 
@@ -77,3 +80,32 @@ def summary_lines(result: RunResult) -> list[str]:
         else f"run {result.run_id} committed to {result.output_path}"
     )
     return [head, *(summary_table(result.summary).splitlines() if result.summary else [])]
+
+
+def run_result(
+    cfg: JobConfig,
+    run_id: str,
+    plan: JobPlan,
+    counts: Counts,
+    files_resumed: int,
+    summary: dict[str, Any],
+    seconds: float,
+) -> RunResult:
+    """What the committed run did, for the caller."""
+    return RunResult(
+        run_id=run_id,
+        rows_read=counts.read,
+        rows_written=counts.written,
+        rows_dead_lettered=counts.dead_lettered,
+        rows_dropped_top_k=counts.dropped_top_k,
+        rows_scored=counts.scored,
+        rows_resumed=counts.resumed,
+        files_resumed=files_resumed,
+        files_skipped=len(plan.skipped),
+        skipped=[b.reason for b in plan.skipped],
+        files_written=summary["files"]["written"],
+        seconds=seconds,
+        output_path=cfg.output.path,
+        summary=summary,
+        rows_reused=counts.reused,
+    )

@@ -1,4 +1,4 @@
-"""The run summary, and how far a run moved from a previous one.
+"""Phase 6, summarise and compare: the run summary, and how far the run moved from a previous one.
 
 :func:`build_summary` turns the metrics the driver folded from every part
 (:class:`crossenc.metrics.RunMetrics`) into the run summary (score quantiles come from the
@@ -11,14 +11,19 @@ the previous run's, read at its percentiles (a Kolmogorov-Smirnov distance on 10
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import numpy as np
 
-from crossenc.config import ConfigError, JobConfig
+from crossenc.config import JobConfig
 from crossenc.metrics import RunMetrics
-from crossenc.output.committers import previous_manifest
+from crossenc.run.accounting import Counts
+from crossenc.run.clock import Clock
+from crossenc.run.verify import Verdict
+
+log = logging.getLogger(__name__)
 
 
 def build_summary(
@@ -195,15 +200,51 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
 
 
-def previous_summary(cfg: JobConfig) -> dict[str, Any] | None:
-    """The summary of the run at output.compare_to, or None when no comparison is asked for."""
-    if not cfg.output.compare_to:
-        return None
-    manifest = previous_manifest(cfg.output)  # a Parquet folder, or a table's commit
-    if manifest is None or not manifest.get("summary", {}).get("scores"):
-        raise ConfigError(
-            f"output.compare_to {cfg.output.compare_to} holds no committed crossenc run with a "
-            "summary (_SUCCESS and _manifest.json, or a table commit of crossenc); remove "
-            "compare_to for a first run"
+def summarise(
+    cfg: JobConfig,
+    run_id: str,
+    files: tuple[int, int],
+    metrics: RunMetrics,
+    counts: Counts,
+    clock: Clock,
+    staged_at: float,
+    previous: dict[str, Any] | None = None,
+    verdict: Verdict | None = None,
+) -> dict[str, Any]:
+    """Phase 6: the run summary (``files``: input files, skipped ones), with the phases' seconds,
+    output.incremental's verdict on scores made under another stack, and the drift against
+    output.compare_to's run (``previous``), whose reasons are logged."""
+    incremental = {"new": counts.scored, "reused": counts.reused}
+    incremental["skipped_reused"] = counts.skipped_reused
+    clock.phases["commit"] = None  # known once committed: _summary.json and the report carry it
+    summary = build_summary(
+        metrics,
+        run_id=run_id,
+        task=cfg.task,
+        model=cfg.model.name,
+        started=clock.wall_started,
+        wall_seconds=staged_at - clock.started,
+        rows={
+            "read": counts.read,
+            "scored": counts.scored,
+            "written": counts.written,
+            "dead_lettered": counts.dead_lettered,
+            "dropped_top_k": counts.dropped_top_k,
+            "resumed": counts.resumed,
+            # output.incremental: rows this run read that no earlier run had scored, rows whose
+            # scores were copied (and, skip, of those the ones not written)
+            **(incremental if cfg.output.incremental else {}),
+        },
+        files={"input": files[0], "skipped": files[1], "written": counts.files_written},
+    )
+    summary["phases"] = clock.phases
+    if verdict is not None:
+        summary["reuse"] = verdict.summary()
+    if previous is not None:
+        drift = cfg.output.drift
+        summary["drift"] = compare_runs(
+            summary, previous, str(cfg.output.compare_to), drift.max_label_tvd, drift.max_score_ks
         )
-    return manifest["summary"]
+        for reason in summary["drift"]["reasons"]:
+            log.warning("drift against %s: %s", cfg.output.compare_to, reason)
+    return summary

@@ -1,0 +1,78 @@
+"""Phase 1, prepare: the output's state, the input's plan and Ray, the first two read while Ray
+starts; and the run's record (its id, config and model fingerprints, the commit it builds on)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from crossenc.config import ConfigError, JobConfig
+from crossenc.inputs.plan import JobPlan, finish_inspection, plan_job
+from crossenc.models.load import model_fingerprint
+from crossenc.output.commit import RunRecord
+from crossenc.output.committers import committer_for, previous_manifest
+from crossenc.output.parts import new_run_id
+from crossenc.output.tables import Committer
+from crossenc.run.cluster import ensure_ray
+
+
+@dataclass
+class Prepared:
+    """The run before any row is scored."""
+
+    committer: Committer  # the Parquet folder's, a Delta or an Iceberg table's
+    base: int  # the output's commit generation this run builds on
+    committed: dict[str, Any] | None  # the manifest of the run committed there, if any
+    previous: dict[str, Any] | None  # output.compare_to's run summary, if set
+    plan: JobPlan  # every footer read once ``pending`` is done
+    record: RunRecord
+    pending: Future[JobPlan] | None  # the rest of the footers, read while the run scores
+
+
+def prepare(cfg: JobConfig, plan: JobPlan | None = None) -> Prepared:
+    """Read the output's state and plan the input (unless ``plan`` is given) while Ray starts;
+    a resume reads every footer first (what it keeps depends on every file's rows), any other
+    run reads the rest while it scores."""
+    committer = committer_for(cfg.output)
+
+    def read_state() -> tuple[int, dict[str, Any] | None, dict[str, Any] | None, JobPlan]:
+        base, committed = committer.prepare()
+        committer.check_mode(committed)
+        return base, committed, previous_summary(cfg), plan or plan_job(cfg)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
+        state = pool.submit(read_state)
+        try:
+            ensure_ray()
+        finally:
+            base, committed, previous, plan = state.result()
+    record = RunRecord(
+        new_run_id(),
+        cfg.fingerprint(),
+        model_fingerprint(cfg.model, plan.info),
+        base,
+        dict(cfg.output.partition_value),
+    )
+    pending = None
+    if plan.pending and cfg.output.mode == "resume":
+        plan = finish_inspection(cfg, plan)
+    elif plan.pending:
+        footers = ThreadPoolExecutor(1, thread_name_prefix="footers")
+        pending = footers.submit(finish_inspection, cfg, plan)
+        footers.shutdown(wait=False)
+    return Prepared(committer, base, committed, previous, plan, record, pending)
+
+
+def previous_summary(cfg: JobConfig) -> dict[str, Any] | None:
+    """The summary of the run at output.compare_to, or None when no comparison is asked for."""
+    if not cfg.output.compare_to:
+        return None
+    manifest = previous_manifest(cfg.output)  # a Parquet folder, or a table's commit
+    if manifest is None or not manifest.get("summary", {}).get("scores"):
+        raise ConfigError(
+            f"output.compare_to {cfg.output.compare_to} holds no committed crossenc run with a "
+            "summary (_SUCCESS and _manifest.json, or a table commit of crossenc); remove "
+            "compare_to for a first run"
+        )
+    return manifest["summary"]
