@@ -48,7 +48,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -61,17 +60,12 @@ from typing import Any
 
 import numpy as np
 
+from bench.machine import cpu_model, versions
+
 MINILM_FLOPS = (21.2e6, 9.2e3)  # useful FLOPs per pair of L real tokens: a*L + b*L^2
 BERT_BASE_FLOPS = (170e6, 3.7e4)
 
 
-def cpu_model() -> str:
-    """lscpu's model name, else platform's."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def matmul_peak(threads: int, seconds: float = 2.0) -> float:
@@ -259,7 +253,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{cpu_model()}, {cores} cores" + (f", {_gpu_name()}" if cuda else ""),
         "pairs": args.pairs,
         "repetitions": args.reps,
-        "versions": _versions(),
+        "versions": versions(),
     }
     peak = matmul_peak(cores)
     runtime = RuntimeConfig(
@@ -626,14 +620,6 @@ def _gpu_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("torch", "transformers", "sentence-transformers", "onnxruntime", "ray"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
 
 
 def memory(args: argparse.Namespace) -> dict[str, Any]:

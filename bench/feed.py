@@ -389,8 +389,8 @@ def feed(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved repetitions of the whole job (zeros runner) and the tokenizer alone."""
     import pyarrow.parquet as pq
 
-    from bench.__main__ import _versions, cpu_model
     from bench.data import write_pairs
+    from bench.machine import cpu_model, versions
     from crossenc.config import build_config
     from crossenc.run.cluster import machine_cores
     from crossenc.testing import build_minilm_cross_encoder
@@ -447,7 +447,7 @@ def feed(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": f"{cpu_model()}, {cores} cores",
-        "versions": _versions(),
+        "versions": versions(),
         "rows": rows,
         "input_files": files,
         "block_rows": cfg.runtime.block_rows,

@@ -50,7 +50,7 @@ BLOCK_ROWS = 4096  # runtime.block_rows' default: the rows a scorer call gets
 
 
 def host(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.__main__ import _versions, cpu_model
+    from bench.machine import cpu_model, versions
 
     work = Path(args.work)
     pairs = 100_000 if args.pairs == 3000 else args.pairs
@@ -79,7 +79,7 @@ def host(args: argparse.Namespace) -> dict[str, Any]:
             "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
-            **_versions(),
+            **versions(),
             "numpy": np.__version__,
         },
         "settings": {

@@ -130,7 +130,7 @@ def _check(night1: pa.Table, incremental: pa.Table, scratch: pa.Table | None) ->
 
 def incremental(args: argparse.Namespace) -> dict[str, Any]:
     """Per size: night 1 into a table, then interleaved scratch and incremental night 2 runs."""
-    from bench.__main__ import _versions, cpu_model
+    from bench.machine import cpu_model, versions
 
     work = Path(args.work)
     model, script, env = contenders_setup(work)
@@ -145,7 +145,7 @@ def incremental(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{cpu_model()}, {os.cpu_count()} cores",
         "model": described,
         "repeat_share": REPEAT,
-        "versions": _versions(),
+        "versions": versions(),
         "sizes": {},
     }
     for pairs in args.inc_pairs:

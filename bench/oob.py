@@ -70,8 +70,8 @@ def contenders_setup(work: Path) -> tuple[Path, Path, dict[str, str]]:
 
 def oob(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved whole-process runs of the user's script and the default job, per size."""
-    from bench.__main__ import _versions, cpu_model
     from bench.data import write_pairs
+    from bench.machine import cpu_model, versions
 
     work = Path(args.work)
     model, script, env = contenders_setup(work)
@@ -80,7 +80,7 @@ def oob(args: argparse.Namespace) -> dict[str, Any]:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": f"{cpu_model()}, {os.cpu_count()} cores",
         "repetitions": args.reps,
-        "versions": _versions(),
+        "versions": versions(),
         "sizes": {},
     }
     for pairs in args.oob_pairs:

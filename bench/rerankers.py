@@ -74,7 +74,7 @@ def causal(args: argparse.Namespace) -> dict[str, Any]:
     from sentence_transformers import CrossEncoder
     from transformers import AutoModelForCausalLM
 
-    from bench.__main__ import cpu_model
+    from bench.machine import cpu_model
     from crossenc.config import ModelConfig, RuntimeConfig
     from crossenc.engine.scoring import LocalScorer, pad_batch, plan_batches
     from crossenc.engine.torch_runner import LastTokenScore
@@ -186,7 +186,7 @@ def long_inputs(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from bench.__main__ import cpu_model
+    from bench.machine import cpu_model
 
     folder = Path(args.work) / "xlmr-minilm-size"
     config = AutoConfig.for_model(

@@ -234,7 +234,7 @@ def scale(args: Any) -> dict[str, Any]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     with contextlib.redirect_stdout(sys.stderr):  # moto announces itself on stdout
         server.start()
-    from bench.__main__ import cpu_model
+    from bench.machine import cpu_model
 
     results: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -137,7 +137,7 @@ def tables(args: Any) -> dict[str, Any]:
 
     import s3fs
 
-    from bench.__main__ import cpu_model
+    from bench.machine import cpu_model
 
     logging.disable(logging.WARNING)
     proc, endpoint = moto_process()
