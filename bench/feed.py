@@ -350,7 +350,8 @@ def _tokenizer(
     job's truncation, what encode_pairs was before it encoded on the backend) over the pairs in
     blocks of runtime.block_rows, in this process; ``cpu_share``: its CPU time over its wall
     time (under 0.95 on one thread: it was kept from its core part of the time)."""
-    from crossenc.models.load import describe_model, load_tokenizer
+    from crossenc.models.describe import describe_model
+    from crossenc.models.load import load_tokenizer
     from crossenc.models.tokenize import encode_pairs
 
     info = describe_model(cfg.model, cfg.runtime.cache_dir)

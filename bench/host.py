@@ -142,7 +142,7 @@ def _prepare(work: Path, pairs: int, seed: int) -> dict[str, Any]:
     path = work / f"host-{pairs}-{seed}.arrow"
     if not path.is_file():
         from bench.data import make_pairs
-        from crossenc.models.load import describe_model
+        from crossenc.models.describe import describe_model
         from crossenc.models.tokenize import tokenize_batch
 
         cfg = _config(str(work), str(model))
@@ -288,7 +288,7 @@ def _measure_main() -> None:
     from crossenc.config import ModelConfig
     from crossenc.engine.replica import ScorerReplica
     from crossenc.engine.scoring import ScoringEngine, ZeroRunner
-    from crossenc.models.load import describe_model
+    from crossenc.models.describe import describe_model
 
     spec = json.loads(sys.argv[1])
     cfg = _config(spec["work"], spec["model"])

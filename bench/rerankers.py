@@ -161,7 +161,7 @@ import json, resource, sys, time
 import numpy as np
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine.scoring import ScoringEngine
-from crossenc.models.load import ModelInfo
+from crossenc.models.describe import ModelInfo
 folder, length, rows, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 info = ModelInfo(source=folder, num_labels=1, labels=("LABEL_0",), activation="sigmoid",
                  max_length=8192, uses_token_type_ids=False, pad_token_id=1,

@@ -24,7 +24,7 @@ import ray
 
 from crossenc.config import ConfigError, JobConfig, build_config
 from crossenc.inputs.plan import InputError, schema_problem
-from crossenc.models.load import describe_model
+from crossenc.models.describe import describe_model
 from crossenc.models.tokenize import ERROR
 from crossenc.output.writer import visible_columns
 from crossenc.run.cluster import for_this_machine

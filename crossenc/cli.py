@@ -31,7 +31,8 @@ from crossenc.errors import (  # noqa: F401  (the exit codes are this module's i
     explain,
 )
 from crossenc.inputs.plan import JobPlan, plan_job
-from crossenc.models.load import CAUSAL_LM, ModelInfo
+from crossenc.models.describe import ModelInfo
+from crossenc.models.load import CAUSAL_LM
 from crossenc.tasks import task_for
 
 if TYPE_CHECKING:

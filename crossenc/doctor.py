@@ -446,7 +446,7 @@ def _hub_model(cfg: ModelConfig) -> str:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 
     from crossenc.errors import Problem, StorageError, one_line, storage_message
-    from crossenc.models.load import _hub_error, _hub_offline
+    from crossenc.models.describe import _hub_error, _hub_offline
 
     cached = try_to_load_from_cache(cfg.name, "config.json", revision=cfg.revision)
     if isinstance(cached, str):
@@ -467,7 +467,8 @@ def _hub_model(cfg: ModelConfig) -> str:
 def _model(cfg: ModelConfig) -> str:
     """Whether model.name can be read: an s3:// folder listed, a local folder checked for
     config, weights and tokenizer, a Hub id found (nothing downloaded)."""
-    from crossenc.models.load import check_model_folder, list_remote_model, model_source
+    from crossenc.models.describe import check_model_folder
+    from crossenc.models.load import list_remote_model, model_source
     from crossenc.storage import is_remote
 
     if is_remote(cfg.name):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine.scoring import LocalScorer, ScoringEngine, make_runner, pad_batch, plan_batches
 from crossenc.engine.torch_runner import TorchRunner
-from crossenc.models.load import ModelInfo
+from crossenc.models.describe import ModelInfo
 
 
 def _info(num_labels: int = 1, activation: str = "identity") -> ModelInfo:
@@ -194,7 +194,7 @@ def test_replica_dead_letters_a_row_that_does_not_fit_alone(models, tmp_path):
 
     from crossenc.engine.replica import ScorerReplica
     from crossenc.metrics import OOM
-    from crossenc.models.load import describe_model
+    from crossenc.models.describe import describe_model
     from crossenc.models.tokenize import ERROR, IDS, ROW, SOURCE, tokenize_batch
     from tests.helpers import job_config
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine.scoring import LocalScorer, ScoringEngine, flatten, pad_batch, pad_spans
-from crossenc.models.load import ModelInfo
+from crossenc.models.describe import ModelInfo
 
 
 def _info(num_labels: int = 2, padding_side: str = "right", pad: int = 0) -> ModelInfo:
@@ -254,7 +254,7 @@ def bert(models):
 
 def _torch_engine(folder: str, staged: bool, rows: int = 8):
     from crossenc.engine.torch_runner import TorchRunner
-    from crossenc.models.load import describe_model
+    from crossenc.models.describe import describe_model
 
     cfg = ModelConfig(dtype="float32", name=folder)
     info = describe_model(cfg)
@@ -306,7 +306,7 @@ def test_replica_scores_a_block_however_it_is_sliced_or_chunked(models, tmp_path
     import pyarrow as pa
 
     from crossenc.engine.replica import ScorerReplica
-    from crossenc.models.load import describe_model
+    from crossenc.models.describe import describe_model
     from crossenc.models.tokenize import ROW, SOURCE, tokenize_batch
     from crossenc.testing import sample_sentences
     from tests.helpers import job_config

@@ -21,7 +21,7 @@ from crossenc.config import ConfigError
 from crossenc.engine.replica import ScorerReplica
 from crossenc.inputs.read import reuse_block
 from crossenc.inputs.reuse import PAIR_HASH, REUSE_SCORES, Reuse, pair_hashes
-from crossenc.models.load import describe_model, model_fingerprint
+from crossenc.models.describe import describe_model, model_fingerprint
 from crossenc.models.tokenize import ROW, SOURCE, TRUNCATED
 from crossenc.output.commit import read_manifest, staged_runs, staging_dir
 from crossenc.output.committers import committer_for

@@ -21,7 +21,7 @@ import crossenc
 from crossenc.cli import EXIT_CONFIG, EXIT_OK, main
 from crossenc.config import ConfigError, ModelConfig, build_config
 from crossenc.engine.scoring import LocalScorer, ScoringEngine
-from crossenc.models.load import describe_model
+from crossenc.models.describe import describe_model
 from crossenc.models.tokenize import encode_windows
 from crossenc.testing import NLI_LABELS, build_tiny_model, sample_sentences
 from tests.helpers import read_output

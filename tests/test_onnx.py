@@ -140,7 +140,7 @@ def test_onnx_replica_with_a_cached_export_never_imports_torch(models, tmp_path)
     import subprocess
     import sys
 
-    from crossenc.models.load import describe_model
+    from crossenc.models.describe import describe_model
 
     folder = str(models[("bert", 1)])
     cfg = ModelConfig(dtype="float32", name=folder, backend="onnx")
@@ -150,7 +150,7 @@ def test_onnx_replica_with_a_cached_export_never_imports_torch(models, tmp_path)
 import sys, numpy as np
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine.scoring import ScoringEngine
-from crossenc.models.load import ModelInfo
+from crossenc.models.describe import ModelInfo
 cfg = ModelConfig(dtype="float32", name={folder!r}, backend="onnx")
 runtime = RuntimeConfig(cache_dir={str(tmp_path)!r})
 info = {info!r}

@@ -19,7 +19,8 @@ from sentence_transformers import CrossEncoder
 from crossenc.cli import EXIT_CONFIG, EXIT_OK, main
 from crossenc.config import ConfigError, ModelConfig, RuntimeConfig
 from crossenc.engine.scoring import LocalScorer
-from crossenc.models.load import CAUSAL_LM, SEQUENCE_CLASSIFICATION, describe_model
+from crossenc.models.describe import describe_model
+from crossenc.models.load import CAUSAL_LM, SEQUENCE_CLASSIFICATION
 from crossenc.testing import (
     QWEN3_RERANKER_TEMPLATE,
     build_tiny_causal_reranker,

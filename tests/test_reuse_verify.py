@@ -17,7 +17,8 @@ import pytest
 
 from crossenc.cli import EXIT_DRIFT, EXIT_OK, exit_code
 from crossenc.models import load as model_module
-from crossenc.models.load import describe_model, load_tokenizer, model_fingerprint
+from crossenc.models.describe import describe_model, model_fingerprint
+from crossenc.models.load import load_tokenizer
 from crossenc.output.commit import read_manifest
 from crossenc.output.committers import committer_for
 from crossenc.run import job as pipeline

@@ -18,7 +18,8 @@ import pytest
 
 from crossenc.config import build_config
 from crossenc.inputs.read import read_row_groups, read_tokenized, read_units
-from crossenc.models.load import describe_model, load_tokenizer
+from crossenc.models.describe import describe_model
+from crossenc.models.load import load_tokenizer
 from crossenc.models.tokenize import (
     PairEncoder,
     encode_pairs,

@@ -15,7 +15,8 @@ from crossenc.config import JobConfig
 from crossenc.engine.scoring import ScoringEngine
 from crossenc.inputs.reuse import REUSE_SCORES, reused_scores
 from crossenc.metrics import metric_columns
-from crossenc.models.load import ModelInfo, load_tokenizer, model_source
+from crossenc.models.describe import ModelInfo
+from crossenc.models.load import load_tokenizer, model_source
 from crossenc.models.tokenize import (
     ERROR,
     IDS,

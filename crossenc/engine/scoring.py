@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from crossenc.config import ConfigError, ModelConfig, RuntimeConfig
-from crossenc.models.load import SEQUENCE_CLASSIFICATION, ModelInfo
+from crossenc.models.describe import ModelInfo
+from crossenc.models.load import SEQUENCE_CLASSIFICATION
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +451,8 @@ class LocalScorer:
     """In-process scoring of (text_a, text_b) pairs with the job's tokenizer and engine."""
 
     def __init__(self, model_cfg: ModelConfig, runtime: RuntimeConfig | None = None) -> None:
-        from crossenc.models.load import describe_model, load_tokenizer
+        from crossenc.models.describe import describe_model
+        from crossenc.models.load import load_tokenizer
 
         self.model_cfg = model_cfg
         self.runtime = runtime or RuntimeConfig()

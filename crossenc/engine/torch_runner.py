@@ -22,7 +22,8 @@ import torch
 
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine.prepack import can_prepack, prepack_linears
-from crossenc.models.load import CAUSAL_LM, SEQUENCE_CLASSIFICATION, ModelInfo, load_model
+from crossenc.models.describe import ModelInfo
+from crossenc.models.load import CAUSAL_LM, SEQUENCE_CLASSIFICATION, load_model
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from crossenc.errors import (
     raise_storage,
     storage_errors,
 )
-from crossenc.models.load import ModelInfo, describe_model
+from crossenc.models.describe import ModelInfo, describe_model
 from crossenc.storage import Location, check_bucket, check_writable, list_parquet_files, resolve
 from crossenc.tasks import check_task
 from crossenc.testing.failpoints import failpoint

@@ -19,7 +19,7 @@ from crossenc.config import InputConfig, JobConfig
 from crossenc.inputs.plan import InputError, InputFile, schema_problem
 from crossenc.inputs.reuse import PAIR_HASH, Reuse, load_reuse, pair_hashes, reuse_for, with_reuse
 from crossenc.metrics import STORE_RETRIES
-from crossenc.models.load import ModelInfo
+from crossenc.models.describe import ModelInfo
 from crossenc.models.tokenize import ROW, SOURCE, tokenize_batch
 from crossenc.storage import resolve, retried_requests
 from crossenc.tasks.base import score_names

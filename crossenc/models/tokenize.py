@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crossenc.config import ConfigError, JobConfig, ModelConfig
-from crossenc.models.load import ModelInfo, load_tokenizer, render_chat
+from crossenc.models.describe import ModelInfo, render_chat
+from crossenc.models.load import load_tokenizer
 
 SOURCE = "_source"  # the input file a row came from
 ROW = "_row"  # the row's position in that file

@@ -12,7 +12,7 @@ import ray
 from crossenc.config import JobConfig
 from crossenc.engine.replica import ScorerReplica, tokenizer_spec
 from crossenc.inputs.read import read_tokenized
-from crossenc.models.load import ModelInfo
+from crossenc.models.describe import ModelInfo
 from crossenc.models.tokenize import (
     tokenize_batch,
 )

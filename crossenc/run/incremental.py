@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from crossenc.config import ConfigError, JobConfig, OutputConfig, StorageConfig
 from crossenc.inputs.reuse import ORDER, PAIR_HASH, REUSE_SCORES, pair_hashes
-from crossenc.models.load import ModelInfo
+from crossenc.models.describe import ModelInfo
 from crossenc.models.tokenize import ROW, SOURCE, TRUNCATED, WINDOWS
 from crossenc.storage import resolve
 from crossenc.tasks.base import score_names

@@ -9,7 +9,7 @@ from typing import Any
 
 from crossenc.config import ConfigError, JobConfig
 from crossenc.inputs.plan import JobPlan, finish_inspection, plan_job
-from crossenc.models.load import model_fingerprint
+from crossenc.models.describe import model_fingerprint
 from crossenc.output.commit import RunRecord
 from crossenc.output.committers import committer_for, previous_manifest
 from crossenc.output.parts import new_run_id

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from crossenc.config import ConfigError, JobConfig
-from crossenc.models.load import ModelInfo, load_tokenizer
+from crossenc.models.describe import ModelInfo
+from crossenc.models.load import load_tokenizer
 from crossenc.models.tokenize import check_chunking
 from crossenc.tasks.base import Task
 from crossenc.tasks.classify import ClassifyTask

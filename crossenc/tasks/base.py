@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from crossenc.config import ConfigError, JobConfig
-from crossenc.models.load import ModelInfo
+from crossenc.models.describe import ModelInfo
 
 SCORE = "score"
 LABEL = "label"

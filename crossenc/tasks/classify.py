@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from crossenc.config import ConfigError
-from crossenc.models.load import ModelInfo
+from crossenc.models.describe import ModelInfo
 from crossenc.tasks.base import LABEL, Task
 
 
