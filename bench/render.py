@@ -1,4 +1,4 @@
-"""``python -m bench.render RESULT.json [MEMORY.json]``: the README's benchmark tables."""
+"""``python -m bench.render RESULT.json [MEMORY.json]``: the benchmark tables of docs/benchmarks."""
 
 from __future__ import annotations
 

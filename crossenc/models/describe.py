@@ -297,8 +297,8 @@ def _code_error(cfg: ModelConfig, err: Exception) -> ConfigError | None:
     if "does not recognize this architecture" in text or "Unrecognized model" in text:
         return ConfigError(
             f"model.name {cfg.name}: this transformers does not know the model's architecture "
-            f"({text.splitlines()[0][:200]}); upgrade transformers, or see the README's model "
-            "table for what crossenc serves"
+            f"({text.splitlines()[0][:200]}); upgrade transformers, or see docs/models.md for "
+            "what crossenc serves"
         )
     return None
 

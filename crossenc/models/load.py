@@ -200,7 +200,7 @@ def _load(cfg: ModelConfig, source: str, kind: str, **extra: Any) -> tuple[Any, 
         if "Unrecognized configuration class" in str(err):
             raise ConfigError(
                 f"model.name {cfg.name}: transformers cannot load this architecture as a "
-                f"{kind} model ({err}); see the README's model table for what crossenc serves"
+                f"{kind} model ({err}); see docs/models.md for what crossenc serves"
             ) from None
         raise
     return model, sorted(loading.get("missing_keys") or ())

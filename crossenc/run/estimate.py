@@ -219,6 +219,6 @@ def feed_check(
             f"~{FEED_PAIRS_PER_CORE * FEED_TOKENS / max(tokens, 1.0):,.0f} pairs/s per CPU core: "
             f"feeding them takes ~{need * gpus:.0f} CPUs beside the scorers, and {spare:g} are "
             "left; the GPUs will wait on the CPUs (fewer GPU replicas per node, or nodes with "
-            "more CPUs: see the README's CPUs per GPU)"
+            "more CPUs: see docs/benchmarks/feeding-a-gpu.md)"
         )
     return out
