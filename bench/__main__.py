@@ -499,7 +499,7 @@ def _job_runner(
     ``gpus``, one replica on one GPU, the node's CPUs left to read, tokenize and write."""
     import pyarrow.parquet as pq
 
-    from crossenc.run.job import run_job
+    from crossenc.job.run_job import run_job
 
     _ensure_ray(cores)
     pair_ids = pq.read_table(data, columns=["pair_id"])["pair_id"].to_pylist()
@@ -629,7 +629,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
 
     from bench.data import make_pairs
     from crossenc.config import build_config
-    from crossenc.run.job import run_job
+    from crossenc.job.run_job import run_job
 
     work = Path(args.work)
     cores = os.cpu_count() or 1

@@ -1,7 +1,7 @@
 """The data plane (``python -m bench --mode feed``): the whole job around a model that costs
 nothing, against the tokenizer alone on the same pairs.
 
-The job is ``crossenc.run.job.run_job`` as ``crossenc score`` runs it (Parquet in, Parquet out,
+The job is ``crossenc.job.run_job.run_job`` as ``crossenc score`` runs it (Parquet in, Parquet out,
 its own in-process Ray started by the job), each repetition in a fresh process, with
 ``CROSSENC_RUNNER=zeros``: the replicas score with
 :class:`crossenc.engine.scoring.ZeroRunner`, so what is left is reading, tokenizing, handing
@@ -66,7 +66,7 @@ def _config(data: Path, model: Path, out: Path, cache: Path) -> dict[str, Any]:
 
 
 def _cores() -> int:
-    from crossenc.run.cluster import machine_cores
+    from crossenc.job.cluster import machine_cores
 
     return machine_cores()
 
@@ -248,8 +248,8 @@ def child(spec_path: str) -> None:
     import logging
 
     from crossenc.config import build_config
-    from crossenc.run import job, passes
-    from crossenc.run.progress import Progress
+    from crossenc.job import passes, run_job
+    from crossenc.job.progress import Progress
 
     logging.basicConfig(level=logging.WARNING)
     spec = json.loads(Path(spec_path).read_text())
@@ -280,7 +280,7 @@ def child(spec_path: str) -> None:
     busy0, total0 = _cpu_busy()
     t0 = time.perf_counter()
     with ProcessCpu() as cpu:
-        result = job.run_job(cfg)
+        result = run_job.run_job(cfg)
     ended = time.perf_counter()
     seconds = ended - t0
     busy1, total1 = _cpu_busy()
@@ -393,7 +393,7 @@ def feed(args: argparse.Namespace) -> dict[str, Any]:
     from bench.data import write_pairs
     from bench.machine import cpu_model, versions
     from crossenc.config import build_config
-    from crossenc.run.cluster import machine_cores
+    from crossenc.job.cluster import machine_cores
     from crossenc.testing import build_minilm_cross_encoder
 
     work = Path(args.work)

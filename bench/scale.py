@@ -84,6 +84,7 @@ def one(
     """Stage, resume-read and commit ``parts`` parts on one store; returns the phases."""
     from crossenc.config import OutputConfig, StorageConfig, build_config
     from crossenc.inputs.plan import InputFile, inspect_input, inspect_start
+    from crossenc.job.accounting import check_accounted, usable_parts
     from crossenc.output.commit import (
         Manifest,
         RunRecord,
@@ -94,7 +95,6 @@ def one(
     )
     from crossenc.output.journal import Journal
     from crossenc.output.parts import PartStats, new_run_id, part_file_name
-    from crossenc.run.accounting import check_accounted, usable_parts
     from crossenc.storage import resolve
     from crossenc.testing.faultproxy import FaultProxy
 

@@ -38,7 +38,7 @@ def cost(work: Path, pairs: int, sample: int) -> dict[str, Any]:
     """Night 2 with and without the check (see the module docstring)."""
     from bench.incremental import nights
     from crossenc.config import build_config
-    from crossenc.run import job as pipeline
+    from crossenc.job import run_job as pipeline
     from crossenc.testing import build_tiny_model
 
     one, two = nights(work, pairs, seed=0)

@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
 
         return JobConfig
     if name == "RunResult":
-        from crossenc.run.result import RunResult
+        from crossenc.job.result import RunResult
 
         return RunResult
     raise AttributeError(f"module 'crossenc' has no attribute {name!r}")

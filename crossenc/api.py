@@ -10,7 +10,7 @@ the lazy dataset of their scores, which composes with any operator before and af
     score(ds).write_parquet("s3://bucket/scored/")
 
 ``run(config)`` runs the job as ``crossenc score`` does (input and output paths, commit,
-resume, dead-letter folder, summary) and returns its :class:`~crossenc.run.result.RunResult`.
+resume, dead-letter folder, summary) and returns its :class:`~crossenc.job.result.RunResult`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import ray
 
 from crossenc.config import ConfigError, JobConfig, build_config
 from crossenc.inputs.plan import InputError, schema_problem
+from crossenc.job.cluster import for_this_machine
+from crossenc.job.dataflow import scoring_stages
+from crossenc.job.result import RunResult
+from crossenc.job.run_job import run_job
 from crossenc.models.describe import describe_model
 from crossenc.models.tokenize import ERROR
 from crossenc.output.writer import visible_columns
-from crossenc.run.cluster import for_this_machine
-from crossenc.run.dataflow import scoring_stages
-from crossenc.run.job import run_job
-from crossenc.run.result import RunResult
 from crossenc.tasks import check_task
 from crossenc.tasks.base import DROPPED
 

@@ -36,7 +36,7 @@ from crossenc.models.load import CAUSAL_LM
 from crossenc.tasks import task_for
 
 if TYPE_CHECKING:
-    from crossenc.run.result import RunResult
+    from crossenc.job.result import RunResult
 
 log = logging.getLogger("crossenc")
 
@@ -186,7 +186,7 @@ def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
     log.info("config:\n%s", yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
     plan = plan_job(cfg)
     if args.command == "plan":
-        from crossenc.run.estimate import estimate
+        from crossenc.job.estimate import estimate
 
         result = estimate(cfg, plan, args.pairs_per_second, args.sample_rows)
         if result.feed_warning:
@@ -198,7 +198,7 @@ def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
                 print(f"{key:>30}: {value}")
         return EXIT_OK
     if args.command == "validate":
-        from crossenc.run.prepare import previous_summary
+        from crossenc.job.prepare import previous_summary
 
         previous_summary(cfg)  # output.compare_to must hold a committed run
         print(yaml.safe_dump(cfg.redacted(), sort_keys=False).rstrip())
@@ -206,13 +206,13 @@ def _command(args: argparse.Namespace, loaded: list[JobConfig]) -> int:
         print(describe_plan(cfg, plan))
         print("config OK")
         return EXIT_OK
-    from crossenc.run.job import run_job
-    from crossenc.run.result import summary_lines
+    from crossenc.job.result import summary_lines
+    from crossenc.job.run_job import run_job
 
     result = run_job(cfg, plan)
     print("\n".join(summary_lines(result)))
     if result.rows_scored >= 1000:  # small runs are all start-up: no use for estimates
-        from crossenc.run.estimate import record_throughput
+        from crossenc.job.estimate import record_throughput
 
         try:
             record_throughput(cfg, result.rows_per_second / cfg.runtime.replicas)

@@ -6,7 +6,7 @@ the first row a replica scores also carries the seconds its model took to load).
 written, :func:`part_metrics` reduces its rows to a small JSON record: per-replica sums, a
 token-length histogram, label counts, exact count/sum/min/max of each score column and a uniform
 sample of at most ``SAMPLE`` scores. The driver folds each record into :class:`RunMetrics` as
-the part arrives (memory bounded whatever the row count); :mod:`crossenc.run.summary` turns
+the part arrives (memory bounded whatever the row count); :mod:`crossenc.job.summary` turns
 that into the run summary.
 """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from crossenc.run.job import run_job
+from crossenc.job.run_job import run_job
 from tests.helpers import job_config
 
 

@@ -9,10 +9,10 @@ import pytest
 from crossenc.config import RuntimeConfig
 from crossenc.inputs.plan import plan_job
 from crossenc.inputs.read import read_units
+from crossenc.job.dataflow import build_dataset
+from crossenc.job.run_job import run_job
 from crossenc.output.parts import new_run_id
 from crossenc.output.writer import WriterOptions
-from crossenc.run.dataflow import build_dataset
-from crossenc.run.job import run_job
 from tests.helpers import job_config, read_input, read_output
 
 MIB = 2**20

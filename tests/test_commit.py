@@ -21,6 +21,7 @@ import yaml
 
 from crossenc.cli import EXIT_CONCURRENT, EXIT_OK, main
 from crossenc.config import OutputConfig, StorageConfig
+from crossenc.job.run_job import run_job
 from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from crossenc.output.commit import (
     COMMITS,
@@ -36,7 +37,6 @@ from crossenc.output.commit import (
 )
 from crossenc.output.parts import new_run_id
 from crossenc.output.writer import RollingWriter, WriterOptions
-from crossenc.run.job import run_job
 from crossenc.storage import resolve
 from crossenc.testing import write_pairs
 from crossenc.testing.failpoints import EXIT_CODE as FAILPOINT_EXIT

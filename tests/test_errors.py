@@ -27,7 +27,7 @@ import pytest
 import s3fs
 import yaml
 
-import crossenc.run.job
+import crossenc.job.run_job
 from crossenc.cli import EXIT_BUG, EXIT_CONFIG, EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_STORAGE, main
 from crossenc.errors import StorageError, explain
 
@@ -431,7 +431,7 @@ def test_mistake_gets_its_exit_code_and_names_what_to_change(
             def refuse(*_: object, **__: object) -> None:
                 raise AssertionError("run_job was reached: the mistake was not caught before")
 
-            monkeypatch.setattr(crossenc.run.job, "run_job", refuse)
+            monkeypatch.setattr(crossenc.job.run_job, "run_job", refuse)
         got, err = main(args), capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("crossenc: ")]
     assert lines, err[-3000:]

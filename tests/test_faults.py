@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from crossenc.job.run_job import run_job
 from crossenc.output.parts import parts_from_table
-from crossenc.run.job import run_job
 from crossenc.testing import write_pairs
 from tests.helpers import job_config, read_output
 

@@ -21,15 +21,15 @@ from crossenc.config import ConfigError
 from crossenc.engine.replica import ScorerReplica
 from crossenc.inputs.read import reuse_block
 from crossenc.inputs.reuse import PAIR_HASH, REUSE_SCORES, Reuse, pair_hashes
+from crossenc.job import incremental
+from crossenc.job.incremental import match_partition
+from crossenc.job.result import summary_lines
+from crossenc.job.run_job import run_job
 from crossenc.models.describe import describe_model, model_fingerprint
 from crossenc.models.tokenize import ROW, SOURCE, TRUNCATED
 from crossenc.output.commit import read_manifest, staged_runs, staging_dir
 from crossenc.output.committers import committer_for
 from crossenc.output.journal import Journal, read_journal
-from crossenc.run import incremental
-from crossenc.run.incremental import match_partition
-from crossenc.run.job import run_job
-from crossenc.run.result import summary_lines
 from crossenc.storage import resolve
 from crossenc.testing import NLI_LABELS, build_tiny_model, write_pairs, write_parquet_files
 from crossenc.testing.failpoints import FailpointError
@@ -182,7 +182,7 @@ def test_second_night_on_a_parquet_folder(
     first = run_job(_config(nights, "night1", out, model, mode="overwrite"))
     assert first.rows_reused == 0 and first.summary["rows"]["new"] == NIGHT
     night1 = read_output(out)
-    with caplog.at_level(logging.INFO, logger="crossenc.run.incremental"):
+    with caplog.at_level(logging.INFO, logger="crossenc.job.incremental"):
         second = run_job(_config(nights, "night2", out, model, mode="overwrite"))
     said = "in the driver" if where == "driver" else "over 5 partitions"  # (122 + 120) // 50 + 1
     assert any(said in r.getMessage() for r in caplog.records)
@@ -365,7 +365,7 @@ def test_a_night_of_pairs_scored_before_loads_no_model(tmp_path, nights, model, 
     out = tmp_path / "out"
     run_job(_config(nights, "night1", out, model, mode="overwrite"))
     night1 = read_output(out)
-    with caplog.at_level(logging.INFO, logger="crossenc.run"):
+    with caplog.at_level(logging.INFO, logger="crossenc.job"):
         again = run_job(_config(nights, "night1", out, model, mode="overwrite"))
     assert "every row to score was scored before: no model is loaded" in caplog.text
     rows = again.summary["rows"]

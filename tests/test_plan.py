@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from crossenc.cli import EXIT_OK, main
 from crossenc.config import build_config
-from crossenc.run.estimate import record_throughput
+from crossenc.job.estimate import record_throughput
 
 
 def test_plan_on_many_small_files(models, tmp_path, capsys):
@@ -77,8 +77,8 @@ def test_plan_says_how_many_cpus_feed_a_gpu_and_warns_when_the_machine_has_too_f
     models, pairs_dir, tmp_path, capsys, caplog
 ):
     from crossenc.config import ModelConfig
+    from crossenc.job.estimate import cpus_to_feed, gpu_pairs_per_second, weight_params
     from crossenc.models.load import load_hf_config
-    from crossenc.run.estimate import cpus_to_feed, gpu_pairs_per_second, weight_params
 
     args = [
         "plan",

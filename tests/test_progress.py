@@ -15,7 +15,7 @@ import termios
 from pathlib import Path
 
 from crossenc.config import RuntimeConfig
-from crossenc.run.progress import Progress
+from crossenc.job.progress import Progress
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from crossenc.cli import EXIT_INPUT, EXIT_PARTIAL, main
 from crossenc.config import ConfigError, OutputConfig, StorageConfig
 from crossenc.inputs.plan import InputFile
+from crossenc.job.accounting import check_accounted, usable_parts
+from crossenc.job.run_job import run_job
 from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from crossenc.output.commit import (
     MANIFEST,
@@ -31,8 +33,6 @@ from crossenc.output.commit import (
 from crossenc.output.journal import Journal
 from crossenc.output.parts import PartStats, missing_ranges, new_run_id
 from crossenc.output.writer import RollingWriter, WriterOptions
-from crossenc.run.accounting import check_accounted, usable_parts
-from crossenc.run.job import run_job
 from crossenc.storage import resolve
 from tests.helpers import job_config, read_output
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from crossenc.run.report import render_report, write_report
-from crossenc.run.summary import summary_table
+from crossenc.job.report import render_report, write_report
+from crossenc.job.summary import summary_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL_LABEL = "<script>alert('x')</script>"

@@ -16,14 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from crossenc.cli import EXIT_DRIFT, EXIT_OK, exit_code
+from crossenc.job import run_job as pipeline
+from crossenc.job.run_job import run_job
+from crossenc.job.verify import FLOAT32_TOLERANCE, HALF_TOLERANCE, tolerance
 from crossenc.models import load as model_module
 from crossenc.models.describe import describe_model, model_fingerprint
 from crossenc.models.load import load_tokenizer
 from crossenc.output.commit import read_manifest
 from crossenc.output.committers import committer_for
-from crossenc.run import job as pipeline
-from crossenc.run.job import run_job
-from crossenc.run.verify import FLOAT32_TOLERANCE, HALF_TOLERANCE, tolerance
 from crossenc.testing import build_tiny_model, write_pairs
 from crossenc.versions import stack_versions
 from tests.helpers import job_config, read_output, table_output
@@ -153,7 +153,7 @@ def test_tables_record_the_stack_and_a_new_one_is_verified(
         stack = _upgraded(monkeypatch)
         out["partition_value"] = {"dt": "d2"}
         cfg = _config(nights, "night2", out["path"], model, verify_sample=25, **out)
-        with caplog.at_level(logging.INFO, logger="crossenc.run"):
+        with caplog.at_level(logging.INFO, logger="crossenc.job"):
             second = run_job(cfg)
         reuse = second.summary["reuse"]
         assert second.rows_reused == PAIRS and second.summary["rows"]["new"] == 12
@@ -194,7 +194,7 @@ def test_drifted_stored_scores_are_not_reused(
     _tamper(out, 0.05)
     _upgraded(monkeypatch)
     cfg = _config(nights, "night2", out, model, mode="overwrite", verify_sample=sample)
-    with caplog.at_level(logging.WARNING, logger="crossenc.run"):
+    with caplog.at_level(logging.WARNING, logger="crossenc.job"):
         second = run_job(cfg)
     reuse = second.summary["reuse"]
     night2 = read_output(out).sort_by("pair_id")

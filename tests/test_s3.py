@@ -14,7 +14,7 @@ import s3fs
 
 from crossenc.config import ModelConfig
 from crossenc.engine.scoring import LocalScorer
-from crossenc.run.job import run_job
+from crossenc.job.run_job import run_job
 from crossenc.storage import resolve
 from crossenc.testing import write_pairs
 from crossenc.testing.faultproxy import FaultProxy

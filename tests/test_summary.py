@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from crossenc.cli import EXIT_CONFIG, EXIT_DRIFT, EXIT_OK, EXIT_PARTIAL, main
+from crossenc.job.summary import build_summary, label_tvd, score_ks
 from crossenc.metrics import (
     MERGED_SAMPLE,
     QUANTILES,
@@ -24,7 +25,6 @@ from crossenc.metrics import (
 )
 from crossenc.models.tokenize import ERROR
 from crossenc.output.commit import MANIFEST, SUMMARY
-from crossenc.run.summary import build_summary, label_tvd, score_ks
 from tests.helpers import job_config, read_input, read_output
 
 

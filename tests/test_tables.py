@@ -21,12 +21,12 @@ import yaml
 
 from crossenc.cli import EXIT_CONFIG, EXIT_OK, main
 from crossenc.config import ConfigError, OutputConfig
+from crossenc.job.run_job import run_job
 from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from crossenc.output.commit import ConcurrentRunError, Manifest
 from crossenc.output.committers import committer_for, previous_manifest
 from crossenc.output.parts import new_run_id
 from crossenc.output.writer import RollingWriter, WriterOptions
-from crossenc.run.job import run_job
 from crossenc.testing import build_tiny_model, write_pairs
 from crossenc.testing.failpoints import FailpointError
 from tests.helpers import (

@@ -11,8 +11,8 @@ import pytest
 from crossenc.config import ConfigError
 from crossenc.engine.scoring import LocalScorer
 from crossenc.inputs.plan import plan_job
+from crossenc.job.run_job import run_job
 from crossenc.output.commit import MANIFEST, SUCCESS, SUMMARY
-from crossenc.run.job import run_job
 from crossenc.testing import NLI_LABELS, write_parquet_files
 from tests.helpers import job_config, read_input, read_output
 

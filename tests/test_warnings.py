@@ -15,9 +15,9 @@ import pytest
 
 from crossenc.inputs.plan import plan_job
 from crossenc.inputs.read import read_units
+from crossenc.job.dataflow import build_dataset
 from crossenc.output.parts import new_run_id
 from crossenc.output.writer import WriterOptions
-from crossenc.run.dataflow import build_dataset
 from crossenc.testing import build_tiny_model, write_pairs
 from tests.helpers import job_config, read_output
 
@@ -83,7 +83,7 @@ def test_a_deprecation_ray_warns_of_fails_the_call_that_made_it(ray_local):
 
 
 def test_the_filters_fail_a_deprecation_attributed_to_crossenc_or_a_test_only():
-    for module in ("crossenc.run.job", "bench.oob", "test_api", "tests.helpers"):
+    for module in ("crossenc.job.run_job", "bench.oob", "test_api", "tests.helpers"):
         for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
             with pytest.raises(category):
                 warnings.warn_explicit("old", category, "f.py", 1, module=module)

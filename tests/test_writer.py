@@ -13,10 +13,10 @@ import pytest
 
 from crossenc.config import OutputConfig
 from crossenc.inputs.plan import InputFile
+from crossenc.job.accounting import usable_parts
 from crossenc.metrics import SAMPLE, merge_part_metrics, metric_columns, part_metrics
 from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from crossenc.output.writer import RollingWriter, WriterOptions
-from crossenc.run.accounting import usable_parts
 from crossenc.tasks.base import DROPPED, RANK
 from crossenc.tasks.rerank import rank_group
 

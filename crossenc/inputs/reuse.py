@@ -1,5 +1,5 @@
 """output.incremental, the read tasks' side: each row's pair hash, and the scores an earlier run
-gave the rows a match found (see :mod:`crossenc.run.incremental` for the match itself).
+gave the rows a match found (see :mod:`crossenc.job.incremental` for the match itself).
 
 A read task takes each row group's matches from its input file's match file
 (:func:`load_reuse`, :func:`reuse_for`); a matched row is not tokenized or scored, its scores

@@ -30,7 +30,7 @@ class PartStats:
     dropped_rows: int
     run_id: str = ""
     ranges: str = "[]"  # JSON [[start, end), ...] of the input file's rows this part holds
-    metrics: str = "{}"  # JSON crossenc.run.summary.part_metrics record
+    metrics: str = "{}"  # JSON crossenc.job.summary.part_metrics record
     input_rows: int = -1  # rows of the whole input file (its footer), -1 where not known
     siblings: int = 1  # parts of the same output file: a resume takes all of them or none
     file_bytes: int = -1  # size of the output file, -1 where not known (a table commit needs it)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from crossenc.job.clock import Clock
+from crossenc.job.prepare import Prepared
 from crossenc.output.commit import Manifest
 from crossenc.output.parts import PartStats
-from crossenc.run.clock import Clock
-from crossenc.run.prepare import Prepared
 
 log = logging.getLogger(__name__)
 

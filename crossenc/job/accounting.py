@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from crossenc.config import OutputConfig
 from crossenc.errors import InvariantError
 from crossenc.inputs.plan import InputFile
+from crossenc.job.progress import Progress
 from crossenc.metrics import RunMetrics
 from crossenc.output.commit import staging_dir
 from crossenc.output.journal import Journal
@@ -19,7 +20,6 @@ from crossenc.output.parts import (
     missing_ranges,
     overlaps,
 )
-from crossenc.run.progress import Progress
 from crossenc.storage import resolve
 
 

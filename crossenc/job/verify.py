@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from crossenc.config import JobConfig
 from crossenc.inputs.reuse import load_reuse
-from crossenc.run.incremental import EarlierRuns, Matches
+from crossenc.job.incremental import EarlierRuns, Matches
 from crossenc.storage import resolve
 
 log = logging.getLogger(__name__)

@@ -12,17 +12,17 @@ import ray
 from crossenc.config import JobConfig
 from crossenc.inputs.plan import JobPlan
 from crossenc.inputs.read import pending_units, read_units
+from crossenc.job.accounting import Ledger, rows_in, todo_ranges
+from crossenc.job.cluster import ensure_ray
+from crossenc.job.dataflow import build_dataset
+from crossenc.job.incremental import Matches
+from crossenc.job.match import EarlierScores
+from crossenc.job.prepare import Prepared
+from crossenc.job.takeover import TakeOver
 from crossenc.output.parts import (
     PartStats,
 )
 from crossenc.output.writer import WriterOptions, writer_actor
-from crossenc.run.accounting import Ledger, rows_in, todo_ranges
-from crossenc.run.cluster import ensure_ray
-from crossenc.run.dataflow import build_dataset
-from crossenc.run.incremental import Matches
-from crossenc.run.match import EarlierScores
-from crossenc.run.prepare import Prepared
-from crossenc.run.takeover import TakeOver
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def score_pass(
 ) -> None:
     """One pass of the pipeline over the todo ranges: writers started, the stream consumed,
     the writers flushed (a writer that died loses its open file: the next pass redoes it).
-    ``reuse``: output.incremental's matches (see :mod:`crossenc.run.incremental`)."""
+    ``reuse``: output.incremental's matches (see :mod:`crossenc.job.incremental`)."""
     ensure_ray()
     files = cfg.output.files
     count = cfg.runtime.writers or cfg.runtime.replicas

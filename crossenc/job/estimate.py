@@ -183,7 +183,7 @@ def _cluster_cpus() -> float | None:
     would start its own Ray; None for a cluster it is not attached to (RAY_ADDRESS)."""
     import ray
 
-    from crossenc.run.cluster import machine_cores, starts_own_ray
+    from crossenc.job.cluster import machine_cores, starts_own_ray
 
     if ray.is_initialized():
         return float(ray.cluster_resources().get("CPU", 0))

@@ -1,13 +1,13 @@
-"""The job, as its phases, one module of :mod:`crossenc.run` each:
+"""The job, as its phases, one module of :mod:`crossenc.job` each:
 
-1. :mod:`~crossenc.run.prepare`: the output's state, the input's plan, Ray;
-2. :mod:`~crossenc.run.takeover`: what interrupted runs staged that a resume keeps;
-3. :mod:`~crossenc.run.match`: earlier runs' scores to reuse (output.incremental);
-4. :mod:`~crossenc.run.passes`: the score passes (the dataflow of :mod:`~crossenc.run.dataflow`);
-5. :mod:`~crossenc.run.accounting`: every row read written, dead-lettered or dropped once;
-6. :mod:`~crossenc.run.summary`: the run summary, and the drift against an earlier run;
-7. :mod:`~crossenc.run.manifest` and :mod:`~crossenc.run.commit`: the one commit;
-8. :mod:`~crossenc.run.report`: the HTML report (output.report).
+1. :mod:`~crossenc.job.prepare`: the output's state, the input's plan, Ray;
+2. :mod:`~crossenc.job.takeover`: what interrupted runs staged that a resume keeps;
+3. :mod:`~crossenc.job.match`: earlier runs' scores to reuse (output.incremental);
+4. :mod:`~crossenc.job.passes`: the score passes (the dataflow of :mod:`~crossenc.job.dataflow`);
+5. :mod:`~crossenc.job.accounting`: every row read written, dead-lettered or dropped once;
+6. :mod:`~crossenc.job.summary`: the run summary, and the drift against an earlier run;
+7. :mod:`~crossenc.job.manifest` and :mod:`~crossenc.job.commit`: the one commit;
+8. :mod:`~crossenc.job.report`: the HTML report (output.report).
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ import time
 
 from crossenc.config import JobConfig
 from crossenc.inputs.plan import JobPlan
-from crossenc.run.accounting import Ledger, account
-from crossenc.run.clock import Clock
-from crossenc.run.cluster import for_this_machine
-from crossenc.run.commit import commit_run
-from crossenc.run.manifest import build_manifest
-from crossenc.run.match import match_earlier
-from crossenc.run.passes import score
-from crossenc.run.prepare import prepare
-from crossenc.run.result import RunResult, already_committed, run_result
-from crossenc.run.summary import summarise
-from crossenc.run.takeover import take_over
+from crossenc.job.accounting import Ledger, account
+from crossenc.job.clock import Clock
+from crossenc.job.cluster import for_this_machine
+from crossenc.job.commit import commit_run
+from crossenc.job.manifest import build_manifest
+from crossenc.job.match import match_earlier
+from crossenc.job.passes import score
+from crossenc.job.prepare import prepare
+from crossenc.job.result import RunResult, already_committed, run_result
+from crossenc.job.summary import summarise
+from crossenc.job.takeover import take_over
 from crossenc.versions import stack_versions
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     manifest = build_manifest(cfg, run, counts, summary, taken.kept, earlier.key, stack)
     seconds = commit_run(run, manifest, ledger.parts, summary, clock, staged_at)
     if cfg.output.report:
-        from crossenc.run.report import write_report  # (matplotlib: only when asked for)
+        from crossenc.job.report import write_report  # (matplotlib: only when asked for)
 
         write_report(summary, cfg.output.report, cfg.output.storage)
         log.info("report written to %s", cfg.output.report)

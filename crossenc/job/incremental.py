@@ -342,7 +342,7 @@ def _match_on_ray(
     then shuffled by input file into one file of matches each."""
     import ray
 
-    from crossenc.run.dataflow import TOKENIZE_CPUS
+    from crossenc.job.dataflow import TOKENIZE_CPUS
 
     left = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 1000)))
     left = left.map_batches(

@@ -7,8 +7,8 @@ from typing import Any
 
 from crossenc.config import JobConfig
 from crossenc.inputs.plan import JobPlan
-from crossenc.run.accounting import Counts
-from crossenc.run.summary import summary_table
+from crossenc.job.accounting import Counts
+from crossenc.job.summary import summary_table
 
 
 @dataclass
@@ -16,7 +16,7 @@ class RunResult:
     """What a run did. ``rows_scored`` is what this run read and scored with the model; on a
     resume, ``rows_resumed`` were taken over from the interrupted run's staged parts; with
     output.incremental, ``rows_reused`` took their scores from an earlier run. ``summary`` is
-    the run summary committed beside the manifest (see :mod:`crossenc.run.summary`)."""
+    the run summary committed beside the manifest (see :mod:`crossenc.job.summary`)."""
 
     run_id: str
     rows_read: int

@@ -9,12 +9,12 @@ from typing import Any
 
 from crossenc.config import ConfigError, JobConfig
 from crossenc.inputs.plan import JobPlan, finish_inspection, plan_job
+from crossenc.job.cluster import ensure_ray
 from crossenc.models.describe import model_fingerprint
 from crossenc.output.commit import RunRecord
 from crossenc.output.committers import committer_for, previous_manifest
 from crossenc.output.parts import new_run_id
 from crossenc.output.tables import Committer
-from crossenc.run.cluster import ensure_ray
 
 
 @dataclass

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crossenc.config import JobConfig
+from crossenc.job.accounting import rows_in, todo_ranges, usable_parts
+from crossenc.job.prepare import Prepared
 from crossenc.output.commit import check_same_run, staged_parts, write_run_record
 from crossenc.output.parts import PartStats
-from crossenc.run.accounting import rows_in, todo_ranges, usable_parts
-from crossenc.run.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class TakeOver:
 
 def take_over(cfg: JobConfig, run: Prepared) -> TakeOver:
     """On a resume, the staged parts of the runs interrupted since the last commit that still
-    fit the input (:func:`crossenc.run.accounting.usable_parts`); ``done`` when the output
+    fit the input (:func:`crossenc.job.accounting.usable_parts`); ``done`` when the output
     already holds the committed run of this very config and model. Stages the run's record."""
     kept: list[PartStats] = []
     plan = run.plan

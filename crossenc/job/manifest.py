@@ -7,10 +7,10 @@ from typing import Any
 
 from crossenc import __version__
 from crossenc.config import JobConfig
+from crossenc.job.accounting import Counts
+from crossenc.job.prepare import Prepared
 from crossenc.output.commit import Manifest
 from crossenc.output.parts import PartStats
-from crossenc.run.accounting import Counts
-from crossenc.run.prepare import Prepared
 
 
 def build_manifest(

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from crossenc.config import JobConfig
 from crossenc.inputs.plan import JobPlan
 from crossenc.inputs.read import pending_units, read_units
+from crossenc.job.clock import Clock
+from crossenc.job.incremental import Matches, earlier_runs, match
+from crossenc.job.prepare import Prepared
+from crossenc.job.takeover import TakeOver
+from crossenc.job.verify import Verdict, check_reuse
 from crossenc.output.commit import staging_dir
-from crossenc.run.clock import Clock
-from crossenc.run.incremental import Matches, earlier_runs, match
-from crossenc.run.prepare import Prepared
-from crossenc.run.takeover import TakeOver
-from crossenc.run.verify import Verdict, check_reuse
 from crossenc.storage import resolve
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _match(
 ) -> tuple[Matches | None, Verdict | None]:
     """output.incremental: the earlier runs with this run's scoring key, matched against the
     rows to score (None: no earlier run to match, or none to reuse), and the check of those
-    that recorded another ``stack`` (:mod:`crossenc.run.verify`; None: nothing to check)."""
+    that recorded another ``stack`` (:mod:`crossenc.job.verify`; None: nothing to check)."""
     earlier = earlier_runs(cfg, key)
     where = ", ".join(cfg.output.reuse_from) or cfg.output.path
     if earlier.other_keys:

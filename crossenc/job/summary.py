@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from crossenc.config import JobConfig
+from crossenc.job.accounting import Counts
+from crossenc.job.clock import Clock
+from crossenc.job.verify import Verdict
 from crossenc.metrics import RunMetrics
-from crossenc.run.accounting import Counts
-from crossenc.run.clock import Clock
-from crossenc.run.verify import Verdict
 
 log = logging.getLogger(__name__)
 
