@@ -110,7 +110,7 @@ def ray_local():
     whole suite, started as crossenc's own (ensure_ray) starts it but on 2 CPUs, so run_job and
     ``crossenc score`` in this process join it. Its idle workers are kept, as crossenc keeps
     them, so a job's read, tokenize and write tasks reuse the workers an earlier test's job
-    started (each new one imports crossenc, torch and transformers: seconds on 2 cores)."""
+    started (a new one imports crossenc and its libraries again: seconds on 2 cores)."""
     import ray
 
     ray.init(
