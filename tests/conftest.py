@@ -23,6 +23,7 @@ import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray binds to loopback
 
+from crossenc.pipeline import IDLE_WORKER_MS
 from crossenc.testing import ARCHITECTURES, NLI_LABELS, build_tiny_model, write_pairs
 
 BIN = Path(sys.executable).parent  # this environment's ray, python and moto_server
@@ -105,10 +106,21 @@ def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """An in-process Ray for pipeline tests, shut down at the end of the session."""
+    """An in-process Ray for pipeline tests, shut down at the end of the session: one for the
+    whole suite, started as crossenc's own (ensure_ray) starts it but on 2 CPUs, so run_job and
+    ``crossenc score`` in this process join it. Its idle workers are kept, as crossenc keeps
+    them, so a job's read, tokenize and write tasks reuse the workers an earlier test's job
+    started (a new one imports crossenc and its libraries again: seconds on 2 cores)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    ray.init(
+        num_cpus=2,
+        _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_MS},
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        ignore_reinit_error=True,
+    )
     yield ray
     ray.shutdown()
 

@@ -23,6 +23,7 @@ def _by(table: pa.Table, key: str) -> dict:
     return {r[key]: r for r in rows}
 
 
+@pytest.mark.slow
 def test_scorer_in_a_pipeline_matches_the_job_row_by_row(ray_local, models, pairs_dir, tmp_path):
     model = models[("bert", 1)]
     # the job, over every input row, through the Python entry point (a pydantic config)
@@ -51,6 +52,7 @@ def test_scorer_in_a_pipeline_matches_the_job_row_by_row(ray_local, models, pair
         assert row["score"] == pytest.approx(expected[doc_id]["score"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_scorer_reports_unscorable_rows_in_a_reason_column(ray_local, models):
     rows = [
         {"id": 0, "query": "what is ray", "passage": "Ray is a framework for scaling Python."},
@@ -66,6 +68,7 @@ def test_scorer_reports_unscorable_rows_in_a_reason_column(ray_local, models):
     assert out[1]["score"] is None and out[2]["score"] is None
 
 
+@pytest.mark.slow
 def test_scorer_labels_with_the_models_names(ray_local, models, tmp_path):
     write_pairs(tmp_path / "nli", rows=40, files=2, columns=("premise", "hypothesis"))
     section = {"text_a": "premise", "text_b": "hypothesis", "keep": ["pair_id"]}
@@ -89,6 +92,7 @@ def test_scorer_labels_with_the_models_names(ray_local, models, tmp_path):
             assert row[f"score_{label}"] == pytest.approx(want[f"score_{label}"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_scorer_reranks_across_the_dataset_with_top_k(ray_local, models, pairs_dir, tmp_path):
     model = models[("bert", 1)]
     sections = {"task": "rerank", "rerank": {"group_by": "qid", "top_k": 3}}
@@ -124,6 +128,7 @@ def test_scorer_names_a_missing_column_and_a_bad_config(ray_local, models):
         crossenc.scorer({"model": {"name": str(models[("bert", 3)])}, "task": "score"})
 
 
+@pytest.mark.slow
 def test_scores_are_deterministic_across_block_layouts(ray_local, models):
     """The same pairs give the same scores whatever the dataset's blocks (length-sorted
     batches differ in composition)."""
@@ -135,6 +140,7 @@ def test_scores_are_deterministic_across_block_layouts(ray_local, models):
     assert np.allclose([one[i] for i in range(60)], [six[i] for i in range(60)], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs_as_written(minilm, tmp_path):
     """The README's Python example, in a fresh interpreter in a folder holding demo/."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

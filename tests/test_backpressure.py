@@ -31,6 +31,7 @@ def test_budget_below_64_mib_is_refused():
         RuntimeConfig(object_store_mb=8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["score", "rerank"])
 def test_small_budget_reaches_the_executor_and_every_row_lands(
     ray_local, models, pairs_dir: Path, tmp_path: Path, task: str

@@ -58,6 +58,7 @@ def test_every_preset_is_tested():
     assert {p.stem for p in CONFIGS.glob("*.yaml")} == set(PRESETS) | set(RERANKER_PRESETS)
 
 
+@pytest.mark.slow
 @pytest.mark.canary
 def test_nli_preset_labels_with_the_models_names_in_its_order(ray_local, models, tmp_path, capsys):
     import pyarrow as pa

@@ -143,6 +143,7 @@ def test_two_runs_from_the_same_state_exactly_one_commits(output):
         assert round_ + 1 == latest_commit(output)[0]
 
 
+@pytest.mark.slow
 def test_two_jobs_on_one_output_at_once_exit_0_and_7(ray_local, models, tmp_path):
     write_pairs(tmp_path / "in", rows=200, files=4, seed=2)
     config = tmp_path / "job.yaml"
@@ -252,6 +253,7 @@ def test_driver_killed_during_commit_then_resumed(ray_local, models, tmp_path, p
     assert not (out / "_temporary").exists()
 
 
+@pytest.mark.slow
 def test_output_of_the_previous_layout_is_read_resumed_and_replaced(
     ray_local, models, pairs_dir, tmp_path
 ):

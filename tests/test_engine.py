@@ -261,6 +261,7 @@ def _nine_pairs() -> list[tuple[str, str]]:
     return [(f"query {i}", "passage words " * (i + 1)) for i in range(9)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["bert", "deberta-v2"])  # with and without type embeddings
 def test_compiled_model_scores_as_the_eager_one_without_recompiling(arch, models, inductor_config):
     folder = str(models[(arch, 3)])
@@ -276,6 +277,7 @@ def test_compiled_model_scores_as_the_eager_one_without_recompiling(arch, models
     assert compiled.engine.stats.forward_passes == 3
 
 
+@pytest.mark.slow
 def test_a_model_that_fails_to_compile_runs_eagerly(models, inductor_config, caplog):
     # no C++ compiler, and no cached kernels to stand in for one
     inductor_config.cpp.cxx = ("/nonexistent/c++",)

@@ -392,7 +392,13 @@ def _crossenc() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "crossenc.cli"]
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# The cases that run a whole Ray job (they fail while it stages or commits): slow
+JOB_CASES = {"disk full while staging", "unexpected error after scoring"}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if c in JOB_CASES else c for c in CASES]
+)
 def test_mistake_gets_its_exit_code_and_names_what_to_change(
     case, models, pairs_dir, s3_server, bucket, tmp_path, request, monkeypatch, capsys
 ):

@@ -170,6 +170,7 @@ def test_match_takes_the_latest_run_s_scores():
 # -- whole runs ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["driver", "shuffle"])
 def test_second_night_on_a_parquet_folder(
     tmp_path, nights, model, scratch, ray_local, where, monkeypatch, caplog
@@ -210,6 +211,7 @@ def test_second_night_on_a_parquet_folder(
     assert night2[TRUNCATED].equals(scratch[TRUNCATED])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "reused"),
     [({}, REPEATED), ({"max_length": 64}, 0)],  # other keys: test_scoring_key_changes...
@@ -251,6 +253,7 @@ def _table_rows(out: dict, dt: str) -> pa.Table:
     return rows.filter(pc.equal(rows["dt"], dt)).sort_by("pair_id")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "mode"),
     [
@@ -290,6 +293,7 @@ def test_nights_on_a_table(tmp_path, nights, model, scratch, kind, mode, s3_serv
             assert third.rows_reused == 120 and third.rows_written == 12
 
 
+@pytest.mark.slow
 def test_classify_reuses_every_label_score(tmp_path, nights, model, ray_local):
     nli = build_tiny_model(tmp_path / "nli", "bert", 3, seed=5, labels=NLI_LABELS)
     out = tmp_path / "out"
@@ -309,6 +313,7 @@ def test_classify_reuses_every_label_score(tmp_path, nights, model, ray_local):
     assert duckdb.sql(f"SELECT count(*) FROM '{out}/*.parquet'").fetchall()[0][0] == 120
 
 
+@pytest.mark.slow
 def test_killed_incremental_night_resumes_exactly_once(
     tmp_path, nights, model, scratch, monkeypatch
 ):
@@ -361,6 +366,7 @@ def test_killed_incremental_night_resumes_exactly_once(
     assert not list((tmp_path / "table" / "_temporary").glob("*"))
 
 
+@pytest.mark.slow
 def test_a_night_of_pairs_scored_before_loads_no_model(tmp_path, nights, model, ray_local, caplog):
     out = tmp_path / "out"
     run_job(_config(nights, "night1", out, model, mode="overwrite"))

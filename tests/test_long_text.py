@@ -244,6 +244,7 @@ def _score(model: Path, data: Path, out: Path, *overrides: str) -> int:
     return main(["score", "--config", str(config), *(a for o in overrides for a in ("--set", o))])
 
 
+@pytest.mark.slow
 def test_the_job_writes_windows_and_the_local_scorers_maxp(ray_local, short_models, tmp_path):
     model = short_models["bert"]
     pairs = _write_long_input(tmp_path / "data", Reference(model))
@@ -275,6 +276,7 @@ def test_the_job_writes_windows_and_the_local_scorers_maxp(ray_local, short_mode
     assert sum(r["truncated"] for r in plain.to_pylist()) > 2
 
 
+@pytest.mark.slow
 def test_the_scorer_adds_windows_in_chunk_mode(ray_local, short_models, tmp_path):
     model = short_models["roberta"]
     pairs, _ = _long_pairs(Reference(model), seed=2)

@@ -57,6 +57,7 @@ def _graph_ops(scorer: LocalScorer) -> dict[str, int]:
     return ops
 
 
+@pytest.mark.slow
 def test_minilm_onnx_float32_and_int8(minilm, tmp_path):
     import pyarrow as pa
 

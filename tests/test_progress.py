@@ -14,6 +14,8 @@ import sys
 import termios
 from pathlib import Path
 
+import pytest
+
 from crossenc.config import RuntimeConfig
 from crossenc.job.progress import Progress
 
@@ -61,6 +63,7 @@ def test_unset_runtime_settings_use_the_machine():
     assert RuntimeConfig(gpus_per_replica=1).on_machine(8).torch_threads is None
 
 
+@pytest.mark.slow
 def test_the_command_on_a_terminal_draws_the_bar_and_uses_the_cores(models, pairs_dir, tmp_path):
     """The real command, its own in-process Ray, stderr on a pseudo-terminal."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

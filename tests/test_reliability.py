@@ -74,6 +74,7 @@ def messy_input(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_bad_rows_and_files_with_skip(ray_local, models, messy_input, tmp_path, capsys):
     out = tmp_path / "out"
     args = [
@@ -148,6 +149,7 @@ def _write_cfg(tmp_path: Path, inp: Path, out: Path, models) -> Path:
 # ---- resume refusals -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_model_or_activation(ray_local, models, pairs_dir, tmp_path):
     out = tmp_path / "out"
     cfg = job_config(pairs_dir, out, models[("bert", 1)])
@@ -309,6 +311,7 @@ def test_bookkeeping_random_crashes_local(
     _check_bookkeeping(out, sizes, block, crash_after, torn, retried, file_rows, journaled)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -359,6 +362,7 @@ def wide_input(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_footers_past_inspect_files_are_checked_while_the_run_scores(
     ray_local, models, wide_input, tmp_path, capsys
 ):

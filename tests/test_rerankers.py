@@ -208,6 +208,7 @@ def _score(model: Path, data: Path, out: Path) -> int:
     return main(_args("score", "msmarco-rerank", model, data, out, *sets))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     ["xlm-roberta", "modernbert", "qwen3-seq-cls-template", "qwen3-causal", "qwen2-causal-hf-only"],

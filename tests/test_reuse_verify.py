@@ -118,6 +118,7 @@ def test_tokenizer_files_are_in_the_fingerprint(tmp_path, model, what, changes):
     assert "tokenizer.json" in after["tokenizer_files"]
 
 
+@pytest.mark.slow
 def test_a_tokenizer_edit_invalidates_reuse(tmp_path, nights, model, ray_local, caplog):
     """The lowercasing of tokenizer.json flipped in place: night 2 reuses no score."""
     folder = shutil.copytree(model, tmp_path / "m")
@@ -139,6 +140,7 @@ def test_a_tokenizer_edit_invalidates_reuse(tmp_path, nights, model, ray_local, 
 # -- the stack: recorded, and checked before reuse ---------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["delta-local", "iceberg-local"])
 def test_tables_record_the_stack_and_a_new_one_is_verified(
     tmp_path, nights, model, kind, ray_local, monkeypatch, caplog
@@ -181,6 +183,7 @@ def _tamper(out: Path, shift: float) -> None:
         pq.write_table(table, path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sample", [1000, 0])
 def test_drifted_stored_scores_are_not_reused(
     tmp_path, nights, model, sample, ray_local, monkeypatch, caplog, capsys
@@ -223,6 +226,7 @@ def test_drifted_stored_scores_are_not_reused(
     assert exit_code(warn, second) == EXIT_OK
 
 
+@pytest.mark.slow
 def test_a_run_with_no_stack_recorded_is_checked(tmp_path, nights, model, ray_local):
     """An earlier run from before stacks were recorded counts as another stack."""
     out = tmp_path / "out"

@@ -31,6 +31,7 @@ def s3(s3_server):
     fs.rm("crossenc-test", recursive=True)
 
 
+@pytest.mark.slow
 @pytest.mark.canary
 def test_job_reads_model_and_pairs_from_s3_and_writes_back(
     ray_local, models, pairs_dir, s3, s3_server, tmp_path, capsys
@@ -80,6 +81,7 @@ def test_job_reads_model_and_pairs_from_s3_and_writes_back(
     assert not [p for p in logs if SECRET.encode() in p.read_bytes()]
 
 
+@pytest.mark.slow
 def test_job_through_a_store_that_fails_now_and_then(ray_local, models, s3_server, tmp_path):
     """5% of requests answered 503 SlowDown / 500, or cut off mid-body after the server acted
     (a proxy on loopback in front of moto): the job still commits every row exactly once, and

@@ -166,6 +166,7 @@ class _Figures(HTMLParser):
             self.images += 1
 
 
+@pytest.mark.slow
 def test_nightly_labelling_summary_report_and_drift(ray_local, models, pairs_dir, tmp_path):
     model = models[("bert", 3)]
     base = job_config(
@@ -252,6 +253,7 @@ def test_compare_to_without_a_committed_run_is_a_config_error(models, pairs_dir,
     assert "holds no committed crossenc run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_dead_letters_above_the_allowed_fraction_exit_5(ray_local, models, tmp_path, capsys):
     table = pa.table(
         {

@@ -220,6 +220,7 @@ def parquet_night(parquet_run) -> list[tuple]:
     return sorted_rows(read_output(parquet_run[0].path))
 
 
+@pytest.mark.slow
 def test_parquet_output_with_a_partition_column_and_its_history(parquet_run, parquet_night):
     """The Parquet folder gets the constant dt column too; its history is its commit record."""
     assert {r[3] for r in parquet_night} == {"d1"} and len(parquet_night) == 120
@@ -233,6 +234,7 @@ def _job(pairs: Path, model: Path, section: dict, **changes):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.canary
 def test_nightly_job_into_a_table(table, parquet_night, model, pairs, tmp_path, capsys):
     """Night d1 into an empty table holds what the Parquet output holds, row by row, for
@@ -274,6 +276,7 @@ def test_nightly_job_into_a_table(table, parquet_night, model, pairs, tmp_path, 
     assert "dt=d2" in text and redo.run_id in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["delta", "iceberg"])
 def test_killed_before_the_table_commit_then_resumed(
     fmt, parquet_night, model, pairs, tmp_path, monkeypatch

@@ -50,6 +50,7 @@ def test_score_task(ray_local, models, pairs_dir, tmp_path):
     assert not (tmp_path / "out" / "_temporary").exists()
 
 
+@pytest.mark.slow
 def test_score_task_on_a_compiled_model(ray_local, models, pairs_dir, tmp_path):
     """model.compile: the replica compiles at start (the summary says so); scores as eager."""
     cfg = job_config(pairs_dir, tmp_path / "out", models[("bert", 1)], model={"compile": True})
@@ -65,6 +66,7 @@ def test_score_task_on_a_compiled_model(ray_local, models, pairs_dir, tmp_path):
     assert "_runs" not in out.column_names
 
 
+@pytest.mark.slow
 def test_classify_multi_output(ray_local, models, pairs_dir, tmp_path):
     cfg = job_config(
         pairs_dir,
@@ -84,6 +86,7 @@ def test_classify_multi_output(ray_local, models, pairs_dir, tmp_path):
     assert len(set(want)) > 1  # the tiny model does not put every pair in one class
 
 
+@pytest.mark.slow
 def test_classify_labels_override(ray_local, models, pairs_dir, tmp_path):
     names = ["c", "e", "n"]
     cfg = job_config(
@@ -103,6 +106,7 @@ def test_classify_labels_override(ray_local, models, pairs_dir, tmp_path):
     assert set(out.column("label").to_pylist()) <= set(names)
 
 
+@pytest.mark.slow
 def test_classify_threshold_single_output(ray_local, models, pairs_dir, tmp_path):
     inp = read_input(pairs_dir)
     base = job_config(pairs_dir, tmp_path / "x", models[("electra", 1)])
@@ -131,6 +135,7 @@ def grouped_dir(pairs_dir, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("top_k", "layout"),
     [
@@ -186,6 +191,7 @@ def test_rerank_resume_is_refused_when_groups_span_files(models, pairs_dir, tmp_
         plan_job(cfg)
 
 
+@pytest.mark.slow
 def test_output_mode(ray_local, models, pairs_dir, tmp_path):
     cfg = job_config(pairs_dir, tmp_path / "out", models[("bert", 1)])
     first = run_job(cfg)
