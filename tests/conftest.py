@@ -23,7 +23,7 @@ import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray binds to loopback
 
-from crossenc.pipeline import IDLE_WORKER_MS
+from crossenc.job.cluster import IDLE_WORKER_MS
 from crossenc.testing import ARCHITECTURES, NLI_LABELS, build_tiny_model, write_pairs
 
 BIN = Path(sys.executable).parent  # this environment's ray, python and moto_server
