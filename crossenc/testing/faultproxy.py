@@ -14,7 +14,8 @@ probability ``fault_rate`` per request it injects one fault chosen uniformly amo
 
 ``schedule()`` forces faults on chosen requests, for deterministic tests.
 
-What the s3fs -> aiobotocore -> aiohttp stack does with each (tests/test_faultproxy.py pins it):
+What the s3fs -> aiobotocore -> aiohttp stack does with each (tests/testing/test_faultproxy.py
+pins it):
 503/500 are retried by botocore (``config_kwargs={"retries": ...}``); a truncated body of a parsed
 response (ListObjectsV2, DeleteObjects, ...) becomes ``ConnectionClosedError``, retried by
 botocore and by s3fs; a truncated GetObject body is retried only by s3fs (``fs.retries``,

@@ -19,7 +19,7 @@ import pytest
 from crossenc.config import RuntimeConfig
 from crossenc.job.progress import Progress
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 class _Terminal(io.StringIO):

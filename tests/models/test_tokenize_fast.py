@@ -35,7 +35,7 @@ from crossenc.testing import (
     write_pairs,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

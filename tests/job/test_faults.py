@@ -171,7 +171,7 @@ def test_worker_node_lost_mid_run(minilm, tmp_path):
             str(tmp_path / "out"),
             str(minilm),
         ],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         env=env,
         capture_output=True,
         text=True,
