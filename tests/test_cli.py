@@ -53,7 +53,7 @@ def test_preset_validates_against_matching_model(preset, models, tmp_path, capsy
 
 
 def test_every_preset_is_tested():
-    from tests.test_rerankers import PRESETS as RERANKER_PRESETS  # validated there
+    from tests.models.test_rerankers import PRESETS as RERANKER_PRESETS  # validated there
 
     assert {p.stem for p in CONFIGS.glob("*.yaml")} == set(PRESETS) | set(RERANKER_PRESETS)
 
