@@ -64,8 +64,9 @@ def scoring_stages(
         resources=rt.resources_per_replica or None,
     )  # Ray restarts a dead scorer and retries its batch (max_restarts=-1 by default)
     if rank_partitions:
-        ds = ds.groupby(cfg.rerank.group_by, num_partitions=rank_partitions).map_groups(
-            task_for(cfg).post_group, batch_format="pyarrow"
+        task = task_for(cfg)
+        ds = ds.groupby(task.group_by, num_partitions=rank_partitions).map_groups(
+            task.post_group, batch_format="pyarrow"
         )
     return ds
 

@@ -40,10 +40,6 @@ class Task:
         """The input column whose groups the task post-processes together (None: rows alone)."""
         return None
 
-    def input_columns(self) -> list[str]:
-        """Input columns the task needs beyond the two texts."""
-        return [self.group_by] if self.group_by else []
-
     def columns(self, info: ModelInfo) -> list[str]:
         """The columns the task adds to every output row, in order (before ``truncated``)."""
         return score_names(info) + list(self.added)
