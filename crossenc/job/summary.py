@@ -214,8 +214,11 @@ def summarise(
     """Phase 6: the run summary (``files``: input files, skipped ones), with the phases' seconds,
     output.incremental's verdict on scores made under another stack, and the drift against
     output.compare_to's run (``previous``), whose reasons are logged."""
-    incremental = {"new": counts.scored, "reused": counts.reused}
-    incremental["skipped_reused"] = counts.skipped_reused
+    incremental = {
+        "new": counts.scored,
+        "reused": counts.reused,
+        "skipped_reused": counts.skipped_reused,
+    }
     clock.phases["commit"] = None  # known once committed: _summary.json and the report carry it
     summary = build_summary(
         metrics,

@@ -4,7 +4,7 @@ and the row ranges left to score; then the run's record is staged."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from crossenc.config import JobConfig
@@ -24,7 +24,7 @@ class TakeOver:
     todo: dict[str, list[list[int]]]  # per input file, the row ranges still to score
     rows_now: int = 0  # rows to score, files whose footers are still to be read included
     files_resumed: int = 0  # input files whose every row was taken over
-    done: dict[str, Any] | None = field(default=None)  # the output holds this run already
+    done: dict[str, Any] | None = None  # the output holds this run already
 
     @property
     def rows_resumed(self) -> int:
