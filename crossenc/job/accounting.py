@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from crossenc.config import OutputConfig
 from crossenc.errors import InvariantError
 from crossenc.inputs.plan import InputFile
 from crossenc.job.progress import Progress
 from crossenc.metrics import RunMetrics
-from crossenc.output.commit import staging_dir
 from crossenc.output.journal import Journal
 from crossenc.output.parts import (
     PartStats,
@@ -20,7 +18,7 @@ from crossenc.output.parts import (
     missing_ranges,
     overlaps,
 )
-from crossenc.storage import resolve
+from crossenc.storage import Location
 
 
 def coverage(parts: list[PartStats]) -> dict[str, list[list[int]]]:
@@ -104,9 +102,8 @@ class Ledger:
     """The driver's record of the parts written so far: their metrics folded into the run's,
     the journal a resume reads, and the progress line."""
 
-    def __init__(self, out: OutputConfig, run_id: str, kept: list[PartStats], rows: int) -> None:
-        loc = resolve(out.path, out.storage)
-        self.journal = Journal(loc, staging_dir(loc, run_id))
+    def __init__(self, output: Location, staging: str, kept: list[PartStats], rows: int) -> None:
+        self.journal = Journal(output, staging)
         self.parts = list(kept)
         self.metrics = RunMetrics()
         for part in self.parts:

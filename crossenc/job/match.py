@@ -15,8 +15,6 @@ from crossenc.job.incremental import Matches, earlier_runs, match
 from crossenc.job.prepare import Prepared
 from crossenc.job.takeover import TakeOver
 from crossenc.job.verify import Verdict, check_reuse
-from crossenc.output.commit import staging_dir
-from crossenc.storage import resolve
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +39,7 @@ def match_earlier(
     if not taken.todo and not run.plan.pending:
         return EarlierScores(key)
     started = time.monotonic()
-    loc = resolve(cfg.output.path, cfg.output.storage)
-    staging = staging_dir(loc, run.record.run_id)
-    matches, verdict = _match(cfg, run.plan, taken.todo, key, staging, taken.rows_now, stack)
+    matches, verdict = _match(cfg, run.plan, taken.todo, key, run.staging, taken.rows_now, stack)
     clock.lap("match", started)
     if verdict is not None:  # (within the match's seconds)
         clock.phases["verify"] = round(verdict.seconds, 3)

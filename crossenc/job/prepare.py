@@ -11,10 +11,11 @@ from crossenc.config import ConfigError, JobConfig
 from crossenc.inputs.plan import JobPlan, finish_inspection, plan_job
 from crossenc.job.cluster import ensure_ray
 from crossenc.models.describe import model_fingerprint
-from crossenc.output.commit import RunRecord
+from crossenc.output.commit import RunRecord, staging_dir
 from crossenc.output.committers import committer_for, previous_manifest
 from crossenc.output.parts import new_run_id
 from crossenc.output.tables import Committer
+from crossenc.storage import Location, resolve
 
 
 @dataclass
@@ -28,6 +29,8 @@ class Prepared:
     plan: JobPlan  # every footer read once ``pending`` is done
     record: RunRecord
     pending: Future[JobPlan] | None  # the rest of the footers, read while the run scores
+    output: Location  # output.path on its store
+    staging: str  # the run's staging folder there (its journal, its matches)
 
 
 def prepare(cfg: JobConfig, plan: JobPlan | None = None) -> Prepared:
@@ -61,7 +64,9 @@ def prepare(cfg: JobConfig, plan: JobPlan | None = None) -> Prepared:
         footers = ThreadPoolExecutor(1, thread_name_prefix="footers")
         pending = footers.submit(finish_inspection, cfg, plan)
         footers.shutdown(wait=False)
-    return Prepared(committer, base, committed, previous, plan, record, pending)
+    output = resolve(cfg.output.path, cfg.output.storage)
+    staging = staging_dir(output, record.run_id)
+    return Prepared(committer, base, committed, previous, plan, record, pending, output, staging)
 
 
 def previous_summary(cfg: JobConfig) -> dict[str, Any] | None:

@@ -43,7 +43,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     if taken.done is not None:
         return already_committed(taken.done, clock.seconds(), cfg.output.path)
     stack = stack_versions(cfg.model.backend)
-    ledger = Ledger(cfg.output, run.record.run_id, taken.kept, taken.rows_now)
+    ledger = Ledger(run.output, run.staging, taken.kept, taken.rows_now)
     earlier = match_earlier(cfg, run, taken, stack, clock)
     started = time.monotonic()
     score(cfg, run, taken, ledger, earlier)
