@@ -555,6 +555,45 @@ class RuntimeConfig(_Strict):
         return (self.object_store_mb or max(256, 128 * self.replicas)) * 2**20
 
 
+class QualityGateConfig(_Strict):
+    """The check of a path faster than float32 before a run scores anything: int8 (onnx,
+    openvino), or a 16-bit model.dtype on CPU (torch, openvino)."""
+
+    sample: int = Field(
+        2000,
+        ge=0,
+        description="Pairs of a seeded sample of the input (rerank: whole groups), scored in "
+        "the driver by torch float32 and by the run's path, compared before any row is "
+        "scored; the figures go to the summary and manifest (gate). 0: no check.",
+    )
+    min_spearman: float = Field(
+        0.995,
+        ge=-1,
+        le=1,
+        description="Lowest Spearman correlation of the two paths' scores (each score column's; "
+        "the lowest counts). Below it the run fails before scoring (exit code 2).",
+    )
+    min_label_agreement: float = Field(
+        0.995,
+        ge=0,
+        le=1,
+        description="task classify: lowest share of sampled pairs given the same label.",
+    )
+    min_top10_overlap: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="task rerank: lowest mean share of a group's top 10 (or all its rows, if "
+        "fewer) that both paths rank there (0: reported, not checked).",
+    )
+    max_abs_diff: float | None = Field(
+        None,
+        gt=0,
+        description="Largest |fast - float32| of a score allowed (None: reported, not checked).",
+    )
+    seed: int = Field(0, description="Seed of the sample (and of the int8 calibration sample).")
+
+
 class JobConfig(_Strict):
     """A whole crossenc job."""
 
@@ -567,6 +606,10 @@ class JobConfig(_Strict):
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     output: OutputConfig
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    quality_gate: QualityGateConfig = Field(
+        default_factory=QualityGateConfig,
+        description="How a path faster than float32 is checked against it before a run scores.",
+    )
 
     @model_validator(mode="after")
     def _partition_columns_are_new(self) -> JobConfig:
