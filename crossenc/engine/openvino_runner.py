@@ -66,8 +66,6 @@ def calibration_batches(
 ) -> list[dict[str, np.ndarray]]:
     """The calibration pairs as the model's inputs, one unpadded row each (no pad token
     enters the activation statistics)."""
-    from crossenc.engine.onnx_runner import input_names
-    from crossenc.engine.scoring import pad_batch
     from crossenc.models.load import load_tokenizer
     from crossenc.models.tokenize import encode_pairs
 
@@ -75,12 +73,16 @@ def calibration_batches(
     ids, type_ids, _ = encode_pairs(
         tokenizer, info, [a for a, _ in pairs], [b for _, b in pairs], cfg.truncation
     )
-    names = input_names(info.uses_token_type_ids)
     batches = []
     for i, row in enumerate(ids):
-        types = [np.asarray(type_ids[i])] if type_ids else None
-        batch = pad_batch([np.asarray(row)], types, info.pad_token_id)
-        batches.append({name: batch[name] for name in names if name in batch})
+        batch = {
+            "input_ids": np.asarray([row], dtype=np.int64),
+            "attention_mask": np.ones((1, len(row)), dtype=np.int64),
+        }
+        if info.uses_token_type_ids:
+            types = type_ids[i] if type_ids else [0] * len(row)
+            batch["token_type_ids"] = np.asarray([types], dtype=np.int64)
+        batches.append(batch)
     return batches
 
 
