@@ -164,13 +164,26 @@ class ModelConfig(_Strict):
         "tokenizer's stride); under half the window, the model's max_length less the pair's "
         "special tokens. None: 64, or an eighth of the window where that is under 512 tokens.",
     )
-    backend: Literal["torch", "onnx"] = Field(
-        "torch", description="torch, or ONNX Runtime (CPU), exported from the same folder."
+    backend: Literal["torch", "onnx", "openvino"] = Field(
+        "torch",
+        description="torch; onnx: ONNX Runtime (CPU); openvino: the OpenVINO runtime (CPU, the "
+        "openvino extra); both exported from the same folder once per node and cached under "
+        "runtime.cache_dir. Sequence classifiers only.",
     )
     quantize: Literal["none", "int8", "int8-full"] = Field(
         "none",
-        description="ONNX backend only, changes scores: int8 dynamic quantization of the "
-        "attention projections (int8), or of every MatMul (int8-full: faster, less faithful).",
+        description="onnx or openvino backend, changes scores (a run checks them first: "
+        "quality_gate). onnx: int8 dynamic quantization of the attention projections (int8), "
+        "or of every MatMul (int8-full: faster, less faithful). openvino: int8 only, static "
+        "post-training quantization (NNCF, its transformer preset) calibrated on "
+        "model.calibration_sample pairs of the job's own input.",
+    )
+    calibration_sample: int = Field(
+        300,
+        ge=1,
+        description="openvino with quantize int8: pairs the quantization calibrates on, a "
+        "seeded sample of the job's input (whole rerank groups); a LocalScorer takes them from "
+        "its first predict() unless given calibration pairs. Changes scores.",
     )
     compile: bool = Field(
         False,
@@ -185,8 +198,10 @@ class ModelConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="auto: bfloat16 on GPUs that support it (else float16) and on CPUs with "
-        "bf16 matrix units (Intel AMX: 2.5-2.8x float32), else float32. float32 for scores "
-        "equal to sentence-transformers' float32 to ~1e-6.",
+        "bf16 matrix units (Intel AMX: 2.5-2.8x float32), else float32; openvino: float32 "
+        "(its inference precision, which OpenVINO would otherwise lower to bf16 on such CPUs). "
+        "float32 for scores equal to sentence-transformers' float32 to ~1e-6. A 16-bit dtype "
+        "on CPU is checked against float32 before a run scores (quality_gate).",
     )
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Object-store options when name is s3://..."
@@ -540,6 +555,45 @@ class RuntimeConfig(_Strict):
         return (self.object_store_mb or max(256, 128 * self.replicas)) * 2**20
 
 
+class QualityGateConfig(_Strict):
+    """The check of a path faster than float32 before a run scores anything: int8 (onnx,
+    openvino), or a 16-bit model.dtype on CPU (torch, openvino)."""
+
+    sample: int = Field(
+        2000,
+        ge=0,
+        description="Pairs of a seeded sample of the input (rerank: whole groups), scored in "
+        "the driver by torch float32 and by the run's path, compared before any row is "
+        "scored; the figures go to the summary and manifest (gate). 0: no check.",
+    )
+    min_spearman: float = Field(
+        0.995,
+        ge=-1,
+        le=1,
+        description="Lowest Spearman correlation of the two paths' scores (each score column's; "
+        "the lowest counts). Below it the run fails before scoring (exit code 2).",
+    )
+    min_label_agreement: float = Field(
+        0.995,
+        ge=0,
+        le=1,
+        description="task classify: lowest share of sampled pairs given the same label.",
+    )
+    min_top10_overlap: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="task rerank: lowest mean share of a group's top 10 (or all its rows, if "
+        "fewer) that both paths rank there (0: reported, not checked).",
+    )
+    max_abs_diff: float | None = Field(
+        None,
+        gt=0,
+        description="Largest |fast - float32| of a score allowed (None: reported, not checked).",
+    )
+    seed: int = Field(0, description="Seed of the sample (and of the int8 calibration sample).")
+
+
 class JobConfig(_Strict):
     """A whole crossenc job."""
 
@@ -552,6 +606,10 @@ class JobConfig(_Strict):
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     output: OutputConfig
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    quality_gate: QualityGateConfig = Field(
+        default_factory=QualityGateConfig,
+        description="How a path faster than float32 is checked against it before a run scores.",
+    )
 
     @model_validator(mode="after")
     def _partition_columns_are_new(self) -> JobConfig:
@@ -590,6 +648,8 @@ class JobConfig(_Strict):
                 del model[key]
         if self.model.long_text != "chunk":
             del model["chunk_overlap"]
+        if self.model.backend != "openvino" or self.model.quantize == "none":
+            del model["calibration_sample"]  # calibrates only openvino's int8
         return model
 
     def scoring_key(self, model: dict[str, Any]) -> str:

@@ -72,11 +72,12 @@ def known_bad(name: str, version: str) -> str | None:
 
 
 def stack_versions(backend: str = "torch") -> dict[str, str]:
-    """The versions of the packages that make a run's scores (onnxruntime with that backend):
-    what a manifest records beside its scores."""
+    """The versions of the packages that make a run's scores (onnxruntime, or openvino and
+    nncf, with those backends): what a manifest records beside its scores."""
     from crossenc import __version__
 
-    names = [*SCORING_STACK, *(["onnxruntime"] if backend == "onnx" else [])]
+    extra = {"onnx": ["onnxruntime"], "openvino": ["openvino", "nncf"]}.get(backend, [])
+    names = [*SCORING_STACK, *extra]
     out = {"crossenc": __version__}
     for name in names[1:]:
         out[name] = installed_version(name) or "absent"

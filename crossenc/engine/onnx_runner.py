@@ -5,20 +5,15 @@ as the torch model and returns its logits; batching, activation and ordering sta
 :class:`crossenc.engine.scoring.ScoringEngine`, shared with the torch backend.
 
 Exports are cached under ``<runtime.cache_dir>/onnx/<key>/`` (default ``~/.cache/crossenc/onnx``),
-keyed by a hash of the model folder's files and the export options, so a changed model or option
-never reuses a stale graph. Concurrent replicas on one node share one export: a file lock
-serialises them and the folder appears by an atomic rename only when complete.
+keyed by a hash of the model folder's files and the export options, one export per node however
+many replicas start at once (:mod:`crossenc.engine.export_cache`, shared with OpenVINO, whose
+backend converts this module's float32 export).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -26,35 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from crossenc.config import ConfigError, ModelConfig
+from crossenc.config import ModelConfig
+from crossenc.engine.export_cache import cache_root, cached_export, folder_digest, options_key
 
 # Bumped whenever the export recipe below changes, so that old cache entries are not reused.
 EXPORT_VERSION = 3
 OPSET = 17
 
 
-def default_onnx_cache_dir() -> Path:
-    """Where exported ONNX graphs live on each node when runtime.cache_dir is not set."""
-    return Path.home() / ".cache" / "crossenc" / "onnx"
-
-
 def onnx_cache_root(cache_dir: str | None) -> Path:
-    """``<cache_dir>/onnx`` or the default."""
-    return Path(cache_dir).expanduser() / "onnx" if cache_dir else default_onnx_cache_dir()
-
-
-def folder_digest(source: str) -> str:
-    """SHA-256 over the names and contents of every file in a local model folder."""
-    folder = Path(source)
-    if not folder.is_dir():
-        raise ConfigError(f"model.backend onnx needs a local model folder, got {source!r}")
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):  # noqa: B023
-                digest.update(chunk)
-    return digest.hexdigest()
+    """``<cache_dir>/onnx``, or ``~/.cache/crossenc/onnx``: where exported graphs live."""
+    return cache_root(cache_dir, "onnx")
 
 
 def cache_key(cfg: ModelConfig, source: str) -> str:
@@ -69,7 +46,7 @@ def cache_key(cfg: ModelConfig, source: str) -> str:
         "torch": version("torch"),  # the exporter's version, without importing torch
         "onnxruntime": onnxruntime.__version__,
     }
-    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:20]
+    return options_key(options)
 
 
 def input_names(uses_token_type_ids: bool) -> list[str]:
@@ -78,7 +55,7 @@ def input_names(uses_token_type_ids: bool) -> list[str]:
     return [*names, "token_type_ids"] if uses_token_type_ids else names
 
 
-def _export(cfg: ModelConfig, source: str, uses_token_type_ids: bool, out: Path) -> None:
+def export_onnx(cfg: ModelConfig, source: str, uses_token_type_ids: bool, out: Path) -> None:
     """Export the float32 model to ``out`` (TorchScript exporter, dynamic batch and length)."""
     import torch
 
@@ -179,35 +156,19 @@ def ensure_onnx_model(
     cfg: ModelConfig, source: str, uses_token_type_ids: bool, cache_dir: str | None = None
 ) -> Path:
     """The cached ``model.onnx`` for this model folder and options, exported on first use."""
-    key = cache_key(cfg, source)
-    root = onnx_cache_root(cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / key
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "model.onnx").is_file():
-            tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
-            try:
-                float_path = tmp / "float32.onnx"
-                _export(cfg, source, uses_token_type_ids, float_path)
-                if cfg.quantize != "none":
-                    _quantize(
-                        float_path, tmp / "model.onnx", cfg.quantize, _intermediate_size(source)
-                    )
-                    float_path.unlink()
-                else:
-                    float_path.rename(tmp / "model.onnx")
-                (tmp / "export.json").write_text(
-                    json.dumps(
-                        {"source": source, "quantize": cfg.quantize, "opset": OPSET}, indent=1
-                    )
-                )
-                if target.exists():  # a partial folder from an older layout
-                    shutil.rmtree(target)
-                os.rename(tmp, target)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target / "model.onnx"
+
+    def build(tmp: Path) -> None:
+        float_path = tmp / "float32.onnx"
+        export_onnx(cfg, source, uses_token_type_ids, float_path)
+        if cfg.quantize != "none":
+            _quantize(float_path, tmp / "model.onnx", cfg.quantize, _intermediate_size(source))
+            float_path.unlink()
+        else:
+            float_path.rename(tmp / "model.onnx")
+        export = {"source": source, "quantize": cfg.quantize, "opset": OPSET}
+        (tmp / "export.json").write_text(json.dumps(export, indent=1))
+
+    return cached_export(onnx_cache_root(cache_dir), cache_key(cfg, source), "model.onnx", build)
 
 
 class OnnxRunner:

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -198,22 +198,37 @@ RUNNER_ENV = "CROSSENC_RUNNER"  # "zeros": benchmarks swap the model for a ZeroR
 
 
 def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig, source: str):
-    """The runner model.backend names (imported here: an ONNX replica never loads torch)."""
+    """The runner model.backend names (imported here: an ONNX or OpenVINO replica whose export
+    is cached never loads torch)."""
     if os.environ.get(RUNNER_ENV) == "zeros":
         log.warning("%s=zeros: scoring with a runner that returns zeros", RUNNER_ENV)
         return ZeroRunner(info.num_labels)
-    if model_cfg.backend == "onnx":
+    if model_cfg.backend in ("onnx", "openvino"):
+        backend = model_cfg.backend
         if info.kind != SEQUENCE_CLASSIFICATION:
-            raise ConfigError(f"model.backend onnx serves sequence classification, not {info.kind}")
+            raise ConfigError(
+                f"model.backend {backend} serves sequence classification, not {info.kind}"
+            )
         if model_cfg.compile:
-            raise ConfigError("model.compile needs model.backend torch (ONNX Runtime optimises)")
+            raise ConfigError(f"model.compile needs model.backend torch ({backend} optimises)")
+        if runtime.gpus_per_replica:
+            raise ConfigError(
+                f"model.backend {backend} runs on CPU: set runtime.gpus_per_replica 0"
+            )
+    if model_cfg.backend == "onnx":
         from crossenc.engine.onnx_runner import OnnxRunner
 
         return OnnxRunner(
             model_cfg, source, info.uses_token_type_ids, runtime.cpu_threads(), runtime.cache_dir
         )
+    if model_cfg.backend == "openvino":
+        from crossenc.engine.openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner(model_cfg, info, runtime.cpu_threads(), runtime.cache_dir)
     if model_cfg.quantize != "none":
-        raise ConfigError(f"model.quantize {model_cfg.quantize} needs model.backend onnx")
+        raise ConfigError(
+            f"model.quantize {model_cfg.quantize} needs model.backend onnx or openvino"
+        )
     from crossenc.engine.torch_runner import TorchRunner
 
     return TorchRunner(model_cfg, source, runtime, info.uses_token_type_ids, info)
@@ -448,15 +463,27 @@ class _Block:
 
 
 class LocalScorer:
-    """In-process scoring of (text_a, text_b) pairs with the job's tokenizer and engine."""
+    """In-process scoring of (text_a, text_b) pairs with the job's tokenizer and engine.
 
-    def __init__(self, model_cfg: ModelConfig, runtime: RuntimeConfig | None = None) -> None:
+    ``calibration``: the pairs an OpenVINO int8 model (model.backend openvino, model.quantize
+    int8) calibrates on; without them, its first :meth:`predict` calibrates on a seeded sample
+    of model.calibration_sample of the pairs it is given, and the engine starts then.
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        runtime: RuntimeConfig | None = None,
+        calibration: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
         from crossenc.models.describe import describe_model
         from crossenc.models.load import load_tokenizer
 
         self.model_cfg = model_cfg
         self.runtime = runtime or RuntimeConfig()
         self.info = describe_model(model_cfg, self.runtime.cache_dir)
+        if calibration is not None:
+            self.info = replace(self.info, calibration=tuple(map(tuple, calibration)))
         self.tokenizer = load_tokenizer(model_cfg, self.info.source)
         self.chunk = model_cfg.long_text == "chunk"
         if self.chunk:
@@ -468,7 +495,35 @@ class LocalScorer:
                     f"single-output model; {model_cfg.name} has {self.info.num_labels} outputs"
                 )
             check_chunking(model_cfg, self.info, self.tokenizer)
-        self.engine = ScoringEngine(model_cfg, self.info, self.runtime, self.info.source)
+        self._engine: ScoringEngine | None = None
+        if not self.awaits_calibration:
+            self._engine = ScoringEngine(model_cfg, self.info, self.runtime, self.info.source)
+
+    @property
+    def awaits_calibration(self) -> bool:
+        """Whether the engine starts at the first :meth:`predict`, calibrated on its pairs."""
+        cfg = self.model_cfg
+        quantized = cfg.backend == "openvino" and cfg.quantize != "none"
+        return quantized and not self.info.calibration and self._engine is None
+
+    @property
+    def engine(self) -> ScoringEngine:
+        """The scoring engine (an uncalibrated OpenVINO int8 model has none before predict)."""
+        if self._engine is None:
+            raise ConfigError(
+                "model.backend openvino with model.quantize int8 calibrates on pairs: call "
+                "predict() first, or give LocalScorer calibration pairs"
+            )
+        return self._engine
+
+    def _calibrate(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Start the engine calibrated on a seeded sample of ``pairs``."""
+        size = min(self.model_cfg.calibration_sample, len(pairs))
+        picks = np.sort(np.random.default_rng(0).choice(len(pairs), size, replace=False))
+        chosen = tuple((str(pairs[i][0]), str(pairs[i][1])) for i in picks)
+        self.info = replace(self.info, calibration=chosen)
+        log.info("calibrating the int8 model on %d of the %d pairs given", size, len(pairs))
+        self._engine = ScoringEngine(self.model_cfg, self.info, self.runtime, self.info.source)
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> Any:
         """Token ids, and type ids where the model takes them, one array per pair: what a job's
@@ -500,6 +555,8 @@ class LocalScorer:
         model.long_text chunk, each pair's best window score (MaxP)."""
         from crossenc.models.tokenize import PairEncoder, encode_pairs_flat
 
+        if self.awaits_calibration:
+            self._calibrate(pairs)
         encoder = None
         if not self.chunk and not self.info.chat_template:
             encoder = PairEncoder.of(self.tokenizer)

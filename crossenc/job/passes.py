@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -121,7 +122,8 @@ def score_passes(
             )
         score_pass(cfg, plan, todo, run_id, attempt, on_parts, on_progress, reuse)
         if pending is not None:  # every footer is known now: the accounting needs them all
-            plan, pending = pending.result(), None
+            # (the model's description as the gate left it: its int8 calibration pairs)
+            plan, pending = replace(pending.result(), info=plan.info), None
         todo = todo_ranges(plan.files, parts)
     return plan, todo
 

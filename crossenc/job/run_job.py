@@ -2,6 +2,7 @@
 
 1. :mod:`~crossenc.job.prepare`: the output's state, the input's plan, Ray;
 2. :mod:`~crossenc.job.takeover`: what interrupted runs staged that a resume keeps;
+   :mod:`~crossenc.job.gate`: a path faster than float32 checked against it (and calibrated);
 3. :mod:`~crossenc.job.match`: earlier runs' scores to reuse (output.incremental);
 4. :mod:`~crossenc.job.passes`: the score passes (the dataflow of :mod:`~crossenc.job.dataflow`);
 5. :mod:`~crossenc.job.accounting`: every row read written, dead-lettered or dropped once;
@@ -21,6 +22,7 @@ from crossenc.job.accounting import Ledger, account
 from crossenc.job.clock import Clock
 from crossenc.job.cluster import for_this_machine
 from crossenc.job.commit import commit_run
+from crossenc.job.gate import gate
 from crossenc.job.manifest import build_manifest
 from crossenc.job.match import match_earlier
 from crossenc.job.passes import score
@@ -42,6 +44,9 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     taken = take_over(cfg, run)
     if taken.done is not None:
         return already_committed(taken.done, clock.seconds(), cfg.output.path)
+    run.plan, checked = gate(cfg, run.plan)
+    if checked:
+        clock.phases["gate"] = checked["seconds"]
     stack = stack_versions(cfg.model.backend)
     ledger = Ledger(run.output, run.staging, taken.kept, taken.rows_now)
     earlier = match_earlier(cfg, run, taken, stack, clock)
@@ -52,7 +57,16 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     counts = account(plan.files, plan.rows, ledger, taken.kept, run_id)
     files = (len(plan.files), len(plan.skipped))
     summary = summarise(
-        cfg, run_id, files, ledger.metrics, counts, clock, staged_at, run.previous, earlier.verdict
+        cfg,
+        run_id,
+        files,
+        ledger.metrics,
+        counts,
+        clock,
+        staged_at,
+        run.previous,
+        earlier.verdict,
+        checked,
     )
     manifest = build_manifest(cfg, run, counts, summary, taken.kept, earlier.key, stack)
     seconds = commit_run(run, manifest, ledger.parts, summary, clock, staged_at)

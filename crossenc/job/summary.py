@@ -192,6 +192,11 @@ def summary_table(summary: dict[str, Any]) -> str:
         total = sum(summary["labels"].values()) or 1
         for label, n in summary["labels"].items():
             lines.append((f"label {label}", f"{n} ({n / total:.1%})"))
+    gate = summary.get("gate")
+    if gate:
+        shown = ("spearman", "max_abs_diff", "label_agreement", "top10_overlap")
+        said = ", ".join(f"{k} {gate[k]}" for k in shown if gate.get(k) is not None)
+        lines.append((f"quality gate ({gate['path']})", f"{said}; {gate['seconds']} s"))
     drift = summary.get("drift")
     if drift:
         verdict = "DRIFT: " + "; ".join(drift["reasons"]) if drift["drifted"] else "no drift"
@@ -210,10 +215,12 @@ def summarise(
     staged_at: float,
     previous: dict[str, Any] | None = None,
     verdict: Verdict | None = None,
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Phase 6: the run summary (``files``: input files, skipped ones), with the phases' seconds,
-    output.incremental's verdict on scores made under another stack, and the drift against
-    output.compare_to's run (``previous``), whose reasons are logged."""
+    output.incremental's verdict on scores made under another stack, the quality gate's
+    figures (``gate``, :mod:`crossenc.job.gate`; None: a float32 path, not checked) and the
+    drift against output.compare_to's run (``previous``), whose reasons are logged."""
     incremental = {
         "new": counts.scored,
         "reused": counts.reused,
@@ -241,6 +248,7 @@ def summarise(
         files={"input": files[0], "skipped": files[1], "written": counts.files_written},
     )
     summary["phases"] = clock.phases
+    summary["gate"] = gate
     if verdict is not None:
         summary["reuse"] = verdict.summary()
     if previous is not None:

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from crossenc.config import JobConfig
 from crossenc.inputs.reuse import load_reuse
+from crossenc.inputs.sample import read_pairs_at
 from crossenc.job.incremental import EarlierRuns, Matches
-from crossenc.storage import resolve
 
 log = logging.getLogger(__name__)
 
@@ -118,31 +117,17 @@ def _sample(
     return out
 
 
-def _texts(cfg: JobConfig, source: str, rows: np.ndarray) -> list[tuple[str, str]]:
-    """The (text_a, text_b) pairs at sorted row positions ``rows`` of one input file (only
-    the row groups holding them are read)."""
-    from crossenc.errors import storage_errors
-
-    a, b = cfg.input.text_a, cfg.input.text_b
-    loc = resolve(cfg.input.path, cfg.input.storage)
-    with storage_errors("input", source, cfg.input.storage):
-        parquet = pq.ParquetFile(source, filesystem=loc.arrow_fs)
-        meta = parquet.metadata
-        sizes = np.array([meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
-        starts = np.r_[0, np.cumsum(sizes)]
-        group_of = np.searchsorted(starts, rows, side="right") - 1
-        groups = np.unique(group_of)
-        table = parquet.read_row_groups([int(g) for g in groups], columns=[a, b])
-    at = np.r_[0, np.cumsum(sizes[groups])][np.searchsorted(groups, group_of)]
-    table = table.take(at + rows - starts[group_of])
-    return list(zip(table.column(a).to_pylist(), table.column(b).to_pylist(), strict=True))
-
-
 def check_reuse(
-    cfg: JobConfig, matches: Matches, earlier: EarlierRuns, stack: dict[str, str], key: str
+    cfg: JobConfig,
+    matches: Matches,
+    earlier: EarlierRuns,
+    stack: dict[str, str],
+    key: str,
+    calibration: tuple[tuple[str, str], ...] = (),
 ) -> Verdict | None:
     """Check the matched scores made under another stack (see the module docstring); None
-    when every earlier run's stack is this one's (nothing to check)."""
+    when every earlier run's stack is this one's (nothing to check). ``calibration``: the
+    run's int8 calibration pairs (model.backend openvino), so the check scores as it does."""
     changes = stack_changes(earlier, stack)
     if not changes or not matches.rows:
         return None
@@ -154,14 +139,14 @@ def check_reuse(
         return Verdict(False, 0, None, None, (0.0, 0.0), "reused", why)
     sample = _sample(cfg, matches, set(changes), size, seed=int(key[:8], 16))
     with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="verify") as pool:
-        texts = list(pool.map(lambda s: _texts(cfg, s[0], s[1]), sample))
+        texts = list(pool.map(lambda s: read_pairs_at(cfg, s[0], s[1]), sample))
     pairs = [pair for file_pairs in texts for pair in file_pairs]
     if not pairs:
         return None
     stored = np.concatenate([s[2] for s in sample]).astype(np.float64)
     from crossenc.engine.scoring import LocalScorer
 
-    scorer = LocalScorer(cfg.model, cfg.runtime)
+    scorer = LocalScorer(cfg.model, cfg.runtime, calibration=calibration or None)
     scores = np.asarray(scorer.predict(pairs), dtype=np.float64).reshape(stored.shape)
     diff = np.abs(scores - stored)
     diff[np.isnan(scores) & np.isnan(stored)] = 0.0  # unscorable then and now

@@ -60,6 +60,9 @@ class ModelInfo:
     prompt: str | None = None  # prepended to text_a, or the chat template's system message
     chat_template: bool = False  # pairs rendered as query/document messages, as in ST 6
     architecture: str = ""
+    # model.quantize int8 on openvino: the (text_a, text_b) pairs its static quantization
+    # calibrates on, a seeded sample of the job's input that the driver draws (crossenc.job.gate)
+    calibration: tuple[tuple[str, str], ...] = ()
 
 
 def _st_file(cfg: ModelConfig, source: str, name: str) -> Any:

@@ -119,7 +119,7 @@ def test_export_is_cached_by_folder_hash_and_options(models, tmp_path, monkeypat
     def no_export(*args, **kwargs):
         raise AssertionError("a cached export must be reused")
 
-    monkeypatch.setattr(onnx_backend, "_export", no_export)
+    monkeypatch.setattr(onnx_backend, "export_onnx", no_export)
     scores = LocalScorer(cfg, runtime).predict(_pairs(5))
     assert exported[0].stat().st_mtime_ns == mtime and scores.shape == (5,)
     assert not list(tmp_path.glob("onnx/.*"))  # no temporary folders left behind

@@ -1,0 +1,172 @@
+"""OpenVINO backend (CPU): the model converted once per node, optionally int8 by NNCF, cached.
+
+The conversion reads the float32 ONNX graph of :func:`crossenc.engine.onnx_runner.export_onnx`
+(the exporter every architecture is tested with) into OpenVINO and saves it as IR (weights kept
+float32). ``model.quantize int8`` then quantizes it statically with NNCF's post-training
+quantization (its transformer preset), calibrated on pairs of the job's own input
+(:attr:`crossenc.models.describe.ModelInfo.calibration`, drawn by :mod:`crossenc.job.gate`), so
+no dataset is downloaded. OpenVINO is used directly, not through optimum-intel, which pins an
+older transformers.
+
+Exports are cached under ``<runtime.cache_dir>/openvino/<key>/`` (:mod:`crossenc.engine.
+export_cache`), keyed by the model folder's files (weights, tokenizer), the options, the
+calibration pairs and the versions of openvino, nncf, torch and transformers. The compiled model
+runs with float32 inference precision unless model.dtype asks for 16 bits: OpenVINO lowers
+float32 to bf16 on CPUs with AMX by default, which would change the scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossenc.config import ConfigError, ModelConfig
+from crossenc.engine.export_cache import cache_root, cached_export, folder_digest, options_key
+from crossenc.models.describe import ModelInfo
+
+log = logging.getLogger(__name__)
+
+EXPORT_VERSION = 1  # bumped whenever the recipe below changes
+PRECISION = {"auto": "f32", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+def calibration_digest(pairs: Sequence[tuple[str, str]]) -> str:
+    """SHA-256 of the calibration pairs, in order."""
+    digest = hashlib.sha256()
+    for a, b in pairs:
+        digest.update(a.encode() + b"\0" + b.encode() + b"\0\0")
+    return digest.hexdigest()
+
+
+def cache_key(cfg: ModelConfig, info: ModelInfo) -> str:
+    """Hash of the model folder's files, the options and versions that change the converted
+    model, and (int8) the calibration pairs."""
+    options = {
+        "folder": folder_digest(info.source, "openvino"),
+        "quantize": cfg.quantize,
+        "export_version": EXPORT_VERSION,
+        "max_length": info.max_length,
+        **{name: version(name) for name in ("openvino", "torch", "transformers")},
+    }
+    if cfg.quantize != "none":
+        options["nncf"] = version("nncf")
+        options["calibration"] = calibration_digest(info.calibration)
+    return options_key(options)
+
+
+def calibration_batches(
+    cfg: ModelConfig, info: ModelInfo, pairs: Sequence[tuple[str, str]]
+) -> list[dict[str, np.ndarray]]:
+    """The calibration pairs as the model's inputs, one unpadded row each (no pad token
+    enters the activation statistics)."""
+    from crossenc.models.load import load_tokenizer
+    from crossenc.models.tokenize import encode_pairs
+
+    tokenizer = load_tokenizer(cfg, info.source)
+    ids, type_ids, _ = encode_pairs(
+        tokenizer, info, [a for a, _ in pairs], [b for _, b in pairs], cfg.truncation
+    )
+    batches = []
+    for i, row in enumerate(ids):
+        batch = {
+            "input_ids": np.asarray([row], dtype=np.int64),
+            "attention_mask": np.ones((1, len(row)), dtype=np.int64),
+        }
+        if info.uses_token_type_ids:
+            types = type_ids[i] if type_ids else [0] * len(row)
+            batch["token_type_ids"] = np.asarray([types], dtype=np.int64)
+        batches.append(batch)
+    return batches
+
+
+def _convert(cfg: ModelConfig, info: ModelInfo, out: Path) -> None:
+    """Write ``out/model.xml`` (and .bin): the float32 ONNX export read into OpenVINO,
+    int8-quantized by NNCF where model.quantize asks."""
+    import openvino as ov
+
+    from crossenc.engine.onnx_runner import export_onnx
+
+    onnx_path = out / "float32.onnx"
+    export_onnx(cfg, info.source, info.uses_token_type_ids, onnx_path)
+    model = ov.convert_model(str(onnx_path))
+    if cfg.quantize != "none":
+        import nncf
+
+        batches = calibration_batches(cfg, info, info.calibration)
+        model = nncf.quantize(
+            model,
+            nncf.Dataset(batches),
+            model_type=nncf.ModelType.TRANSFORMER,  # keeps softmax, layer norms, adds float
+            preset=nncf.QuantizationPreset.MIXED,  # asymmetric activations (after GELU)
+            subset_size=len(batches),
+        )
+    ov.save_model(model, str(out / "model.xml"), compress_to_fp16=False)
+    onnx_path.unlink()
+    export = {"source": info.source, "quantize": cfg.quantize, "calibration": len(info.calibration)}
+    (out / "export.json").write_text(json.dumps(export, indent=1))
+
+
+def ensure_openvino_model(cfg: ModelConfig, info: ModelInfo, cache_dir: str | None) -> Path:
+    """The cached ``model.xml`` for this model folder, options and calibration pairs, converted
+    on first use."""
+    if cfg.quantize == "int8-full":
+        raise ConfigError(
+            "model.quantize int8-full is an ONNX Runtime recipe; model.backend openvino "
+            "quantizes with int8 (NNCF's static quantization of every MatMul it can keep exact)"
+        )
+    if cfg.quantize != "none" and not info.calibration:
+        raise ConfigError(
+            "model.quantize int8 with model.backend openvino calibrates on a sample of the "
+            "pairs to score: a job (crossenc score, crossenc.run) draws model.calibration_sample "
+            "of its input, and a LocalScorer takes its first predict()'s pairs (or "
+            "calibration=...); a ScoringEngine or crossenc.scorer needs ModelInfo.calibration set"
+        )
+    key = cache_key(cfg, info)
+    return cached_export(
+        cache_root(cache_dir, "openvino"), key, "model.xml", lambda out: _convert(cfg, info, out)
+    )
+
+
+class OpenVinoRunner:
+    """Runs padded batches through an OpenVINO CPU compiled model; returns float32 logits."""
+
+    def __init__(
+        self, cfg: ModelConfig, info: ModelInfo, threads: int, cache_dir: str | None = None
+    ) -> None:
+        import openvino as ov
+
+        from crossenc.engine.onnx_runner import input_names
+
+        self.path = ensure_openvino_model(cfg, info, cache_dir)
+        self.precision = PRECISION[cfg.dtype]
+        core = ov.Core()
+        self.compiled = core.compile_model(
+            core.read_model(str(self.path)),
+            "CPU",
+            {
+                "INFERENCE_NUM_THREADS": threads,
+                "PERFORMANCE_HINT": "LATENCY",  # one batch at a time, every thread on it
+                "INFERENCE_PRECISION_HINT": self.precision,
+            },
+        )
+        self.request = self.compiled.create_infer_request()
+        self.names = input_names(info.uses_token_type_ids)
+        self.weights = "float32" if cfg.quantize == "none" else cfg.quantize
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {name: inputs[name] for name in self.names}
+        result = self.request.infer(feed, share_inputs=True)
+        return np.array(result[self.compiled.output(0)], dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        """What runs: for stats and logs."""
+        precision = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}[self.precision]
+        dtype = precision if self.weights == "float32" else self.weights  # as onnx's: int8
+        return {"backend": "openvino", "device": "cpu", "dtype": dtype, "path": str(self.path)}

@@ -1,0 +1,131 @@
+"""The OpenVINO backend: float32 scores as torch's, int8 calibrated on the pairs and close to
+them, exports cached by hash (calibration pairs included), wrong combinations refused."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from crossenc.config import ConfigError, ModelConfig, RuntimeConfig
+from crossenc.engine import openvino_runner as ov_backend
+from crossenc.engine.scoring import LocalScorer, ScoringEngine
+from crossenc.models.describe import describe_model
+from crossenc.testing import sample_sentences
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+
+def _pairs(n: int = 40, seed: int = 3) -> list[tuple[str, str]]:
+    a = sample_sentences(n, seed=seed, max_words=12)
+    b = sample_sentences(n, seed=seed + 1, min_words=2, max_words=60)
+    b[0] = " ".join(["berlin population"] * 150)  # past max_length: truncated
+    return list(zip(a, b, strict=True))
+
+
+def _scores(folder: str, runtime: RuntimeConfig, pairs, **options) -> tuple[np.ndarray, str]:
+    scorer = LocalScorer(ModelConfig(name=folder, dtype="float32", **options), runtime)
+    return scorer.predict(pairs), scorer.engine.runs
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_openvino_float32_matches_torch_on_a_tiny_bert(models, tmp_path, outputs):
+    folder = str(models[("bert", outputs)])
+    runtime = RuntimeConfig(batch_tokens=512, cache_dir=str(tmp_path))  # many batch shapes
+    pairs = _pairs()
+    ref, _ = _scores(folder, runtime, pairs)
+    got, runs = _scores(folder, runtime, pairs, backend="openvino")
+    assert runs == "openvino cpu float32"
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+    assert np.ptp(ref, axis=0).min() > 1e-3  # the scores differ: the comparison means something
+
+
+def test_openvino_float32_matches_torch_on_minilm(minilm, tmp_path):
+    runtime = RuntimeConfig(cache_dir=str(tmp_path))
+    pairs = _pairs(64)
+    ref, _ = _scores(str(minilm), runtime, pairs)
+    got, _ = _scores(str(minilm), runtime, pairs, backend="openvino")
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+def test_int8_export_is_cached_and_keyed_by_its_calibration(models, tmp_path, monkeypatch):
+    folder = str(models[("bert", 1)])
+    runtime = RuntimeConfig(cache_dir=str(tmp_path))
+    cfg = ModelConfig(name=folder, dtype="float32", backend="openvino", quantize="int8")
+    calibration = _pairs(24, seed=9)
+    first = LocalScorer(cfg, runtime, calibration=calibration)
+    assert first.engine.runs == "openvino cpu int8"
+    exported = list(tmp_path.glob("openvino/*/model.xml"))
+    assert len(exported) == 1
+    mtime = exported[0].stat().st_mtime_ns
+
+    def no_convert(*args, **kwargs):
+        raise AssertionError("a cached export must be reused")
+
+    monkeypatch.setattr(ov_backend, "_convert", no_convert)
+    scores = LocalScorer(cfg, runtime, calibration=calibration).predict(_pairs(5))
+    assert exported[0].stat().st_mtime_ns == mtime and scores.shape == (5,)
+    assert not list(tmp_path.glob("openvino/.*"))  # no temporary folders left behind
+    # other calibration pairs, or another option, are another export
+    info = describe_model(cfg, str(tmp_path))
+    key = ov_backend.cache_key(cfg, replace(info, calibration=tuple(calibration)))
+    other = ov_backend.cache_key(cfg, replace(info, calibration=tuple(_pairs(24))))
+    plain = ov_backend.cache_key(cfg.model_copy(update={"quantize": "none"}), info)
+    assert len({key, other, plain}) == 3
+
+
+@pytest.mark.slow
+def test_minilm_int8_keeps_the_order_of_float32(minilm, tmp_path):
+    """Static int8 on real MiniLM-L6 weights (a seeded head): scores move, their order stays.
+    The scorer calibrates on a seeded sample of its first predict's pairs."""
+    runtime = RuntimeConfig(cache_dir=str(tmp_path))
+    pairs = _pairs(300, seed=11)
+    ref, _ = _scores(str(minilm), runtime, pairs, backend="openvino")
+    cfg = ModelConfig(
+        name=str(minilm),
+        dtype="float32",
+        backend="openvino",
+        quantize="int8",
+        calibration_sample=100,
+    )
+    scorer = LocalScorer(cfg, runtime)
+    assert scorer.awaits_calibration
+    got = scorer.predict(pairs)
+    assert len(scorer.info.calibration) == 100
+    assert scorer.engine.runs == "openvino cpu int8"
+    assert not np.array_equal(got, ref)  # it did run in int8
+    assert spearmanr(got, ref).statistic > 0.99
+
+
+def test_wrong_combinations_name_the_key(models, tmp_path):
+    folder = str(models[("bert", 1)])
+    runtime = RuntimeConfig(cache_dir=str(tmp_path))
+    for options, key in (
+        ({"compile": True}, "model.compile"),
+        ({"quantize": "int8-full"}, "model.quantize int8-full"),
+    ):
+        cfg = ModelConfig(name=folder, backend="openvino", **options)
+        with pytest.raises(ConfigError, match=key):
+            LocalScorer(cfg, runtime, calibration=_pairs(4))
+    with pytest.raises(ConfigError, match="model.quantize int8 needs model.backend onnx or"):
+        LocalScorer(ModelConfig(name=folder, quantize="int8"), runtime)
+    gpu = RuntimeConfig(cache_dir=str(tmp_path), gpus_per_replica=1)
+    with pytest.raises(ConfigError, match="runtime.gpus_per_replica"):
+        LocalScorer(ModelConfig(name=folder, backend="openvino"), gpu)
+    # an engine without calibration pairs cannot quantize: it says where they come from
+    cfg = ModelConfig(name=folder, backend="openvino", quantize="int8")
+    info = describe_model(cfg, str(tmp_path))
+    with pytest.raises(ConfigError, match="model.calibration_sample"):
+        ScoringEngine(cfg, info, runtime, info.source)
+
+
+def test_causal_rerankers_are_refused(tmp_path):
+    from crossenc.testing import build_tiny_causal_reranker
+
+    folder = build_tiny_causal_reranker(tmp_path / "qwen", "qwen3")
+    with pytest.raises(ConfigError, match="model.backend openvino: .* causal-LM reranker"):
+        LocalScorer(ModelConfig(name=str(folder), backend="openvino"), RuntimeConfig())
