@@ -37,6 +37,11 @@ Incremental mode (``--mode incremental``): a second night whose input is 90% the
 ``output.incremental: true`` against scoring it from scratch, whole processes, at 10^3, 10^4 and
 10^5 pairs, with the scores checked (see :mod:`bench.incremental`).
 
+Peer mode (``--mode peer``): whole-process wall time and score fidelity of crossenc's CPU paths
+(torch, ONNX int8, OpenVINO) against sentence-transformers' fastest (torch, ONNX int8, OpenVINO
+static int8), the peer in an environment of its own, ``.venv-peer`` (``bench/peer-env.sh``), per
+model and size (see :mod:`bench.peer`).
+
 Memory mode (``--mode memory``): the full job with a tiny model on 10^5 and 10^6 rows, reporting
 the peak memory of the driver and every Ray process it started (see :class:`TreeMemory`).
 """
@@ -673,6 +678,7 @@ def main(argv: list[str] | None = None) -> None:
             "host",
             "tables",
             "incremental",
+            "peer",
         ),
         default="throughput",
     )
@@ -750,6 +756,25 @@ def main(argv: list[str] | None = None) -> None:
         default=10_000,
         help="incremental mode: sizes above this get one repetition",
     )
+    p.add_argument(
+        "--peer-pairs", type=int, nargs="+", default=[20_000], help="peer mode: pairs per size"
+    )
+    p.add_argument(
+        "--peer-per-core",
+        action="store_true",
+        help="peer mode: also 10^5 pairs, where the start-up weighs little on pairs/s per core",
+    )
+    p.add_argument(
+        "--peer-models",
+        nargs="+",
+        choices=("minilm-l6", "bert-base"),
+        default=["minilm-l6", "bert-base"],
+    )
+    p.add_argument(
+        "--peer-venv",
+        default=str(Path(__file__).resolve().parent.parent / ".venv-peer"),
+        help="peer mode: the sentence-transformers environment (bench/peer-env.sh makes it)",
+    )
     args = p.parse_args(argv)
     own = args.work is None
     args.work = args.work or tempfile.mkdtemp(prefix="crossenc-bench-")
@@ -766,6 +791,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench.incremental import incremental
 
             res = incremental(args)
+        elif args.mode == "peer":
+            from bench.peer import peer
+
+            res = peer(args)
         elif args.mode == "oob":
             from bench.oob import oob
 
