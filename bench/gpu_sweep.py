@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from bench.__main__ import _build_bert_base
     from bench.data import write_pairs
+    from bench.models import build_bert_base
     from crossenc.testing import build_minilm_cross_encoder
 
     p = argparse.ArgumentParser(prog="python -m bench.gpu_sweep")
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     write_pairs(work / "pairs", args.pairs)
     table = pq.read_table(work / "pairs")
     pairs = list(zip(table["query"].to_pylist(), table["passage"].to_pylist(), strict=True))
-    builders = {"minilm-l6": build_minilm_cross_encoder, "bert-base": _build_bert_base}
+    builders = {"minilm-l6": build_minilm_cross_encoder, "bert-base": build_bert_base}
     models = {}
     for name in args.models:
         builders[name](work / name)

@@ -35,6 +35,7 @@ import os
 import shutil
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bench.oob import ROOT, _timed, contenders_setup
+from bench.oob import _timed, contenders_setup, crossenc_command, interleaved, st_command
 
 REPEAT = 0.9  # night 2's share of night 1's pairs
 
@@ -69,22 +70,14 @@ def nights(work: Path, pairs: int, seed: int) -> tuple[Path, Path]:
 
 
 def _command(data: Path, table: Path, model: Path, dt: str, incremental: bool) -> list[str]:
-    crossenc = str(Path(sys.executable).with_name("crossenc"))
-    sets = {
-        "input.path": str(data),
-        "input.keep": "[qid, doc_id, pair_id]",
-        "model.name": str(model),
-        "output.path": str(table),
-        "output.format": "delta",
-        "output.partition_by": "[dt]",
-        "output.partition_value.dt": dt,
-    }
-    if incremental:
-        sets["output.incremental"] = "true"
-    cmd = [crossenc, "score", "--config", str(ROOT / "configs" / "msmarco-rerank.yaml")]
-    for key, value in sets.items():
-        cmd += ["--set", f"{key}={value}"]
-    return cmd
+    sets = [
+        "input.keep=[qid, doc_id, pair_id]",
+        "output.format=delta",
+        "output.partition_by=[dt]",
+        f"output.partition_value.dt={dt}",
+    ]
+    sets += ["output.incremental=true"] if incremental else []
+    return crossenc_command(data, table, model, *sets)
 
 
 def _rows(table: Path, dt: str) -> pa.Table:
@@ -128,6 +121,28 @@ def _check(night1: pa.Table, incremental: pa.Table, scratch: pa.Table | None) ->
     }
 
 
+def _night2(
+    base: Path,
+    two: Path,
+    table: Path,
+    scratch: Path,
+    model: Path,
+    st: list[str],
+    env: dict[str, str],
+    name: str,
+) -> float:
+    """Wall seconds of one night-2 contender: ``incremental`` on a fresh copy of night 1's
+    table, ``scratch`` into an empty one, or the user's script (``st``)."""
+    if name == "incremental":
+        shutil.rmtree(table, ignore_errors=True)
+        shutil.copytree(base, table)
+        return _timed(_command(two, table, model, "2", True), env)
+    if name == "scratch":
+        shutil.rmtree(scratch, ignore_errors=True)
+        return _timed(_command(two, scratch, model, "2", False), env)
+    return _timed(st, env)
+
+
 def incremental(args: argparse.Namespace) -> dict[str, Any]:
     """Per size: night 1 into a table, then interleaved scratch and incremental night 2 runs."""
     from bench.machine import cpu_model, versions
@@ -158,26 +173,11 @@ def incremental(args: argparse.Namespace) -> dict[str, Any]:
         own_scratch = pairs <= args.inc_scratch_up_to
         names = (["scratch"] if own_scratch else []) + ["incremental"]
         names += ["st_script"] if peer else []
-        times: dict[str, list[float]] = {name: [] for name in names}
         table, scratch = work / f"inc-table2-{pairs}", work / f"inc-scratch-{pairs}"
-        for rep in range(reps):
-            for name in names if rep % 2 == 0 else names[::-1]:
-                if name == "incremental":
-                    shutil.rmtree(table, ignore_errors=True)
-                    shutil.copytree(base, table)
-                    cmd = _command(two, table, model, "2", True)
-                elif name == "scratch":
-                    shutil.rmtree(scratch, ignore_errors=True)
-                    cmd = _command(two, scratch, model, "2", False)
-                else:
-                    cmd = [
-                        sys.executable,
-                        str(script),
-                        str(two),
-                        str(work / "st.parquet"),
-                        str(model),
-                    ]
-                times[name].append(round(_timed(cmd, env), 2))
+
+        st = st_command(script, two, work / "st.parquet", model)
+        run = partial(_night2, base, two, table, scratch, model, st, env)
+        times = interleaved(names, run, reps)
         if not own_scratch:  # night 1 stands for it (see the module docstring)
             times["scratch"] = [round(night1_seconds, 2)]
         med = {k: statistics.median(v) for k, v in times.items()}

@@ -22,6 +22,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,11 @@ import sys
 import pyarrow as pa, pyarrow.parquet as pq, pyarrow.compute as pc
 from sentence_transformers import CrossEncoder
 
-src, dest, model = sys.argv[1:4]
+src, dest, model, *backend = sys.argv[1:]
+# bench.peer adds a backend and its exported file (e.g. onnx onnx/model_qint8_avx512_vnni.onnx)
+kwargs = {"backend": backend[0], "model_kwargs": {"file_name": backend[1]}} if backend else {}
 table = pq.read_table(src)
-ce = CrossEncoder(model)
+ce = CrossEncoder(model, **kwargs)
 scores = ce.predict(
     list(zip(table["query"].to_pylist(), table["passage"].to_pylist())), batch_size=32
 )
@@ -68,6 +72,54 @@ def contenders_setup(work: Path) -> tuple[Path, Path, dict[str, str]]:
     return model, script, env
 
 
+def st_command(
+    script: Path,
+    data: Path,
+    dest: Path,
+    model: Path,
+    python: str = sys.executable,
+    backend: Sequence[str] = (),
+) -> list[str]:
+    """The user's script (:data:`ST_SCRIPT`) on ``data``, writing ``dest``; ``backend``: a
+    sentence-transformers backend and its exported file, run by another env's ``python``."""
+    return [python, str(script), str(data), str(dest), str(model), *backend]
+
+
+def crossenc_command(data: Path, out: Path, model: Path, *sets: str) -> list[str]:
+    """``crossenc score`` with the MS MARCO preset, ``input.path``, ``output.path`` and
+    ``model.name`` set, and any further ``--set KEY=VALUE`` in ``sets``."""
+    cmd = [
+        str(Path(sys.executable).with_name("crossenc")),
+        "score",
+        "--config",
+        str(ROOT / "configs" / "msmarco-rerank.yaml"),
+    ]
+    for kv in (f"input.path={data}", f"output.path={out}", f"model.name={model}", *sets):
+        cmd += ["--set", kv]
+    return cmd
+
+
+def timed_fresh(
+    commands: dict[str, list[str]], env: dict[str, str], outputs: dict[str, Path], name: str
+) -> float:
+    """Wall seconds of ``commands[name]``, its earlier output (``outputs[name]``) removed first."""
+    if name in outputs:
+        shutil.rmtree(outputs[name], ignore_errors=True)
+    return _timed(commands[name], env)
+
+
+def interleaved(
+    names: Sequence[str], run: Callable[[str], float], reps: int
+) -> dict[str, list[float]]:
+    """Seconds of ``run(name)`` per name, ``reps`` times, the order reversed every other
+    repetition (so no contender always runs first, or after the same one)."""
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            times[name].append(round(run(name), 2))
+    return times
+
+
 def oob(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved whole-process runs of the user's script and the default job, per size."""
     from bench.data import write_pairs
@@ -75,7 +127,6 @@ def oob(args: argparse.Namespace) -> dict[str, Any]:
 
     work = Path(args.work)
     model, script, env = contenders_setup(work)
-    crossenc = str(Path(sys.executable).with_name("crossenc"))
     result: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": f"{cpu_model()}, {os.cpu_count()} cores",
@@ -89,32 +140,15 @@ def oob(args: argparse.Namespace) -> dict[str, Any]:
             write_pairs(data, pairs, args.seed, files=8)
         out = work / f"oob-out-{pairs}"
         contenders = {
-            "st_script": [
-                sys.executable,
-                str(script),
-                str(data),
-                str(work / "st.parquet"),
-                str(model),
-            ],
-            "crossenc_default": [
-                crossenc,
-                "score",
-                "--config",
-                str(ROOT / "configs" / "msmarco-rerank.yaml"),
-                "--set",
-                f"input.path={data}",
-                "--set",
-                f"output.path={out}",
-                "--set",
-                f"model.name={model}",
-            ],
+            "st_script": st_command(script, data, work / "st.parquet", model),
+            "crossenc_default": crossenc_command(data, out, model),
         }
-        times: dict[str, list[float]] = {k: [] for k in contenders}
-        names = list(contenders)
-        for rep in range(args.reps):
-            for name in names if rep % 2 == 0 else names[::-1]:
-                shutil.rmtree(out, ignore_errors=True)
-                times[name].append(round(_timed(contenders[name], env), 2))
+
+        times = interleaved(
+            list(contenders),
+            partial(timed_fresh, contenders, env, {"crossenc_default": out}),
+            args.reps,
+        )
         med = {k: statistics.median(v) for k, v in times.items()}
         result["sizes"][str(pairs)] = {
             "wall_seconds_all_reps": times,
