@@ -773,7 +773,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--peer-venv",
         default=str(Path(__file__).resolve().parent.parent / ".venv-peer"),
-        help="peer mode: the sentence-transformers environment (bench/peer-env.sh makes it)",
+        help="peer mode: the sentence-transformers[openvino] environment (bench/peer-env.sh)",
+    )
+    p.add_argument(
+        "--peer-onnx-venv",
+        default=str(Path(__file__).resolve().parent.parent / ".venv-peer-onnx"),
+        help="peer mode: the sentence-transformers[onnx] environment (bench/peer-env.sh)",
     )
     args = p.parse_args(argv)
     own = args.work is None

@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Create .venv-peer: sentence-transformers with its ONNX and OpenVINO backends, resolved as its
-# user installs it (pip install "sentence-transformers[openvino,onnx]", no crossenc constraints),
-# for `python -m bench --mode peer`. torch is pinned first, as scripts/setup.sh does, so that pip
-# keeps the CPU build (2.13.0) instead of pulling a CUDA one. datasets: what sentence-transformers'
-# export_static_quantized_openvino_model asks for (its calibration set); pyarrow reads the pairs.
-# pip steps back here to sentence-transformers 5.x with transformers 4.x: the onnx extra's
-# optimum-onnx (0.1.0 and earlier) needs transformers < 4.58, sentence-transformers 6 needs 5.
+# The peer's environments for `python -m bench --mode peer`, resolved as sentence-transformers'
+# users install them (no crossenc constraints), two of them because its extras cannot share one:
+# - .venv-peer: pip install "sentence-transformers[openvino]": sentence-transformers 6 with
+#   optimum-intel's pins (transformers < 5.6, huggingface-hub < 1.22); runs the user's script
+#   (torch float32) and OpenVINO static int8;
+# - .venv-peer-onnx: pip install "sentence-transformers[onnx]": its optimum-onnx (0.1.0 and
+#   earlier) needs transformers < 4.58, so pip steps back to sentence-transformers 5; runs ONNX
+#   int8. (Both extras in one environment would take the OpenVINO path back to 5 as well.)
+# torch is pinned first, as scripts/setup.sh does, so that pip keeps the CPU build (2.13.0)
+# instead of pulling a CUDA one. datasets: what export_static_quantized_openvino_model asks for
+# (its calibration set); pyarrow reads the pairs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-VENV=${PEER_VENV:-.venv-peer}
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-"$VENV/bin/python" -m pip install -q "sentence-transformers[openvino,onnx]" datasets pyarrow
-"$VENV/bin/python" -m pip freeze > "$VENV/freeze.txt"
+build() {  # VENV EXTRA PACKAGES...
+    local venv=$1 extra=$2
+    shift 2
+    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+    "$venv/bin/python" -m pip install -q "sentence-transformers[$extra]" "$@"
+    "$venv/bin/python" -m pip freeze > "$venv/freeze.txt"
+}
+build "${PEER_VENV:-.venv-peer}" openvino datasets pyarrow
+build "${PEER_ONNX_VENV:-.venv-peer-onnx}" onnx pyarrow

@@ -18,10 +18,15 @@ weights) and size:
 - ``crossenc_openvino`` / ``crossenc_openvino_int8``: ``model.backend=openvino`` float32 / int8,
   where the installed crossenc's config accepts them (else skipped, with the config's reason).
 
-The sentence-transformers contenders run in an environment of their own, ``.venv-peer``
-(``bench/peer-env.sh``: ``pip install "sentence-transformers[openvino,onnx]"`` as its user
-would). Exports and calibration happen before any timing, once, cached in the work folder (a
-copy of each model folder for the peer, ``runtime.cache_dir`` for crossenc); every contender
+The sentence-transformers contenders run in environments of their own, resolved as its users
+install them (``bench/peer-env.sh``): ``.venv-peer`` from ``pip install
+"sentence-transformers[openvino]"`` (sentence-transformers 6 on transformers 5.5, optimum-intel's
+pins) runs the script and OpenVINO; ``.venv-peer-onnx`` from ``pip install
+"sentence-transformers[onnx]"`` runs ONNX int8 (its optimum-onnx needs transformers < 4.58, so pip
+steps back to sentence-transformers 5; in one environment, the onnx extra would drag the
+OpenVINO path back too). Exports and calibration happen before any timing, once, cached in the
+work folder (a copy of each model folder for the peer, ``runtime.cache_dir`` for crossenc); every
+contender
 also runs once untimed on 64 pairs first, and one whose run fails there is skipped with the
 error's last lines.
 
@@ -238,7 +243,7 @@ def size_result(
 
 
 def _peer_exports(
-    python: str, model: Path, calibration: Path, onnx_config: str, env: dict[str, str]
+    pythons: dict[str, str], model: Path, calibration: Path, onnx_config: str, env: dict[str, str]
 ) -> dict[str, Any]:
     """Export the peer's int8 models into ``model`` (a copy of its own), unless already there."""
     script = model.parent / "peer_export.py"
@@ -250,7 +255,7 @@ def _peer_exports(
     ):
         out[name] = {"file": file, "export_seconds": None}
         if not (model / file).exists():  # a failed export shows again as its contender's skip
-            cmd = [python, str(script), str(model), kind, arg]
+            cmd = [pythons[kind], str(script), str(model), kind, arg]
             t0 = time.perf_counter()
             why = _failure(partial(_timed, cmd, env))
             seconds = round(time.perf_counter() - t0, 1)
@@ -267,6 +272,7 @@ def _commands(
     out: Path,
     script: Path,
     python: str,
+    onnx_python: str,
     peer_model: Path,
     onnx_file: str,
     model: Path,
@@ -276,7 +282,9 @@ def _commands(
     st = partial(st_command, script, pairs, python=python, model=peer_model)
     return {
         REFERENCE: st(dest=out / f"{REFERENCE}.parquet"),
-        "st_onnx_int8": st(dest=out / "st_onnx_int8.parquet", backend=("onnx", onnx_file)),
+        "st_onnx_int8": st(
+            dest=out / "st_onnx_int8.parquet", backend=("onnx", onnx_file), python=onnx_python
+        ),
         BASELINE: st(dest=out / f"{BASELINE}.parquet", backend=("openvino", OPENVINO_FILE)),
         **{c: crossenc_command(pairs, out / c, model, *sets) for c, sets in own.items()},
     }
@@ -301,8 +309,10 @@ def peer(args: argparse.Namespace) -> dict[str, Any]:
 
     work = Path(args.work)
     python = str(Path(args.peer_venv) / "bin" / "python")
-    if not Path(python).exists():
-        raise SystemExit(f"no peer environment at {args.peer_venv}: run bench/peer-env.sh first")
+    onnx_python = str(Path(args.peer_onnx_venv) / "bin" / "python")
+    for venv, exe in ((args.peer_venv, python), (args.peer_onnx_venv, onnx_python)):
+        if not Path(exe).exists():
+            raise SystemExit(f"no peer environment at {venv}: run bench/peer-env.sh first")
     minilm, script, env = contenders_setup(work)
     cores = os.cpu_count() or 1
     onnx_config = onnx_quantization_config()
@@ -316,6 +326,7 @@ def peer(args: argparse.Namespace) -> dict[str, Any]:
         "versions": {
             "crossenc_env": {"crossenc": __version__, **versions()},
             "peer_env": peer_versions(python),
+            "peer_onnx_env": peer_versions(onnx_python),
         },
         "exports": {},
         "skipped": {},
@@ -332,7 +343,9 @@ def peer(args: argparse.Namespace) -> dict[str, Any]:
         peer_model = work / "peer-models" / name  # the peer's exports go beside its weights
         if not peer_model.exists():
             shutil.copytree(model, peer_model)
-        exports = _peer_exports(python, peer_model, data[sizes[0]], onnx_config, env)
+        exports = _peer_exports(
+            {"onnx": onnx_python, "openvino": python}, peer_model, data[sizes[0]], onnx_config, env
+        )
         result["exports"][name] = exports
         own, rejected = crossenc_contenders(model, work / "cache")
         result["skipped"].update(rejected)
@@ -342,6 +355,7 @@ def peer(args: argparse.Namespace) -> dict[str, Any]:
             out=out,
             script=script,
             python=python,
+            onnx_python=onnx_python,
             peer_model=peer_model,
             onnx_file=exports["st_onnx_int8"]["file"],
             model=model,
