@@ -7,8 +7,10 @@
 # - .venv-peer-onnx: pip install "sentence-transformers[onnx]": its optimum-onnx (0.1.0 and
 #   earlier) needs transformers < 4.58, so pip steps back to sentence-transformers 5; runs ONNX
 #   int8. (Both extras in one environment would take the OpenVINO path back to 5 as well.)
-# torch is pinned first, as scripts/setup.sh does, so that pip keeps the CPU build (2.13.0)
-# instead of pulling a CUDA one. datasets: what export_static_quantized_openvino_model asks for
+# torch is pinned, as scripts/setup.sh does, so that pip keeps the CPU build (2.13.0) instead of
+# a CUDA one: optimum-intel asks for torchvision, whose newest release wants torch 2.14, and pip
+# would otherwise swap torch for 2.14.1 and its CUDA libraries (6.3 GB); the pin travels with the
+# install, so pip picks the torchvision made for 2.13. datasets: what export_static_quantized_openvino_model asks for
 # (its calibration set); pyarrow reads the pairs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,8 @@ build() {  # VENV EXTRA PACKAGES...
     [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
     "$venv/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-    "$venv/bin/python" -m pip install -q "sentence-transformers[$extra]" "$@"
+    "$venv/bin/python" -m pip install -q "sentence-transformers[$extra]" "$@" \
+        "torch==${TORCH_VERSION:-2.13.0}"
     "$venv/bin/python" -m pip freeze > "$venv/freeze.txt"
 }
 build "${PEER_VENV:-.venv-peer}" openvino datasets pyarrow

@@ -13,7 +13,8 @@ the manifest); one below its bar fails the run before any row is scored
 An OpenVINO int8 model is calibrated here too: the run's calibration pairs
 (model.calibration_sample) are drawn from its input and handed to every replica with the
 model's description, so that the driver's check and every replica run the same model (exported
-once per node, cached by those pairs).
+once per model and node, calibrated by the first run that exports it; a later run's gate checks
+that model on its own pairs).
 """
 
 from __future__ import annotations
