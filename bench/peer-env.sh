@@ -10,7 +10,10 @@
 # torch is pinned, as scripts/setup.sh does, so that pip keeps the CPU build (2.13.0) instead of
 # a CUDA one: optimum-intel asks for torchvision, whose newest release wants torch 2.14, and pip
 # would otherwise swap torch for 2.14.1 and its CUDA libraries (6.3 GB); the pin travels with the
-# install, so pip picks the torchvision made for 2.13. datasets: what export_static_quantized_openvino_model asks for
+# install, so pip picks the torchvision made for 2.13. That torchvision is built against PyPI's
+# CUDA torch, not the CPU one ("operator torchvision::nms does not exist", and transformers,
+# which imports it when present, then fails to import PreTrainedModel); nothing a cross-encoder
+# runs uses it, so it is uninstalled again. datasets: what export_static_quantized_openvino_model asks for
 # (its calibration set); pyarrow reads the pairs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +26,7 @@ build() {  # VENV EXTRA PACKAGES...
     "$venv/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
     "$venv/bin/python" -m pip install -q "sentence-transformers[$extra]" "$@" \
         "torch==${TORCH_VERSION:-2.13.0}"
+    "$venv/bin/python" -m pip uninstall -q -y torchvision
     "$venv/bin/python" -m pip freeze > "$venv/freeze.txt"
 }
 build "${PEER_VENV:-.venv-peer}" openvino datasets pyarrow
