@@ -49,6 +49,26 @@ def job_config(
     return build_config(data)
 
 
+def hub_model(monkeypatch: Any, cache: Path, repo_id: str, folder: Path) -> str:
+    """``folder``'s files as the Hugging Face Hub cache holds a downloaded ``repo_id`` (a
+    snapshot and its refs/main), with the Hub offline and its cache at ``cache``: the Hub
+    loading path, run without the Hub. Returns ``repo_id``."""
+    import huggingface_hub.constants as hub
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for path in folder.iterdir():
+        if path.is_file():
+            (snapshot / path.name).write_bytes(path.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    return repo_id
+
+
 def read_output(path: Path | str) -> pa.Table:
     """Every committed output row (Parquet readers skip _-prefixed paths)."""
     return pads.dataset(str(path), format="parquet").to_table()

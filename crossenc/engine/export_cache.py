@@ -1,8 +1,9 @@
 """The cache of exported models that the ONNX Runtime and OpenVINO backends share.
 
 An export lives under ``<runtime.cache_dir>/<kind>/<key>/`` (default ``~/.cache/crossenc/<kind>``),
-``key`` a hash of the model folder's files and every option that changes the exported graph, so
-a changed model or option never reuses a stale one. Concurrent replicas on one node share one
+``key`` a hash of the model's files (:func:`crossenc.models.describe.export_digest`, drawn once
+by the driver) and every option and version that changes the exported graph, so a changed model
+or option never reuses a stale one. Concurrent replicas on one node share one
 export: a file lock serialises them, and the folder appears by an atomic rename only when
 complete.
 """
@@ -19,28 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from crossenc.config import ConfigError
-
 
 def cache_root(cache_dir: str | None, kind: str) -> Path:
     """``<cache_dir>/<kind>``, or ``~/.cache/crossenc/<kind>`` when runtime.cache_dir is unset."""
     base = Path(cache_dir).expanduser() if cache_dir else Path.home() / ".cache" / "crossenc"
     return base / kind
-
-
-def folder_digest(source: str, backend: str = "onnx") -> str:
-    """SHA-256 over the names and contents of every file in a local model folder (weights,
-    tokenizer, configs): an export's identity."""
-    folder = Path(source)
-    if not folder.is_dir():
-        raise ConfigError(f"model.backend {backend} needs a local model folder, got {source!r}")
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):  # noqa: B023
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def options_key(options: dict[str, Any]) -> str:

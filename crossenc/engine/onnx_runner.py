@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from crossenc.config import ModelConfig
-from crossenc.engine.export_cache import cache_root, cached_export, folder_digest, options_key
+from crossenc.engine.export_cache import cache_root, cached_export, options_key
+from crossenc.models.describe import ModelInfo, export_digest
 
 # Bumped whenever the export recipe below changes, so that old cache entries are not reused.
 EXPORT_VERSION = 3
@@ -34,16 +35,18 @@ def onnx_cache_root(cache_dir: str | None) -> Path:
     return cache_root(cache_dir, "onnx")
 
 
-def cache_key(cfg: ModelConfig, source: str) -> str:
-    """Hash of the model folder's files and every option that changes the exported graph."""
+def cache_key(cfg: ModelConfig, info: ModelInfo) -> str:
+    """Hash of the model's files (:func:`export_digest`: a local folder or a Hub id) and every
+    option and version that changes the exported graph."""
     import onnxruntime
 
     options = {
-        "folder": folder_digest(source),
+        "model": export_digest(cfg, info),
         "quantize": cfg.quantize,
         "export_version": EXPORT_VERSION,
         "opset": OPSET,
-        "torch": version("torch"),  # the exporter's version, without importing torch
+        # the exporter's and the modelling code's versions, without importing torch
+        **{name: version(name) for name in ("torch", "transformers")},
         "onnxruntime": onnxruntime.__version__,
     }
     return options_key(options)
@@ -144,31 +147,25 @@ def _quantize(src: Path, dst: Path, recipe: str, intermediate_size: int | None) 
     )
 
 
-def _intermediate_size(source: str) -> int | None:
-    """The feed-forward width from the model folder's config.json, if it names one."""
-    with contextlib.suppress(OSError, ValueError):
-        value = json.loads((Path(source) / "config.json").read_text()).get("intermediate_size")
-        return int(value) if value else None
-    return None
-
-
-def ensure_onnx_model(
-    cfg: ModelConfig, source: str, uses_token_type_ids: bool, cache_dir: str | None = None
-) -> Path:
-    """The cached ``model.onnx`` for this model folder and options, exported on first use."""
+def ensure_onnx_model(cfg: ModelConfig, info: ModelInfo, cache_dir: str | None = None) -> Path:
+    """The cached ``model.onnx`` for this model and options, exported on first use."""
+    source = info.source
 
     def build(tmp: Path) -> None:
         float_path = tmp / "float32.onnx"
-        export_onnx(cfg, source, uses_token_type_ids, float_path)
+        export_onnx(cfg, source, info.uses_token_type_ids, float_path)
         if cfg.quantize != "none":
-            _quantize(float_path, tmp / "model.onnx", cfg.quantize, _intermediate_size(source))
+            from crossenc.models.load import load_hf_config
+
+            width = getattr(load_hf_config(cfg, source), "intermediate_size", None)
+            _quantize(float_path, tmp / "model.onnx", cfg.quantize, width)
             float_path.unlink()
         else:
             float_path.rename(tmp / "model.onnx")
         export = {"source": source, "quantize": cfg.quantize, "opset": OPSET}
         (tmp / "export.json").write_text(json.dumps(export, indent=1))
 
-    return cached_export(onnx_cache_root(cache_dir), cache_key(cfg, source), "model.onnx", build)
+    return cached_export(onnx_cache_root(cache_dir), cache_key(cfg, info), "model.onnx", build)
 
 
 class OnnxRunner:
@@ -177,14 +174,13 @@ class OnnxRunner:
     def __init__(
         self,
         cfg: ModelConfig,
-        source: str,
-        uses_token_type_ids: bool,
+        info: ModelInfo,
         threads: int,
         cache_dir: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
-        self.path = ensure_onnx_model(cfg, source, uses_token_type_ids, cache_dir)
+        self.path = ensure_onnx_model(cfg, info, cache_dir)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -192,7 +188,7 @@ class OnnxRunner:
         self.session = ort.InferenceSession(
             str(self.path), opts, providers=["CPUExecutionProvider"]
         )
-        self.names = input_names(uses_token_type_ids)
+        self.names = input_names(info.uses_token_type_ids)
         self.weights = "float32" if cfg.quantize == "none" else cfg.quantize
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:

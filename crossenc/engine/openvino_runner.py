@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from crossenc.config import ConfigError, ModelConfig
-from crossenc.engine.export_cache import cache_root, cached_export, folder_digest, options_key
-from crossenc.models.describe import ModelInfo
+from crossenc.engine.export_cache import cache_root, cached_export, options_key
+from crossenc.models.describe import ModelInfo, export_digest
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,11 @@ PRECISION = {"auto": "f32", "float32": "f32", "bfloat16": "bf16", "float16": "f1
 
 
 def cache_key(cfg: ModelConfig, info: ModelInfo) -> str:
-    """Hash of the model folder's files, the options and versions that change the converted
-    model, and (int8) the calibration sample's size; not the pairs themselves (once per model)."""
+    """Hash of the model's files (:func:`export_digest`: a local folder or a Hub id), the
+    options and versions that change the converted model, and (int8) the calibration sample's
+    size; not the pairs themselves (once per model)."""
     options = {
-        "folder": folder_digest(info.source, "openvino"),
+        "model": export_digest(cfg, info),
         "quantize": cfg.quantize,
         "export_version": EXPORT_VERSION,
         "max_length": info.max_length,

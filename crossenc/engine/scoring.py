@@ -218,9 +218,7 @@ def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig,
     if model_cfg.backend == "onnx":
         from crossenc.engine.onnx_runner import OnnxRunner
 
-        return OnnxRunner(
-            model_cfg, source, info.uses_token_type_ids, runtime.cpu_threads(), runtime.cache_dir
-        )
+        return OnnxRunner(model_cfg, info, runtime.cpu_threads(), runtime.cache_dir)
     if model_cfg.backend == "openvino":
         from crossenc.engine.openvino_runner import OpenVinoRunner
 
@@ -468,6 +466,8 @@ class LocalScorer:
     ``calibration``: the pairs an OpenVINO int8 model (model.backend openvino, model.quantize
     int8) calibrates on; without them, its first :meth:`predict` calibrates on a seeded sample
     of model.calibration_sample of the pairs it is given, and the engine starts then.
+    ``info``: the model as a job's driver described it (with its export digest), so that the
+    driver's own scorers (the quality gate, the reuse check) neither describe nor hash it again.
     """
 
     def __init__(
@@ -475,13 +475,14 @@ class LocalScorer:
         model_cfg: ModelConfig,
         runtime: RuntimeConfig | None = None,
         calibration: Sequence[tuple[str, str]] | None = None,
+        info: ModelInfo | None = None,
     ) -> None:
         from crossenc.models.describe import describe_model
         from crossenc.models.load import load_tokenizer
 
         self.model_cfg = model_cfg
         self.runtime = runtime or RuntimeConfig()
-        self.info = describe_model(model_cfg, self.runtime.cache_dir)
+        self.info = info or describe_model(model_cfg, self.runtime.cache_dir)
         if calibration is not None:
             self.info = replace(self.info, calibration=tuple(map(tuple, calibration)))
         self.tokenizer = load_tokenizer(model_cfg, self.info.source)

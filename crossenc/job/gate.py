@@ -163,7 +163,7 @@ def check_quality(cfg: JobConfig, plan: JobPlan) -> dict[str, Any] | None:
     )
     scored = []
     for model in (reference, cfg.model):
-        scorer = LocalScorer(model, cfg.runtime, calibration=plan.info.calibration or None)
+        scorer = LocalScorer(model, cfg.runtime, info=plan.info)
         scores = np.asarray(scorer.predict(sample.pairs), dtype=np.float32)
         scored.append((scores.reshape(len(sample.pairs), -1), scorer.engine.runs))
         del scorer

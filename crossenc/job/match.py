@@ -75,7 +75,7 @@ def _match(
         return None, None
     units = read_units(plan.files, todo) + pending_units([p for p, _ in plan.pending])
     matches = Matches(match(cfg, plan.info, units, earlier, staging, rows), staging)
-    verdict = check_reuse(cfg, matches, earlier, stack, key, plan.info.calibration)
+    verdict = check_reuse(cfg, matches, earlier, stack, key, plan.info)
     if verdict is not None:
         log.log(
             logging.INFO if verdict.decision == "reused" else logging.WARNING,

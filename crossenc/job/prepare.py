@@ -4,13 +4,13 @@ starts; and the run's record (its id, config and model fingerprints, the commit 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from crossenc.config import ConfigError, JobConfig
 from crossenc.inputs.plan import JobPlan, finish_inspection, plan_job
 from crossenc.job.cluster import ensure_ray
-from crossenc.models.describe import model_fingerprint
+from crossenc.models.describe import fingerprint_and_digest
 from crossenc.output.commit import RunRecord, staging_dir
 from crossenc.output.committers import committer_for, previous_manifest
 from crossenc.output.parts import new_run_id
@@ -50,10 +50,12 @@ def prepare(cfg: JobConfig, plan: JobPlan | None = None) -> Prepared:
             ensure_ray()
         finally:
             base, committed, previous, plan = state.result()
+    fingerprint, digest = fingerprint_and_digest(cfg.model, plan.info)
+    plan = replace(plan, info=replace(plan.info, digest=digest))  # the replicas' export key
     record = RunRecord(
         new_run_id(),
         cfg.fingerprint(),
-        model_fingerprint(cfg.model, plan.info),
+        fingerprint,
         base,
         dict(cfg.output.partition_value),
     )

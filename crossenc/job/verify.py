@@ -24,6 +24,7 @@ from crossenc.config import JobConfig
 from crossenc.inputs.reuse import load_reuse
 from crossenc.inputs.sample import read_pairs_at
 from crossenc.job.incremental import EarlierRuns, Matches
+from crossenc.models.describe import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +124,12 @@ def check_reuse(
     earlier: EarlierRuns,
     stack: dict[str, str],
     key: str,
-    calibration: tuple[tuple[str, str], ...] = (),
+    info: ModelInfo | None = None,
 ) -> Verdict | None:
     """Check the matched scores made under another stack (see the module docstring); None
-    when every earlier run's stack is this one's (nothing to check). ``calibration``: the
-    run's int8 calibration pairs (model.backend openvino), so the check scores as it does."""
+    when every earlier run's stack is this one's (nothing to check). ``info``: the model as
+    the driver described it (with the int8 calibration pairs of model.backend openvino), so the
+    check scores as the run does."""
     changes = stack_changes(earlier, stack)
     if not changes or not matches.rows:
         return None
@@ -146,7 +148,7 @@ def check_reuse(
     stored = np.concatenate([s[2] for s in sample]).astype(np.float64)
     from crossenc.engine.scoring import LocalScorer
 
-    scorer = LocalScorer(cfg.model, cfg.runtime, calibration=calibration or None)
+    scorer = LocalScorer(cfg.model, cfg.runtime, info=info)
     scores = np.asarray(scorer.predict(pairs), dtype=np.float64).reshape(stored.shape)
     diff = np.abs(scores - stored)
     diff[np.isnan(scores) & np.isnan(stored)] = 0.0  # unscorable then and now

@@ -63,6 +63,9 @@ class ModelInfo:
     # model.quantize int8 on openvino: the (text_a, text_b) pairs its static quantization
     # calibrates on, a seeded sample of the job's input that the driver draws (crossenc.job.gate)
     calibration: tuple[tuple[str, str], ...] = ()
+    # the model's files as an exported model's identity (:func:`export_digest`): drawn once by
+    # the driver, so that replicas key the ONNX / OpenVINO export cache without rehashing
+    digest: str = ""
 
 
 def _st_file(cfg: ModelConfig, source: str, name: str) -> Any:
@@ -441,19 +444,48 @@ def tokenizer_files(folder: Path) -> list[Path]:
     return sorted({p for pattern in TOKEN_ID_FILES for p in folder.glob(pattern) if p.is_file()})
 
 
+def _model_files(cfg: ModelConfig, info: ModelInfo) -> tuple[Path, list[Path]]:
+    """The model's folder and weight files: a local folder's, or a Hub id's loaded snapshot
+    (weights, JSON files and the files that make token ids)."""
+    folder = Path(info.source)
+    if folder.is_dir():
+        return folder, sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.safetensors", "*.json", *TOKEN_ID_FILES]
+    folder = Path(snapshot_download(info.source, revision=cfg.revision, allow_patterns=patterns))
+    return folder, sorted(folder.glob("*.safetensors"))
+
+
+def fingerprint_and_digest(cfg: ModelConfig, info: ModelInfo) -> tuple[dict[str, Any], str]:
+    """:func:`model_fingerprint` and :func:`export_digest`, the weights hashed once."""
+    folder, weights = _model_files(cfg, info)
+    fingerprint = _fingerprint(cfg, info, folder, weights)
+    config = folder / "config.json"
+    parts = [
+        fingerprint["weights_sha256"],
+        fingerprint["tokenizer_sha256"],
+        _sha256([config]) if config.is_file() else "",
+    ]
+    return fingerprint, hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def export_digest(cfg: ModelConfig, info: ModelInfo) -> str:
+    """The model's weights, token-id files and config.json as one hash: what identifies an
+    export of it, wherever its folder lies (a local folder or a Hub snapshot of the same
+    files share one). ``info.digest`` where the driver has drawn it."""
+    return info.digest or fingerprint_and_digest(cfg, info)[1]
+
+
 def model_fingerprint(cfg: ModelConfig, info: ModelInfo) -> dict[str, Any]:
     """Name, revision, a hash of the weight files and one of the files that make the token
     ids (:data:`TOKEN_ID_FILES`): what identifies the scores' source."""
-    folder = Path(info.source)
-    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
-    if not folder.is_dir():  # a Hub id: the loaded snapshot's files
-        from huggingface_hub import snapshot_download
+    return _fingerprint(cfg, info, *_model_files(cfg, info))
 
-        patterns = ["*.safetensors", "*.json", *TOKEN_ID_FILES]
-        folder = Path(
-            snapshot_download(info.source, revision=cfg.revision, allow_patterns=patterns)
-        )
-        weights = sorted(folder.glob("*.safetensors"))
+
+def _fingerprint(
+    cfg: ModelConfig, info: ModelInfo, folder: Path, weights: list[Path]
+) -> dict[str, Any]:
     tokenizer = tokenizer_files(folder)
     return {
         "name": cfg.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,9 @@ import pytest
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine import onnx_runner as onnx_backend
 from crossenc.engine.scoring import LocalScorer
+from crossenc.models.describe import describe_model
 from crossenc.testing import ARCHITECTURES, build_minilm_cross_encoder, sample_sentences
+from tests.helpers import hub_model
 
 pytest.importorskip("onnxruntime")
 
@@ -124,15 +127,44 @@ def test_export_is_cached_by_folder_hash_and_options(models, tmp_path, monkeypat
     assert exported[0].stat().st_mtime_ns == mtime and scores.shape == (5,)
     assert not list(tmp_path.glob("onnx/.*"))  # no temporary folders left behind
     # Another option, or changed files in the model folder, give another key.
-    key = onnx_backend.cache_key(cfg, folder)
-    assert onnx_backend.cache_key(cfg.model_copy(update={"quantize": "int8"}), folder) != key
+    info = describe_model(cfg, str(tmp_path))
+    key = onnx_backend.cache_key(cfg, info)
+    assert onnx_backend.cache_key(cfg.model_copy(update={"quantize": "int8"}), info) != key
     copy = tmp_path / "copy"
     copy.mkdir()
     for path in models[("bert", 1)].iterdir():
         (copy / path.name).write_bytes(path.read_bytes())
-    assert onnx_backend.cache_key(cfg, str(copy)) == key  # content, not location
+    moved = replace(info, source=str(copy))
+    assert onnx_backend.cache_key(cfg, moved) == key  # content, not location
     (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")
-    assert onnx_backend.cache_key(cfg, str(copy)) != key
+    assert onnx_backend.cache_key(cfg, moved) != key
+    # the driver's digest is used as it is: replicas do not hash the model again
+    assert onnx_backend.cache_key(cfg, replace(moved, digest="d" * 64)) != key
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_a_hub_model_exports_once_whatever_folder_holds_its_files(
+    backend, models, tmp_path, monkeypatch
+):
+    """A Hub id (here from the Hub's offline cache) runs on the exported backends, and its
+    snapshot shares one export with a local folder of the same files: the cache is keyed by
+    the files' hashes, which the driver draws once (``ModelInfo.digest``)."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    folder = models[("bert", 1)]
+    name = hub_model(monkeypatch, tmp_path / "hub", "team/reranker", folder)
+    runtime = RuntimeConfig(cache_dir=str(tmp_path / "cache"))
+    pairs = _pairs(8)
+    got = {}
+    for source in (name, str(folder)):
+        cfg = ModelConfig(dtype="float32", name=source, backend=backend)
+        scorer = LocalScorer(cfg, runtime)
+        got[source] = scorer.predict(pairs)
+        assert scorer.engine.runs.startswith(backend)
+    assert LocalScorer(ModelConfig(name=name), runtime).info.source == name  # the Hub path
+    np.testing.assert_allclose(got[name], got[str(folder)], atol=1e-6)
+    exports = [p for p in (tmp_path / "cache" / backend).iterdir() if p.is_dir()]
+    assert len(exports) == 1 and (exports[0] / "export.json").is_file()
 
 
 def test_onnx_replica_with_a_cached_export_never_imports_torch(models, tmp_path):
@@ -141,12 +173,10 @@ def test_onnx_replica_with_a_cached_export_never_imports_torch(models, tmp_path)
     import subprocess
     import sys
 
-    from crossenc.models.describe import describe_model
-
     folder = str(models[("bert", 1)])
     cfg = ModelConfig(dtype="float32", name=folder, backend="onnx")
-    onnx_backend.ensure_onnx_model(cfg, folder, True, str(tmp_path))  # the cached export
     info = describe_model(cfg, str(tmp_path))  # the driver's work: the replica is handed it
+    onnx_backend.ensure_onnx_model(cfg, info, str(tmp_path))  # the cached export
     script = f"""
 import sys, numpy as np
 from crossenc.config import ModelConfig, RuntimeConfig
