@@ -3,17 +3,20 @@ and what an int8 model calibrates on (:mod:`crossenc.job.gate`).
 
 Row groups of the inspected input files are read in a seeded order (the two text columns) until
 they hold the sample's size, and the sample is a seeded choice of their rows: a few row groups,
-whatever the input's size. A rerank's sample is of whole groups, which may span files: the group
-column of every inspected file is read, then the texts of the chosen groups' rows only.
+whatever the input's size. A rerank's sample is of whole groups: where groups sit within files,
+the group column of a few files in a seeded order; where they span files, of every file. Then
+the texts of the chosen groups' rows only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crossenc.config import JobConfig
@@ -21,11 +24,12 @@ from crossenc.errors import storage_errors
 from crossenc.inputs.plan import InputFile
 from crossenc.storage import resolve
 
+IO_THREADS = 16  # input files read at a time for a sample (store latency, not CPU)
+
 
 @dataclass(frozen=True)
 class PairSample:
-    """Sampled (text_a, text_b) pairs; for a rerank, each pair's group (a group's pairs are
-    consecutive)."""
+    """Sampled (text_a, text_b) pairs; for a rerank, each pair's group as an integer id."""
 
     pairs: list[tuple[str, str]]
     groups: np.ndarray | None = None
@@ -77,48 +81,105 @@ def read_pairs_at(cfg: JobConfig, source: str, rows: np.ndarray) -> list[tuple[s
     return list(zip(table.column(a).to_pylist(), table.column(b).to_pylist(), strict=True))
 
 
-def _sample_groups(cfg: JobConfig, files: Sequence[InputFile], size: int, seed: int) -> PairSample:
-    """Whole rerank groups, seeded, up to ``size`` pairs (at least one group): the group
-    column of every file is read (groups may span files), then the chosen rows' texts."""
-    column = cfg.rerank.group_by
-    loc = resolve(cfg.input.path, cfg.input.storage)
-    keys, owner = [], []
-    for i, f in enumerate(files):
-        with storage_errors("input", f.path, cfg.input.storage):
-            table = pq.read_table(f.path, columns=[column], filesystem=loc.arrow_fs)
-        keys.append(np.asarray(table.column(column).to_pylist(), dtype=object).astype(str))
-        owner.append(np.full(table.num_rows, i))
-    if not keys:
-        return PairSample([], np.zeros(0, dtype=np.int64))
-    key, file_of = np.concatenate(keys), np.concatenate(owner)
-    row_of = np.concatenate([np.arange(len(k)) for k in keys])
-    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    chosen, total = [], 0
-    for g in np.random.default_rng(seed).permutation(len(counts)):
-        if total >= size:
-            break
-        if chosen and total + counts[g] > size:
-            continue
-        chosen.append(g)
+def _groups(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's group as an integer code (equal keys, equal codes; -1 for a null key), and
+    each code's row count."""
+    encoded = pc.dictionary_encode(column)
+    chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
+    if not chunks:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    indices = pa.chunked_array([c.indices for c in chunks]).combine_chunks()
+    codes = np.asarray(indices.fill_null(-1), dtype=np.int64)
+    return codes, np.bincount(codes[codes >= 0])
+
+
+def _choose(
+    counts: np.ndarray, rng: np.random.Generator, size: int, total: int
+) -> tuple[list[int], bool]:
+    """Groups (indices into ``counts``) in a seeded order, taken while they fit in ``size``
+    pairs with the ``total`` sampled so far (the first group always: a sample holds at least
+    one); and whether the sample is full (the next group would overflow it)."""
+    chosen: list[int] = []
+    for g in rng.permutation(len(counts)):
+        if total and total + counts[g] > size:
+            return chosen, True
+        chosen.append(int(g))
         total += int(counts[g])
-    picked = np.flatnonzero(np.isin(inverse, chosen))
-    pairs: list[tuple[str, str]] = []
-    groups = []
-    for i in np.unique(file_of[picked]):
-        mine = picked[file_of[picked] == i]
-        mine = mine[np.argsort(row_of[mine])]
-        pairs += read_pairs_at(cfg, files[int(i)].path, row_of[mine])
-        groups.append(inverse[mine])
-    return PairSample(pairs, np.concatenate(groups))
+    return chosen, total >= size
+
+
+def _read_group_column(cfg: JobConfig, path: str) -> pa.ChunkedArray:
+    loc = resolve(cfg.input.path, cfg.input.storage)
+    column = cfg.rerank.group_by
+    with storage_errors("input", path, cfg.input.storage):
+        table = pq.read_table(path, columns=[column], filesystem=loc.arrow_fs)
+    return table.column(column)
+
+
+def _sample_groups(
+    cfg: JobConfig, files: Sequence[InputFile], size: int, seed: int, within_files: bool
+) -> PairSample:
+    """Whole rerank groups, seeded, until the next would overflow ``size`` pairs (at least
+    one group).
+
+    Groups within files: files in a seeded order, each one's group column read until the
+    chosen groups hold ``size`` pairs (a file or two, whatever the input's size). Groups that
+    span files: every file's group column is read (in parallel), as the shuffle the run does
+    anyway. Then only the chosen rows' texts are read."""
+    rng = np.random.default_rng(seed)
+    live = [f for f in files if f.rows]
+    picks: list[tuple[int, np.ndarray, np.ndarray]] = []  # (file, its rows, their group ids)
+    if within_files:
+        total, groups, full = 0, 0, False
+        for i in rng.permutation(len(live)):
+            if full:
+                break
+            codes, counts = _groups(_read_group_column(cfg, live[i].path))
+            chosen, full = _choose(counts, rng, size, total)
+            if not chosen:
+                continue
+            rows = np.flatnonzero(np.isin(codes, chosen))
+            ids = np.searchsorted(np.sort(chosen), codes[rows]) + groups
+            picks.append((int(i), rows, ids))
+            total += int(counts[chosen].sum())
+            groups += len(chosen)
+    else:
+        with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="sample") as pool:
+            columns = list(pool.map(lambda f: _read_group_column(cfg, f.path), live))
+        if not columns:
+            return PairSample([], np.zeros(0, dtype=np.int64))
+        kind = columns[0].type
+        codes, counts = _groups(
+            pa.chunked_array([chunk for c in columns for chunk in c.cast(kind).chunks], kind)
+        )
+        chosen = np.isin(codes, _choose(counts, rng, size, 0)[0])
+        start = 0
+        for i, column in enumerate(columns):
+            mine = np.flatnonzero(chosen[start : start + len(column)])
+            if len(mine):
+                picks.append((i, mine, codes[start + mine]))
+            start += len(column)
+    if not picks:
+        return PairSample([], np.zeros(0, dtype=np.int64))
+    with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="sample") as pool:
+        texts = pool.map(lambda pick: read_pairs_at(cfg, live[pick[0]].path, pick[1]), picks)
+        pairs = [pair for file_pairs in texts for pair in file_pairs]
+    return PairSample(pairs, np.concatenate([ids for _, _, ids in picks]))
 
 
 def sample_pairs(
-    cfg: JobConfig, files: Sequence[InputFile], size: int, seed: int = 0
+    cfg: JobConfig,
+    files: Sequence[InputFile],
+    size: int,
+    seed: int = 0,
+    within_files: bool = False,
 ) -> PairSample:
     """Up to ``size`` pairs of the input, seeded, pairs with a null text left out: rows of a
-    few row groups, or for task rerank whole groups (at least one, however large)."""
+    few row groups, or for task rerank whole groups (at least one, however large), read from
+    a few files when ``within_files`` (no group spans two files: the plan's
+    ``rerank_within_files``)."""
     if cfg.task == "rerank":
-        sample = _sample_groups(cfg, files, size, seed)
+        sample = _sample_groups(cfg, files, size, seed, within_files)
     else:
         a, b = cfg.input.text_a, cfg.input.text_b
         table = _read_units(cfg, files, size, seed, [a, b])

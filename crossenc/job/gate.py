@@ -140,7 +140,13 @@ def calibrate(cfg: JobConfig, plan: JobPlan) -> JobPlan:
     model = cfg.model
     if model.backend != "openvino" or model.quantize == "none" or plan.info.calibration:
         return plan
-    sample = sample_pairs(cfg, plan.files, model.calibration_sample, cfg.quality_gate.seed + 1)
+    sample = sample_pairs(
+        cfg,
+        plan.files,
+        model.calibration_sample,
+        cfg.quality_gate.seed + 1,
+        plan.rerank_within_files,
+    )
     log.info("int8 calibration: %d pairs of the input", len(sample.pairs))
     return replace(plan, info=replace(plan.info, calibration=tuple(sample.pairs)))
 
@@ -155,7 +161,9 @@ def check_quality(cfg: JobConfig, plan: JobPlan) -> dict[str, Any] | None:
     from crossenc.engine.scoring import LocalScorer
 
     started = time.monotonic()
-    sample = sample_pairs(cfg, plan.files, cfg.quality_gate.sample, cfg.quality_gate.seed)
+    sample = sample_pairs(
+        cfg, plan.files, cfg.quality_gate.sample, cfg.quality_gate.seed, plan.rerank_within_files
+    )
     if not sample.pairs:
         return None
     reference = cfg.model.model_copy(

@@ -22,7 +22,7 @@ import numpy as np
 
 from crossenc.config import JobConfig
 from crossenc.inputs.reuse import load_reuse
-from crossenc.inputs.sample import read_pairs_at
+from crossenc.inputs.sample import IO_THREADS, read_pairs_at
 from crossenc.job.incremental import EarlierRuns, Matches
 from crossenc.models.describe import ModelInfo
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 # float16 (3 more mantissa bits) and int8 weights are given bfloat16's, unmeasured.
 FLOAT32_TOLERANCE = (1e-5, 1e-5)
 HALF_TOLERANCE = (5e-2, 2e-3)
-IO_THREADS = 16  # input files read at a time for the sample's texts
 
 
 @dataclass
