@@ -199,7 +199,9 @@ class ModelConfig(_Strict):
         "auto",
         description="auto: bfloat16 on GPUs that support it (else float16) and on CPUs with "
         "bf16 matrix units (Intel AMX: 2.5-2.8x float32), else float32; openvino: float32 "
-        "(its inference precision, which OpenVINO would otherwise lower to bf16 on such CPUs). "
+        "(its inference precision, which OpenVINO would otherwise lower to bf16 on such CPUs), "
+        "but an int8 model's unquantized operations in bf16 where the CPU has BF16 (AVX-512 BF16 "
+        "or AMX). "
         "float32 for scores equal to sentence-transformers' float32 to ~1e-6. A 16-bit dtype "
         "on CPU is checked against float32 before a run scores (quality_gate).",
     )

@@ -102,6 +102,27 @@ def test_minilm_int8_keeps_the_order_of_float32(minilm, tmp_path):
     assert spearmanr(got, ref).statistic > 0.99
 
 
+def test_int8_with_dtype_auto_runs_bf16_where_the_cpu_has_it(models, tmp_path):
+    """dtype auto: float32 stays float32 everywhere; an int8 model's unquantized operations run
+    in bf16 where OpenVINO reports BF16 (AVX-512 BF16, AMX), as OpenVINO's default would."""
+    import openvino as ov
+
+    int8 = ModelConfig(name="m", backend="openvino", quantize="int8")
+    assert ov_backend.inference_precision(int8, ["FP32", "BF16", "INT8"]) == "bf16"
+    assert ov_backend.inference_precision(int8, ["FP32", "INT8"]) == "f32"  # AVX2 only
+    exact = int8.model_copy(update={"dtype": "float32"})
+    assert ov_backend.inference_precision(exact, ["BF16"]) == "f32"
+    assert (
+        ov_backend.inference_precision(int8.model_copy(update={"quantize": "none"}), ["BF16"])
+        == "f32"
+    )
+    cfg = int8.model_copy(update={"name": str(models[("bert", 1)])})
+    scorer = LocalScorer(cfg, RuntimeConfig(cache_dir=str(tmp_path)), calibration=_pairs(20))
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert scorer.engine.runs == ("openvino cpu int8 bfloat16" if bf16 else "openvino cpu int8")
+    assert scorer.predict(_pairs(6)).shape == (6,)
+
+
 def test_wrong_combinations_name_the_key(models, tmp_path):
     folder = str(models[("bert", 1)])
     runtime = RuntimeConfig(cache_dir=str(tmp_path))
