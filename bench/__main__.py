@@ -771,6 +771,13 @@ def main(argv: list[str] | None = None) -> None:
         default=["minilm-l6", "bert-base"],
     )
     p.add_argument(
+        "--peer-contenders",
+        nargs="+",
+        default=None,
+        help="peer mode: only these contenders (st_script and st_openvino_qint8 always run: the "
+        "fidelity reference and the ratios' baseline); default: all",
+    )
+    p.add_argument(
         "--peer-venv",
         default=str(Path(__file__).resolve().parent.parent / ".venv-peer"),
         help="peer mode: the sentence-transformers[openvino] environment (bench/peer-env.sh)",

@@ -18,6 +18,7 @@ from bench.peer import (
     onnx_quantization_config,
     read_scores,
     size_result,
+    where_the_time_went,
 )
 
 
@@ -96,3 +97,42 @@ def test_crossenc_contenders_are_the_ones_its_config_accepts(tmp_path: Path) -> 
     assert ("crossenc_openvino" in accepted) == openvino
     if not openvino:
         assert "model.backend=openvino" in rejected["crossenc_openvino"]
+
+
+def test_where_a_crossenc_run_spent_its_time_is_kept_from_its_summary(tmp_path: Path) -> None:
+    import json
+
+    summary = {
+        "wall_seconds": 144.6,
+        "phases": {"inspect": 4.2, "gate": 34.1, "score": 95.0, "commit": 0.1},
+        "gate": {"seconds": 34.1, "spearman": 0.9936, "passed": True},
+        "replicas": [
+            {
+                "replica": "r0",
+                "busy_seconds": 80.0,
+                "load_seconds": 1.2,
+                "rows": 20000,
+                "rows_per_second": 250.0,
+                "utilization": 0.84,
+                "runs": "openvino cpu int8",
+            }
+        ],
+        "rows": {"written": 20000},
+    }
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "_summary.json").write_text(json.dumps(summary))
+    got = where_the_time_went(tmp_path / "run")
+    assert got == {
+        "wall_seconds": 144.6,
+        "phases": summary["phases"],
+        "gate_seconds": 34.1,
+        "replicas": [
+            {
+                "busy_seconds": 80.0,
+                "load_seconds": 1.2,
+                "rows_per_second": 250.0,
+                "utilization": 0.84,
+            }
+        ],
+    }
+    assert where_the_time_went(tmp_path / "missing") is None
