@@ -93,6 +93,7 @@ PAGES = {
     "latest-long.json": ("../models.md#long-inputs-8192-token-models", None),
     "latest-memory.json": ("cpu.md", None),
     "latest-oob.json": ("oob.md", "crossenc score's defaults against a user's script"),
+    "latest-peer-20000.json": ("peer.md", "20,000 pairs: the 16-bit paths, one repetition"),
     "latest-peer.json": ("peer.md", None),
     "latest-scale.json": ("scale.md", None),
     "latest-tables.json": ("scale.md#delta-lake-and-iceberg-commits", None),
