@@ -352,6 +352,16 @@ CASES: dict[str, tuple[Callable[[Ctx], Run], int, list[str]]] = {
         EXIT_STORAGE,
         ["model.name nobody/not-a-model", "HF_HUB_OFFLINE", "local folder or an s3:// folder"],
     ),
+    "model.compile on onnx": (
+        lambda c: Run({"model": {"backend": "onnx", "compile": True}}),
+        EXIT_CONFIG,
+        ["model.compile needs model.backend torch"],
+    ),
+    "model.quantize on torch": (
+        lambda c: Run({"model": {"quantize": "int8"}}),
+        EXIT_CONFIG,
+        ["model.quantize int8 needs model.backend onnx or openvino"],
+    ),
     "output path under a file": (
         _output_under_a_file,
         EXIT_STORAGE,

@@ -197,12 +197,10 @@ class ZeroRunner:
 RUNNER_ENV = "CROSSENC_RUNNER"  # "zeros": benchmarks swap the model for a ZeroRunner
 
 
-def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig, source: str):
-    """The runner model.backend names (imported here: an ONNX or OpenVINO replica whose export
-    is cached never loads torch)."""
-    if os.environ.get(RUNNER_ENV) == "zeros":
-        log.warning("%s=zeros: scoring with a runner that returns zeros", RUNNER_ENV)
-        return ZeroRunner(info.num_labels)
+def check_backend(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig) -> None:
+    """Refuse what model.backend cannot run (the model's kind, model.compile, GPUs,
+    model.quantize on torch), naming the key: in the driver, before any replica starts, and
+    again where a runner is made."""
     if model_cfg.backend in ("onnx", "openvino"):
         backend = model_cfg.backend
         if info.kind != SEQUENCE_CLASSIFICATION:
@@ -215,6 +213,19 @@ def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig,
             raise ConfigError(
                 f"model.backend {backend} runs on CPU: set runtime.gpus_per_replica 0"
             )
+    elif model_cfg.quantize != "none":
+        raise ConfigError(
+            f"model.quantize {model_cfg.quantize} needs model.backend onnx or openvino"
+        )
+
+
+def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig, source: str):
+    """The runner model.backend names (imported here: an ONNX or OpenVINO replica whose export
+    is cached never loads torch)."""
+    if os.environ.get(RUNNER_ENV) == "zeros":
+        log.warning("%s=zeros: scoring with a runner that returns zeros", RUNNER_ENV)
+        return ZeroRunner(info.num_labels)
+    check_backend(model_cfg, info, runtime)
     if model_cfg.backend == "onnx":
         from crossenc.engine.onnx_runner import OnnxRunner
 
@@ -223,10 +234,6 @@ def make_runner(model_cfg: ModelConfig, info: ModelInfo, runtime: RuntimeConfig,
         from crossenc.engine.openvino_runner import OpenVinoRunner
 
         return OpenVinoRunner(model_cfg, info, runtime.cpu_threads(), runtime.cache_dir)
-    if model_cfg.quantize != "none":
-        raise ConfigError(
-            f"model.quantize {model_cfg.quantize} needs model.backend onnx or openvino"
-        )
     from crossenc.engine.torch_runner import TorchRunner
 
     return TorchRunner(model_cfg, source, runtime, info.uses_token_type_ids, info)

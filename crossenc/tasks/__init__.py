@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from crossenc.config import ConfigError, JobConfig
+from crossenc.engine.scoring import check_backend
 from crossenc.models.describe import ModelInfo
 from crossenc.models.load import load_tokenizer
 from crossenc.models.tokenize import check_chunking
@@ -20,8 +21,11 @@ def task_for(cfg: JobConfig) -> Task:
 
 
 def check_task(cfg: JobConfig, info: ModelInfo) -> None:
-    """Refuse task/model combinations that cannot give the promised output columns."""
+    """Refuse task/model combinations that cannot give the promised output columns, and what
+    model.backend cannot run (:func:`~crossenc.engine.scoring.check_backend`): in the driver,
+    before a replica starts."""
     task_for(cfg).check(info)
+    check_backend(cfg.model, info, cfg.runtime)
     if cfg.model.long_text == "chunk":
         if info.num_labels != 1:
             raise ConfigError(
