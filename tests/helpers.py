@@ -26,12 +26,33 @@ if TYPE_CHECKING:
     from crossenc.output.tables import TableCommitter
 
 TABLE_COLUMNS = ["pair_id", "score", "truncated", "dt"]  # what table_rows compares with DuckDB
+JOB_BACKEND = "onnx"  # the tests' jobs' model.backend (job_model)
+
+
+def job_model(model_path: Path | str) -> dict[str, Any]:
+    """The model and runtime sections of the tests' jobs (:func:`job_config`'s, and of the
+    configs that tests write for a ``crossenc score`` process of their own).
+
+    float32: the tests compare scores with float32 references (dtype auto would run bfloat16
+    on a CPU with AMX); tests of auto set it themselves. The ONNX backend: the jobs' scorer
+    actors are fresh processes, and an ONNX replica starts in ~0.1 s where a torch one imports
+    torch and transformers' model code (4-5 s on 2 cores), which ~100 test jobs paid; its
+    float32 scores equal torch's to ~1e-7. The export is made once per model for the session
+    (the cache beside the session's tiny models). Tests of the torch path (sentence-transformers
+    parity, compile, the README example, the demo, the fault tests' MiniLM) ask for torch."""
+    sections: dict[str, Any] = {
+        "model": {"name": str(model_path), "dtype": "float32", "backend": JOB_BACKEND}
+    }
+    if not is_remote(str(model_path)):
+        sections["runtime"] = {"cache_dir": str(Path(model_path).parent / "export-cache")}
+    return sections
 
 
 def job_config(
     input_path: Path | str, output_path: Path | str, model_path: Path | str, **sections: Any
 ) -> JobConfig:
-    """A validated config over the sample pairs, with sections merged in."""
+    """A validated config over the sample pairs (:func:`job_model`'s model), with sections
+    merged in."""
     data: dict[str, Any] = {
         "input": {
             "path": str(input_path),
@@ -39,9 +60,7 @@ def job_config(
             "text_b": "passage",
             "keep": ["qid", "doc_id"],
         },
-        # float32: the tests compare scores with float32 references (dtype auto would run
-        # bfloat16 on a CPU with AMX); tests of auto set it themselves
-        "model": {"name": str(model_path), "dtype": "float32"},
+        **job_model(model_path),
         "output": {"path": str(output_path)},
     }
     for key, value in sections.items():

@@ -15,7 +15,7 @@ import pytest
 import crossenc
 from crossenc.config import ConfigError
 from crossenc.testing import NLI_LABELS, write_pairs
-from tests.helpers import job_config, read_output
+from tests.helpers import job_config, job_model, read_output
 
 
 def _by(table: pa.Table, key: str) -> dict:
@@ -34,7 +34,7 @@ def test_scorer_in_a_pipeline_matches_the_job_row_by_row(ray_local, models, pair
     # read_parquet -> filter -> crossenc -> write_parquet, config as a plain dict, no paths
     score = crossenc.scorer(
         {
-            "model": {"name": str(model), "dtype": "float32"},
+            **job_model(model),  # as the job's
             "input": {"text_a": "query", "text_b": "passage", "keep": ["qid", "doc_id"]},
         }
     )
@@ -100,7 +100,7 @@ def test_scorer_reranks_across_the_dataset_with_top_k(ray_local, models, pairs_d
     expected = _by(read_output(tmp_path / "job"), "doc_id")
     score = crossenc.scorer(
         {
-            "model": {"name": str(model), "dtype": "float32"},
+            **job_model(model),  # as the job's
             "input": {"keep": ["doc_id"]},
             **sections,
         }

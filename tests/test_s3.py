@@ -46,7 +46,7 @@ def test_job_reads_model_and_pairs_from_s3_and_writes_back(
         task="rerank",
         input={"storage": storage},
         output={"storage": storage},
-        model={"storage": storage},
+        model={"storage": storage, "backend": "torch"},  # the default backend, from S3
         runtime={"cache_dir": str(tmp_path / "cache")},
     )
     result = run_job(cfg)

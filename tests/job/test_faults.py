@@ -65,6 +65,7 @@ def test_scorer_actor_killed_mid_run(ray_local, minilm, tmp_path):
         tmp_path / "in",
         tmp_path / "out",
         minilm,
+        model={"backend": "torch"},  # MiniLM on torch: slow enough to interrupt
         input={"keep": ["pair_id"]},
         output={"files": {"max_rows": 80}},
         runtime={"block_rows": 40},
@@ -99,7 +100,8 @@ def test_driver_killed_then_resumed(ray_local, minilm, tmp_path):
         yaml.safe_dump(
             {
                 "input": {"path": str(tmp_path / "in"), "keep": ["pair_id"]},
-                "model": {"name": str(minilm), "dtype": "float32"},  # as job_config's
+                # MiniLM on torch: slow enough to interrupt
+                "model": {"name": str(minilm), "dtype": "float32", "backend": "torch"},
                 "output": {"path": str(tmp_path / "out"), "files": {"max_rows": 40}},
                 "runtime": {"block_rows": 20},
             }
@@ -137,6 +139,7 @@ def test_driver_killed_then_resumed(ray_local, minilm, tmp_path):
         tmp_path / "in",
         tmp_path / "out",
         minilm,
+        model={"backend": "torch"},
         input={"keep": ["pair_id"]},
         output={"mode": "resume", "files": {"max_rows": 40}},
         runtime={"block_rows": 20},

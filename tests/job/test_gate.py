@@ -66,6 +66,7 @@ def test_which_paths_are_checked(models, pairs_dir, tmp_path):
     folder = models[("bert", 1)]
 
     def path(**model):
+        model = {"backend": "torch", **model}
         return fast_path(job_config(pairs_dir, tmp_path / "o", folder, model=model))
 
     assert path() is None  # float32

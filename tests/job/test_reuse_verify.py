@@ -26,7 +26,7 @@ from crossenc.output.commit import read_manifest
 from crossenc.output.committers import committer_for
 from crossenc.testing import build_tiny_model, write_pairs
 from crossenc.versions import stack_versions
-from tests.helpers import job_config, read_output, table_output
+from tests.helpers import JOB_BACKEND, job_config, read_output, table_output
 
 PAIRS = 60  # night 1; night 2: the same pairs and 12 new ones
 
@@ -62,8 +62,9 @@ def _config(nights, night: str, out: Path | str, model: Path, drift=None, **outp
 
 
 def _upgraded(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Make this process's runs record (and compare) another torch than the installed one."""
-    stack = {**stack_versions(), "torch": "99.0.0"}
+    """Make this process's runs record (and compare) another torch than the installed one
+    (the tests' jobs run on onnx, whose stack holds torch, the exporter, and onnxruntime)."""
+    stack = {**stack_versions(JOB_BACKEND), "torch": "99.0.0"}
     monkeypatch.setattr(pipeline, "stack_versions", lambda backend="torch": dict(stack))
     return stack
 
@@ -150,7 +151,7 @@ def test_tables_record_the_stack_and_a_new_one_is_verified(
     with table_output(kind, tmp_path, "") as out:
         first = run_job(_config(nights, "night1", out["path"], model, **out))
         committer = committer_for(_config(nights, "night1", out["path"], model, **out).output)
-        assert committer.runs()[-1].manifest["stack"] == stack_versions()
+        assert committer.runs()[-1].manifest["stack"] == stack_versions(JOB_BACKEND)
         assert "verify" not in first.summary["phases"]  # nothing earlier: no check
         stack = _upgraded(monkeypatch)
         out["partition_value"] = {"dt": "d2"}

@@ -170,7 +170,11 @@ class _Figures(HTMLParser):
 def test_nightly_labelling_summary_report_and_drift(ray_local, models, pairs_dir, tmp_path):
     model = models[("bert", 3)]
     base = job_config(
-        pairs_dir, tmp_path / "night1", model, task="classify", model={"activation": "softmax"}
+        pairs_dir,
+        tmp_path / "night1",
+        model,
+        task="classify",
+        model={"activation": "softmax", "backend": "torch"},  # the default, prepacked torch
     )
     data = base.model_dump(mode="json")
     data["output"]["report"] = str(tmp_path / "night1.html")

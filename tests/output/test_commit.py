@@ -40,7 +40,7 @@ from crossenc.output.writer import RollingWriter, WriterOptions
 from crossenc.storage import resolve
 from crossenc.testing import write_pairs
 from crossenc.testing.failpoints import EXIT_CODE as FAILPOINT_EXIT
-from tests.helpers import job_config, read_output
+from tests.helpers import job_config, job_model, read_output
 
 BIN = Path(sys.executable).parent
 
@@ -213,7 +213,7 @@ def test_driver_killed_during_commit_then_resumed(ray_local, models, tmp_path, p
         yaml.safe_dump(
             {
                 "input": {"path": str(inp), "keep": ["pair_id"]},
-                "model": {"name": str(models[("bert", 1)]), "dtype": "float32"},
+                **job_model(models[("bert", 1)]),
                 "output": {"path": str(out), "mode": "overwrite", "files": {"max_rows": 50}},
             }
         )

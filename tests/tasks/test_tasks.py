@@ -21,7 +21,7 @@ def _expected(cfg, table) -> np.ndarray:
     pairs = list(
         zip(table.column("query").to_pylist(), table.column("passage").to_pylist(), strict=True)
     )
-    return LocalScorer(cfg.model).predict(pairs)
+    return LocalScorer(cfg.model, cfg.runtime).predict(pairs)
 
 
 def _by_doc(table, column):
@@ -53,7 +53,12 @@ def test_score_task(ray_local, models, pairs_dir, tmp_path):
 @pytest.mark.slow
 def test_score_task_on_a_compiled_model(ray_local, models, pairs_dir, tmp_path):
     """model.compile: the replica compiles at start (the summary says so); scores as eager."""
-    cfg = job_config(pairs_dir, tmp_path / "out", models[("bert", 1)], model={"compile": True})
+    cfg = job_config(
+        pairs_dir,
+        tmp_path / "out",
+        models[("bert", 1)],
+        model={"backend": "torch", "compile": True},
+    )
     result = run_job(cfg)
     out, inp = read_output(tmp_path / "out"), read_input(pairs_dir)
     assert result.rows_written == inp.num_rows
