@@ -148,24 +148,28 @@ def _quantize(src: Path, dst: Path, recipe: str, intermediate_size: int | None) 
 
 
 def ensure_onnx_model(cfg: ModelConfig, info: ModelInfo, cache_dir: str | None = None) -> Path:
-    """The cached ``model.onnx`` for this model and options, exported on first use."""
+    """The cached ``model.onnx`` for this model and options, exported on first use. An int8
+    model is quantized from the cached float32 export (:func:`float32_onnx`): the model is
+    exported from torch once, whatever the quantization options and backends that use it."""
     source = info.source
 
     def build(tmp: Path) -> None:
-        float_path = tmp / "float32.onnx"
-        export_onnx(cfg, source, info.uses_token_type_ids, float_path)
         if cfg.quantize != "none":
             from crossenc.models.load import load_hf_config
 
             width = getattr(load_hf_config(cfg, source), "intermediate_size", None)
-            _quantize(float_path, tmp / "model.onnx", cfg.quantize, width)
-            float_path.unlink()
+            _quantize(float32_onnx(cfg, info, cache_dir), tmp / "model.onnx", cfg.quantize, width)
         else:
-            float_path.rename(tmp / "model.onnx")
+            export_onnx(cfg, source, info.uses_token_type_ids, tmp / "model.onnx")
         export = {"source": source, "quantize": cfg.quantize, "opset": OPSET}
         (tmp / "export.json").write_text(json.dumps(export, indent=1))
 
     return cached_export(onnx_cache_root(cache_dir), cache_key(cfg, info), "model.onnx", build)
+
+
+def float32_onnx(cfg: ModelConfig, info: ModelInfo, cache_dir: str | None = None) -> Path:
+    """The cached float32 export of this model (what onnx int8 and OpenVINO start from)."""
+    return ensure_onnx_model(cfg.model_copy(update={"quantize": "none"}), info, cache_dir)
 
 
 class OnnxRunner:

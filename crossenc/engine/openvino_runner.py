@@ -1,9 +1,10 @@
 """OpenVINO backend (CPU): the model converted once per node, optionally int8 by NNCF, cached.
 
 The conversion reads the float32 ONNX graph of :func:`crossenc.engine.onnx_runner.export_onnx`
-(the exporter every architecture is tested with) into OpenVINO and saves it as IR (weights kept
-float32). ``model.quantize int8`` then quantizes it statically with NNCF's post-training
-quantization (its transformer preset), calibrated on pairs of the job's own input
+(the exporter every architecture is tested with; the cached export that model.backend onnx
+uses, so a model is exported from torch once for both backends) into OpenVINO and saves it as
+IR (weights kept float32). ``model.quantize int8`` then quantizes it statically with NNCF's
+post-training quantization (its transformer preset), calibrated on pairs of the job's own input
 (:attr:`crossenc.models.describe.ModelInfo.calibration`, drawn by :mod:`crossenc.job.gate`), so
 no dataset is downloaded. OpenVINO is used directly, not through optimum-intel, which pins an
 older transformers.
@@ -85,16 +86,14 @@ def calibration_batches(
     return batches
 
 
-def _convert(cfg: ModelConfig, info: ModelInfo, out: Path) -> None:
-    """Write ``out/model.xml`` (and .bin): the float32 ONNX export read into OpenVINO,
+def _convert(cfg: ModelConfig, info: ModelInfo, out: Path, cache_dir: str | None) -> None:
+    """Write ``out/model.xml`` (and .bin): the cached float32 ONNX export read into OpenVINO,
     int8-quantized by NNCF where model.quantize asks."""
     import openvino as ov
 
-    from crossenc.engine.onnx_runner import export_onnx
+    from crossenc.engine.onnx_runner import float32_onnx
 
-    onnx_path = out / "float32.onnx"
-    export_onnx(cfg, info.source, info.uses_token_type_ids, onnx_path)
-    model = ov.convert_model(str(onnx_path))
+    model = ov.convert_model(str(float32_onnx(cfg, info, cache_dir)))
     if cfg.quantize != "none":
         import nncf
 
@@ -107,7 +106,6 @@ def _convert(cfg: ModelConfig, info: ModelInfo, out: Path) -> None:
             subset_size=len(batches),
         )
     ov.save_model(model, str(out / "model.xml"), compress_to_fp16=False)
-    onnx_path.unlink()
     export = {"source": info.source, "quantize": cfg.quantize, "calibration": len(info.calibration)}
     (out / "export.json").write_text(json.dumps(export, indent=1))
 
@@ -129,7 +127,10 @@ def ensure_openvino_model(cfg: ModelConfig, info: ModelInfo, cache_dir: str | No
         )
     key = cache_key(cfg, info)
     return cached_export(
-        cache_root(cache_dir, "openvino"), key, "model.xml", lambda out: _convert(cfg, info, out)
+        cache_root(cache_dir, "openvino"),
+        key,
+        "model.xml",
+        lambda out: _convert(cfg, info, out, cache_dir),
     )
 
 

@@ -194,3 +194,26 @@ print(out.shape, "torch" in sys.modules, "transformers.modeling_utils" in sys.mo
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["(1,", "1)", "False", "False"], run.stdout
+
+
+def test_a_model_is_exported_from_torch_once_for_every_option_and_backend(
+    models, tmp_path, monkeypatch
+):
+    """onnx int8 and int8-full quantize the cached float32 export, and OpenVINO converts it:
+    one torch export per model, whichever comes first."""
+    folder = str(models[("bert", 1)])
+    runtime = RuntimeConfig(cache_dir=str(tmp_path))
+    exports = []
+    real = onnx_backend.export_onnx
+    monkeypatch.setattr(
+        onnx_backend, "export_onnx", lambda *a, **k: exports.append(a[1]) or real(*a, **k)
+    )
+    pairs = _pairs(8)
+    int8 = ModelConfig(dtype="float32", name=folder, backend="onnx", quantize="int8")
+    first = LocalScorer(int8, runtime).predict(pairs)  # exports float32, then quantizes it
+    for update in ({"quantize": "int8-full"}, {"quantize": "none"}, {"backend": "openvino"}):
+        LocalScorer(int8.model_copy(update=update), runtime).predict(pairs)
+    assert exports == [folder]
+    assert len(list(tmp_path.glob("onnx/*/model.onnx"))) == 3  # float32, int8, int8-full
+    assert len(list(tmp_path.glob("openvino/*/model.xml"))) == 1
+    np.testing.assert_array_equal(LocalScorer(int8, runtime).predict(pairs), first)  # cached
