@@ -16,7 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_demo_script_runs_the_msmarco_preset(tmp_path):
+def test_demo_script_runs_the_msmarco_preset(minilm, tmp_path):
+    # the offline model the script would build (it keeps one already there): the session's
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "model").symlink_to(minilm)
     env = {**os.environ, "MODEL": "offline", "ROWS": "400", "OUT": str(tmp_path / "demo")}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
