@@ -170,11 +170,7 @@ class _Figures(HTMLParser):
 def test_nightly_labelling_summary_report_and_drift(ray_local, models, pairs_dir, tmp_path):
     model = models[("bert", 3)]
     base = job_config(
-        pairs_dir,
-        tmp_path / "night1",
-        model,
-        task="classify",
-        model={"activation": "softmax", "backend": "torch"},  # the default, prepacked torch
+        pairs_dir, tmp_path / "night1", model, task="classify", model={"activation": "softmax"}
     )
     data = base.model_dump(mode="json")
     data["output"]["report"] = str(tmp_path / "night1.html")
@@ -213,7 +209,7 @@ def test_nightly_labelling_summary_report_and_drift(ray_local, models, pairs_dir
     assert sum(r["rows"] for r in summary["replicas"]) == rows
     # each replica reports its model load, once, and it fits in the run
     assert all(0 < r["load_seconds"] < summary["wall_seconds"] for r in summary["replicas"])
-    assert {r["runs"] for r in summary["replicas"]} == {"torch cpu float32 sdpa prepacked"}
+    assert {r["runs"] for r in summary["replicas"]} == {"onnx cpu float32"}  # job_model's
     assert all(r["oom_splits"] == 0 for r in summary["replicas"])
     assert 0 < summary["padding_efficiency"] <= 1
     assert summary["throughput"][-1]["rows"] == rows
