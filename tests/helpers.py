@@ -38,14 +38,39 @@ def job_model(model_path: Path | str) -> dict[str, Any]:
     actors are fresh processes, and an ONNX replica starts in ~0.1 s where a torch one imports
     torch and transformers' model code (4-5 s on 2 cores), which ~100 test jobs paid; its
     float32 scores equal torch's to ~1e-7. The export is made once per model for the session
-    (the cache beside the session's tiny models). Tests of the torch path (sentence-transformers
-    parity, compile, the README example, the demo, the fault tests' MiniLM) ask for torch."""
+    (:func:`export_cache`). Tests of the torch path (sentence-transformers parity, compile, the
+    S3 model, the README example, the demo, the API's defaults) ask for torch or leave
+    model.backend unset."""
     sections: dict[str, Any] = {
         "model": {"name": str(model_path), "dtype": "float32", "backend": JOB_BACKEND}
     }
     if not is_remote(str(model_path)):
-        sections["runtime"] = {"cache_dir": str(Path(model_path).parent / "export-cache")}
+        sections["runtime"] = {"cache_dir": export_cache(model_path)}
+        if (Path(model_path) / "config.json").is_file():  # (configs of no model: paths only)
+            _export(str(model_path))
     return sections
+
+
+@functools.cache
+def _export(model_path: str) -> None:
+    """Export a model of the session to its ONNX cache here, where torch is imported already,
+    not in the first job's scorer actor, which would import torch for it (~4 s); models ONNX
+    does not serve (causal-LM rerankers) are left to the job to refuse."""
+    from crossenc.config import ModelConfig
+    from crossenc.engine.onnx_runner import ensure_onnx_model
+    from crossenc.models.describe import describe_model
+    from crossenc.models.load import SEQUENCE_CLASSIFICATION
+
+    cfg = ModelConfig(name=model_path, dtype="float32", backend=JOB_BACKEND)
+    info = describe_model(cfg, export_cache(model_path))
+    if info.kind == SEQUENCE_CLASSIFICATION:
+        ensure_onnx_model(cfg, info, export_cache(model_path))
+
+
+def export_cache(model_path: Path | str) -> str:
+    """The session's ONNX / OpenVINO export cache of a model folder of the session (beside
+    it): each model is exported once for the suite, whichever test comes first."""
+    return str(Path(model_path).parent / "export-cache")
 
 
 def job_config(

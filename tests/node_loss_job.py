@@ -26,7 +26,6 @@ def main(inp: str, out: str, model: str) -> None:
         inp,
         out,
         model,
-        model={"backend": "torch"},  # MiniLM on torch: slow enough to lose a node mid-run
         input={"keep": ["pair_id"]},
         output={"files": {"max_rows": 40}},  # files close (and are journaled) as the run goes
         runtime={"block_rows": 20, "resources_per_replica": {"scorer": 1}},

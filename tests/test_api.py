@@ -76,13 +76,13 @@ def test_scorer_labels_with_the_models_names(ray_local, models, tmp_path):
     crossenc.run(
         {
             "input": {"path": str(tmp_path / "nli"), **section},
-            "model": {"name": str(model)},
+            **job_model(model),
             "task": "classify",
             "output": {"path": str(tmp_path / "job")},
         }
     )
     expected = _by(read_output(tmp_path / "job"), "pair_id")
-    score = crossenc.scorer({"input": section, "model": {"name": str(model)}, "task": "classify"})
+    score = crossenc.scorer({"input": section, **job_model(model), "task": "classify"})
     got = score(ray_local.data.read_parquet(str(tmp_path / "nli"))).take_all()
     assert len(got) == 40
     for row in got:
@@ -133,7 +133,7 @@ def test_scores_are_deterministic_across_block_layouts(ray_local, models):
     """The same pairs give the same scores whatever the dataset's blocks (length-sorted
     batches differ in composition)."""
     rows = [{"i": i, "query": f"query {i % 7}", "passage": "word " * (5 + i)} for i in range(60)]
-    score = crossenc.scorer({"model": {"name": str(models[("bert", 1)])}, "input": {"keep": ["i"]}})
+    score = crossenc.scorer({**job_model(models[("bert", 1)]), "input": {"keep": ["i"]}})
     one = {r["i"]: r["score"] for r in score(ray_local.data.from_items(rows)).take_all()}
     many = ray_local.data.from_items(rows, override_num_blocks=6)
     six = {r["i"]: r["score"] for r in score(many).take_all()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from crossenc.engine import onnx_runner as onnx_backend
 from crossenc.engine.scoring import LocalScorer
 from crossenc.models.describe import describe_model
 from crossenc.testing import ARCHITECTURES, build_minilm_cross_encoder, sample_sentences
-from tests.helpers import hub_model
+from tests.helpers import export_cache, hub_model
 
 pytest.importorskip("onnxruntime")
 
@@ -61,14 +62,14 @@ def _graph_ops(scorer: LocalScorer) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_minilm_onnx_float32_and_int8(minilm, tmp_path):
+def test_minilm_onnx_float32_and_int8(minilm):
     import pyarrow as pa
 
     from bench.data import make_pairs
 
     table: pa.Table = make_pairs(300, seed=5)
     pairs = list(zip(table["query"].to_pylist(), table["passage"].to_pylist(), strict=True))
-    runtime = RuntimeConfig(cache_dir=str(tmp_path))
+    runtime = RuntimeConfig(cache_dir=export_cache(minilm))  # the session's MiniLM exports
     ref = LocalScorer(ModelConfig(dtype="float32", name=minilm), runtime).predict(pairs)
     fp32 = LocalScorer(ModelConfig(dtype="float32", name=minilm, backend="onnx"), runtime).predict(
         pairs
@@ -90,7 +91,8 @@ def test_minilm_onnx_float32_and_int8(minilm, tmp_path):
     assert 0 < np.abs(q - ref).max() < 0.002
     assert _spearman(q, ref) > 0.99
     assert 0.9 < _spearman(qf, ref) < _spearman(q, ref)
-    assert len(list(tmp_path.glob("onnx/*/model.onnx"))) == 3  # one per option set
+    exports = Path(export_cache(minilm)).glob("onnx/*/model.onnx")
+    assert len(list(exports)) == 3  # one per option set
 
 
 def test_feed_forward_matmuls_found_by_weight_shape(models, tmp_path):

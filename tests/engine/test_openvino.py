@@ -14,6 +14,7 @@ from crossenc.engine import openvino_runner as ov_backend
 from crossenc.engine.scoring import LocalScorer, ScoringEngine
 from crossenc.models.describe import describe_model
 from crossenc.testing import sample_sentences
+from tests.helpers import export_cache
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -44,8 +45,8 @@ def test_openvino_float32_matches_torch_on_a_tiny_bert(models, tmp_path, outputs
     assert np.ptp(ref, axis=0).min() > 1e-3  # the scores differ: the comparison means something
 
 
-def test_openvino_float32_matches_torch_on_minilm(minilm, tmp_path):
-    runtime = RuntimeConfig(cache_dir=str(tmp_path))
+def test_openvino_float32_matches_torch_on_minilm(minilm):
+    runtime = RuntimeConfig(cache_dir=export_cache(minilm))  # the session's MiniLM exports
     pairs = _pairs(64)
     ref, _ = _scores(str(minilm), runtime, pairs)
     got, _ = _scores(str(minilm), runtime, pairs, backend="openvino")
@@ -80,10 +81,10 @@ def test_int8_export_is_cached_once_per_model(models, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_minilm_int8_keeps_the_order_of_float32(minilm, tmp_path):
+def test_minilm_int8_keeps_the_order_of_float32(minilm):
     """Static int8 on real MiniLM-L6 weights (a seeded head): scores move, their order stays.
     The scorer calibrates on a seeded sample of its first predict's pairs."""
-    runtime = RuntimeConfig(cache_dir=str(tmp_path))
+    runtime = RuntimeConfig(cache_dir=export_cache(minilm))  # the session's MiniLM exports
     pairs = _pairs(300, seed=11)
     ref, _ = _scores(str(minilm), runtime, pairs, backend="openvino")
     cfg = ModelConfig(

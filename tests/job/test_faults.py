@@ -19,7 +19,7 @@ import yaml
 from crossenc.job.run_job import run_job
 from crossenc.output.parts import parts_from_table
 from crossenc.testing import write_pairs
-from tests.helpers import job_config, read_output
+from tests.helpers import export_cache, job_config, job_model, read_output
 
 BIN = Path(sys.executable).parent
 
@@ -65,7 +65,6 @@ def test_scorer_actor_killed_mid_run(ray_local, minilm, tmp_path):
         tmp_path / "in",
         tmp_path / "out",
         minilm,
-        model={"backend": "torch"},  # MiniLM on torch: slow enough to interrupt
         input={"keep": ["pair_id"]},
         output={"files": {"max_rows": 80}},
         runtime={"block_rows": 40},
@@ -100,10 +99,10 @@ def test_driver_killed_then_resumed(ray_local, minilm, tmp_path):
         yaml.safe_dump(
             {
                 "input": {"path": str(tmp_path / "in"), "keep": ["pair_id"]},
-                # MiniLM on torch: slow enough to interrupt
-                "model": {"name": str(minilm), "dtype": "float32", "backend": "torch"},
+                # as job_config's: MiniLM (slow enough to interrupt) on onnx, its export cache
+                "model": job_model(minilm)["model"],
                 "output": {"path": str(tmp_path / "out"), "files": {"max_rows": 40}},
-                "runtime": {"block_rows": 20},
+                "runtime": {"block_rows": 20, "cache_dir": export_cache(minilm)},
             }
         )
     )
@@ -139,7 +138,6 @@ def test_driver_killed_then_resumed(ray_local, minilm, tmp_path):
         tmp_path / "in",
         tmp_path / "out",
         minilm,
-        model={"backend": "torch"},
         input={"keep": ["pair_id"]},
         output={"mode": "resume", "files": {"max_rows": 40}},
         runtime={"block_rows": 20},
