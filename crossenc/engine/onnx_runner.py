@@ -23,7 +23,7 @@ import numpy as np
 
 from crossenc.config import ModelConfig
 from crossenc.engine.export_cache import cache_root, cached_export, options_key
-from crossenc.models.describe import ModelInfo, export_digest
+from crossenc.models.describe import ModelInfo, export_digest, with_digest
 
 # Bumped whenever the export recipe below changes, so that old cache entries are not reused.
 EXPORT_VERSION = 3
@@ -151,6 +151,7 @@ def ensure_onnx_model(cfg: ModelConfig, info: ModelInfo, cache_dir: str | None =
     """The cached ``model.onnx`` for this model and options, exported on first use. An int8
     model is quantized from the cached float32 export (:func:`float32_onnx`): the model is
     exported from torch once, whatever the quantization options and backends that use it."""
+    info = with_digest(cfg, info)  # one hash of the model's files for both keys
     source = info.source
 
     def build(tmp: Path) -> None:

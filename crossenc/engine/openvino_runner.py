@@ -36,7 +36,7 @@ import numpy as np
 
 from crossenc.config import ConfigError, ModelConfig
 from crossenc.engine.export_cache import cache_root, cached_export, options_key
-from crossenc.models.describe import ModelInfo, export_digest
+from crossenc.models.describe import ModelInfo, export_digest, with_digest
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ def ensure_openvino_model(cfg: ModelConfig, info: ModelInfo, cache_dir: str | No
             "of its input, and a LocalScorer takes its first predict()'s pairs (or "
             "calibration=...); a ScoringEngine or crossenc.scorer needs ModelInfo.calibration set"
         )
+    info = with_digest(cfg, info)  # one hash of the model's files for this key and ONNX's
     key = cache_key(cfg, info)
     return cached_export(
         cache_root(cache_dir, "openvino"),

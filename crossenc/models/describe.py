@@ -477,6 +477,12 @@ def export_digest(cfg: ModelConfig, info: ModelInfo) -> str:
     return info.digest or fingerprint_and_digest(cfg, info)[1]
 
 
+def with_digest(cfg: ModelConfig, info: ModelInfo) -> ModelInfo:
+    """``info`` with its :func:`export_digest` drawn, so that the export keys built from it
+    (an int8 model's and the float32 export it starts from) hash the model's files once."""
+    return info if info.digest else replace(info, digest=export_digest(cfg, info))
+
+
 def model_fingerprint(cfg: ModelConfig, info: ModelInfo) -> dict[str, Any]:
     """Name, revision, a hash of the weight files and one of the files that make the token
     ids (:data:`TOKEN_ID_FILES`): what identifies the scores' source."""

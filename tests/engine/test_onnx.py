@@ -12,6 +12,7 @@ import pytest
 from crossenc.config import ModelConfig, RuntimeConfig
 from crossenc.engine import onnx_runner as onnx_backend
 from crossenc.engine.scoring import LocalScorer
+from crossenc.models import describe as describe_module
 from crossenc.models.describe import describe_model
 from crossenc.testing import ARCHITECTURES, build_minilm_cross_encoder, sample_sentences
 from tests.helpers import export_cache, hub_model
@@ -205,17 +206,24 @@ def test_a_model_is_exported_from_torch_once_for_every_option_and_backend(
     one torch export per model, whichever comes first."""
     folder = str(models[("bert", 1)])
     runtime = RuntimeConfig(cache_dir=str(tmp_path))
-    exports = []
+    exports, hashed = [], []
     real = onnx_backend.export_onnx
     monkeypatch.setattr(
         onnx_backend, "export_onnx", lambda *a, **k: exports.append(a[1]) or real(*a, **k)
     )
+    real_hash = describe_module.fingerprint_and_digest
+    monkeypatch.setattr(
+        describe_module,
+        "fingerprint_and_digest",
+        lambda *a: hashed.append(a[1].source) or real_hash(*a),
+    )
     pairs = _pairs(8)
     int8 = ModelConfig(dtype="float32", name=folder, backend="onnx", quantize="int8")
     first = LocalScorer(int8, runtime).predict(pairs)  # exports float32, then quantizes it
+    assert hashed == [folder]  # the model's files hashed once for the int8 and float32 keys
     for update in ({"quantize": "int8-full"}, {"quantize": "none"}, {"backend": "openvino"}):
         LocalScorer(int8.model_copy(update=update), runtime).predict(pairs)
-    assert exports == [folder]
+    assert exports == [folder] and len(hashed) == 4  # once a scorer
     assert len(list(tmp_path.glob("onnx/*/model.onnx"))) == 3  # float32, int8, int8-full
     assert len(list(tmp_path.glob("openvino/*/model.xml"))) == 1
     np.testing.assert_array_equal(LocalScorer(int8, runtime).predict(pairs), first)  # cached
