@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -25,8 +26,10 @@ from crossenc.config import ModelConfig
 from crossenc.engine.export_cache import cache_root, cached_export, options_key
 from crossenc.models.describe import ModelInfo, export_digest, with_digest
 
+log = logging.getLogger(__name__)
+
 # Bumped whenever the export recipe below changes, so that old cache entries are not reused.
-EXPORT_VERSION = 3
+EXPORT_VERSION = 4
 OPSET = 17
 
 
@@ -43,6 +46,7 @@ def cache_key(cfg: ModelConfig, info: ModelInfo) -> str:
     options = {
         "model": export_digest(cfg, info),
         "quantize": cfg.quantize,
+        "prune_last_layer": cfg.prune_last_layer,
         "export_version": EXPORT_VERSION,
         "opset": OPSET,
         # the exporter's and the modelling code's versions, without importing torch
@@ -82,6 +86,8 @@ def export_onnx(cfg: ModelConfig, source: str, uses_token_type_ids: bool, out: P
         def forward(self, *args: torch.Tensor) -> torch.Tensor:
             return self.inner(**dict(zip(names, args, strict=True))).logits
 
+    if cfg.prune_last_layer:
+        _prune_checked(Logits(model).eval(), sample)
     axes = {name: {0: "batch", 1: "length"} for name in names}
     axes["logits"] = {0: "batch"}
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
@@ -98,6 +104,31 @@ def export_onnx(cfg: ModelConfig, source: str, uses_token_type_ids: bool, out: P
             opset_version=OPSET,
             dynamo=False,
         )
+
+
+def _prune_checked(model: Any, sample: list[Any]) -> bool:
+    """Export the last layer for the first position only (:mod:`crossenc.engine.first_token`)
+    where the architecture allows and the logits on ``sample`` stay the same."""
+    import torch
+
+    from crossenc.engine.first_token import can_prune, logits_tolerance, prune_last_layer
+
+    if not can_prune(model.inner):
+        return False
+    with torch.no_grad():
+        plain = model(*sample)
+        undo = prune_last_layer(model.inner)
+        if undo is None:
+            return False
+        try:
+            diff = float((model(*sample) - plain).abs().max())
+        except Exception:  # noqa: BLE001 - a layout it does not know: export the full model
+            diff = float("nan")
+    if not diff <= logits_tolerance(plain, torch.float32):
+        undo()
+        log.warning("the first-token last layer was refused for the export (logits diff %s)", diff)
+        return False
+    return True
 
 
 def feed_forward_matmuls(model: Any, intermediate_size: int | None) -> list[str]:

@@ -51,6 +51,7 @@ def cache_key(cfg: ModelConfig, info: ModelInfo) -> str:
     options = {
         "model": export_digest(cfg, info),
         "quantize": cfg.quantize,
+        "prune_last_layer": cfg.prune_last_layer,
         "export_version": EXPORT_VERSION,
         "max_length": info.max_length,
         **{name: version(name) for name in ("openvino", "torch", "transformers")},

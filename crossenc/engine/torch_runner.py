@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from crossenc.config import ModelConfig, RuntimeConfig
+from crossenc.engine.first_token import can_prune, logits_tolerance, prune_last_layer
 from crossenc.engine.prepack import can_prepack, prepack_linears
 from crossenc.models.describe import ModelInfo
 from crossenc.models.load import CAUSAL_LM, SEQUENCE_CLASSIFICATION, load_model
@@ -151,10 +152,12 @@ class TorchRunner:
         self.staged = self.device.type == "cuda"
         self._staging = Staging(pin=self.device.type == "cuda")
         self.copies = 0  # host-to-device copies of staged batches
-        self.compiled = self.prepacked = False
+        self.compiled = self.prepacked = self.pruned = False
         self._load(model_cfg, source, info)
         if model_cfg.dtype == "auto" and self.dtype != torch.float32:
             self._check_half_precision(model_cfg, source, info, uses_token_type_ids)
+        if model_cfg.prune_last_layer and self.kind == SEQUENCE_CLASSIFICATION:
+            self._prune(model_cfg.name, uses_token_type_ids)
         if model_cfg.compile:
             self._compile(model_cfg.name, runtime, uses_token_type_ids)
         cpu_float32 = self.device.type == "cpu" and self.dtype == torch.float32
@@ -258,26 +261,64 @@ class TorchRunner:
             batch["token_type_ids"] = np.zeros((rows, length), dtype=np.int64)
         return batch
 
+    def _checked(
+        self, change: Any, what: str, name: str, uses_token_type_ids: bool, otherwise: str
+    ) -> tuple[Any, float] | None:
+        """Apply ``change`` (the model -> a result with an undo, or None where it does not
+        apply) and keep it only if the model then scores a sample batch as before (within
+        :func:`logits_tolerance`): (its result, the logits' max abs diff), or None after
+        putting the model back, with a warning saying why and what runs ``otherwise``."""
+        sample = self._sample_batch(4, 24, uses_token_type_ids)
+        plain = self._run(sample)
+        result = None
+        try:
+            result = change(self.model)
+            if result is None:
+                return None
+            diff = float(np.abs(self._run(sample) - plain).max())
+            why = f"its logits differ from the plain model's by {diff:.2e}"
+        except Exception as err:  # noqa: BLE001 - an op this build lacks: keep the plain model
+            diff, why = float("nan"), f"{type(err).__name__}: {err}"
+        if not diff <= logits_tolerance(plain, self.dtype):  # NaN (it raised) too
+            if result is not None:
+                (result if callable(result) else result.undo)()
+            log.warning("%s for %s refused (%s): %s", what, name, why, otherwise)
+            return None
+        return result, diff
+
+    def _prune(self, name: str, uses_token_type_ids: bool) -> None:
+        """Compute the last layer for the position the head reads only
+        (:mod:`crossenc.engine.first_token`), where the architecture allows and the logits
+        stay the same."""
+        if not can_prune(self.model):
+            return
+        kept = self._checked(
+            prune_last_layer,
+            "the first-token last layer",
+            name,
+            uses_token_type_ids,
+            "its last layer runs in full",
+        )
+        if kept is not None:
+            self.pruned = True
+            log.info(
+                "%s: last layer computed for the first position only (logits within %.1e)",
+                name,
+                kept[1],
+            )
+
     def _prepack(self, name: str, uses_token_type_ids: bool) -> None:
         """Run the linear layers on pre-packed oneDNN weights (:mod:`crossenc.engine.prepack`), if
         this PyTorch can and the packed model scores a sample batch as the plain one does."""
         if not can_prepack():
             log.info("this PyTorch has no oneDNN packed linear ops: %s runs plain", name)
             return
-        sample = self._sample_batch(4, 24, uses_token_type_ids)
-        plain = self._run(sample)
-        packed = None
-        try:
-            packed = prepack_linears(self.model)  # leaves the model as it was if it raises
-            diff = float(np.abs(self._run(sample) - plain).max())
-            why = f"its logits differ from the plain model's by {diff:.2e}"
-        except Exception as err:  # noqa: BLE001 - an op this build lacks: keep the plain model
-            diff, why = float("nan"), f"{type(err).__name__}: {err}"
-        if not diff <= 1e-4 * max(1.0, float(np.abs(plain).max())):  # NaN (it raised) too
-            if packed is not None:
-                packed.undo()
-            log.warning("pre-packed weights for %s refused (%s): it runs plain", name, why)
+        kept = self._checked(
+            prepack_linears, "pre-packed weights", name, uses_token_type_ids, "it runs plain"
+        )
+        if kept is None:
             return
+        packed, diff = kept
         self.prepacked = True
         log.info(
             "%s: %d linear layers on pre-packed weights, %d GELUs fused (logits within %.1e)",
@@ -319,6 +360,7 @@ class TorchRunner:
             "attention": self.attn_implementation,
             "compiled": self.compiled,
             "prepacked": self.prepacked,
+            "first_token": self.pruned,
         }
 
 

@@ -238,6 +238,7 @@ def test_torch_runner_uses_sdpa_float32_on_cpu(models):
         "attention": "sdpa",
         "compiled": False,
         "prepacked": True,
+        "first_token": True,
     }
 
 
