@@ -40,7 +40,7 @@ from crossenc.models.describe import ModelInfo, export_digest, with_digest
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 1  # bumped whenever the recipe below changes
+EXPORT_VERSION = 2  # bumped whenever the recipe below changes
 PRECISION = {"auto": "f32", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 
@@ -87,6 +87,23 @@ def calibration_batches(
     return batches
 
 
+def one_row_matmuls(model: Any) -> list[str]:
+    """The MatMuls whose rows are at most one, whatever the batch: the pruned last layer's
+    (:mod:`crossenc.engine.first_token`: its query, attention, output and feed-forward for the
+    first position). Quantizing them saves nothing and puts their error straight into the
+    logits, so int8 leaves them out."""
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        shape = op.input(0).get_partial_shape()
+        if shape.rank.is_static and shape.rank.get_length() >= 3:
+            rows = shape[shape.rank.get_length() - 2].get_max_length()  # -1: unbounded
+            if 0 <= rows <= 1:
+                names.append(op.get_friendly_name())
+    return names
+
+
 def _convert(cfg: ModelConfig, info: ModelInfo, out: Path, cache_dir: str | None) -> None:
     """Write ``out/model.xml`` (and .bin): the cached float32 ONNX export read into OpenVINO,
     int8-quantized by NNCF where model.quantize asks."""
@@ -105,6 +122,7 @@ def _convert(cfg: ModelConfig, info: ModelInfo, out: Path, cache_dir: str | None
             model_type=nncf.ModelType.TRANSFORMER,  # keeps softmax, layer norms, adds float
             preset=nncf.QuantizationPreset.MIXED,  # asymmetric activations (after GELU)
             subset_size=len(batches),
+            ignored_scope=nncf.IgnoredScope(names=one_row_matmuls(model), validate=False),
         )
     ov.save_model(model, str(out / "model.xml"), compress_to_fp16=False)
     export = {"source": info.source, "quantize": cfg.quantize, "calibration": len(info.calibration)}

@@ -3,6 +3,7 @@ them, exports cached by hash, once per model, wrong combinations refused."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -78,6 +79,49 @@ def test_int8_export_is_cached_once_per_model(models, tmp_path, monkeypatch):
     bigger = ov_backend.cache_key(cfg.model_copy(update={"calibration_sample": 600}), info)
     plain = ov_backend.cache_key(cfg.model_copy(update={"quantize": "none"}), info)
     assert key == night and len({key, bigger, plain}) == 3
+
+
+def _weight_is_float(op) -> bool:
+    """Whether a MatMul's weight input is a float32 constant (not int8 weights dequantized)."""
+    source = op.input_value(1).get_node()
+    return (
+        source.get_type_name() == "Constant" and source.get_element_type().get_type_name() == "f32"
+    )
+
+
+def test_int8_leaves_the_pruned_last_layer_in_float(models, tmp_path):
+    """The pruned last layer's MatMuls (one row each, whatever the batch) stay float: they cost
+    nothing and their error would go straight into the logits; every other MatMul with a
+    weight is int8. Without the prune there is no such MatMul."""
+    import openvino as ov
+
+    from crossenc.engine.onnx_runner import float32_onnx
+
+    folder = str(models[("bert", 1)])
+    cfg = ModelConfig(name=folder, dtype="float32", backend="openvino", quantize="int8")
+    info = replace(describe_model(cfg, str(tmp_path)), calibration=tuple(_pairs(24, seed=9)))
+    float_model = ov.Core().read_model(str(float32_onnx(cfg, info, str(tmp_path))))
+    one_row = ov_backend.one_row_matmuls(float_model)
+    last = json.loads((models[("bert", 1)] / "config.json").read_text())["num_hidden_layers"] - 1
+    layers = {name.split("/layer.")[1].split("/")[0] for name in one_row}
+    assert len(one_row) == 6 and layers == {str(last)}  # query, scores, context, output, ffn x2
+    int8 = ov.Core().read_model(str(ov_backend.ensure_openvino_model(cfg, info, str(tmp_path))))
+    matmuls = {
+        op.get_friendly_name(): op
+        for op in int8.get_ordered_ops()
+        if op.get_type_name() == "MatMul"
+    }
+    projections = [
+        n
+        for n in matmuls
+        if "/dense" in n or any(f"/{name}/" in n for name in ("query", "key", "value"))
+    ]
+    kept = {n for n in projections if _weight_is_float(matmuls[n])}
+    assert kept == {n for n in one_row if n in projections} and len(kept) == 4
+    assert len(projections) - len(kept) > 4  # the other layers' projections are int8
+    unpruned = cfg.model_copy(update={"prune_last_layer": False, "quantize": "none"})
+    plain = ov.Core().read_model(str(float32_onnx(unpruned, info, str(tmp_path))))
+    assert ov_backend.one_row_matmuls(plain) == []
 
 
 @pytest.mark.slow
