@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,8 +42,14 @@ class FirstTokenLayer(nn.Module):
         super().__init__()
         self.layer = layer
         attention = layer.attention.self
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
         module = sys.modules[type(attention).__module__]
-        self.eager: Callable[..., Any] = module.eager_attention_forward
+        eager: Callable[..., Any] = module.eager_attention_forward
+        # Resolved once: the callers choose the attention implementation before they prune.
+        self.attend: Callable[..., Any] = ALL_ATTENTION_FUNCTIONS.get_interface(
+            attention.config._attn_implementation, eager
+        )
 
     def forward(
         self,
@@ -51,8 +58,6 @@ class FirstTokenLayer(nn.Module):
         *_: Any,
         **__: Any,
     ) -> torch.Tensor:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
         block = self.layer.attention
         attention = block.self
         rows, size = hidden_states.shape[0], attention.attention_head_size
@@ -63,10 +68,7 @@ class FirstTokenLayer(nn.Module):
         mask = attention_mask
         if mask is not None and mask.dim() == 4:
             mask = mask[:, :, :1, :]  # the first query row (a broadcast row stays as it is)
-        attend = ALL_ATTENTION_FUNCTIONS.get_interface(
-            attention.config._attn_implementation, self.eager
-        )
-        output, _ = attend(
+        output, _ = self.attend(
             attention,
             query,
             key.transpose(1, 2),
@@ -104,10 +106,17 @@ def can_prune(model: nn.Module) -> bool:
     return _layers(model) is not None
 
 
-def prune_last_layer(model: nn.Module) -> Callable[[], None] | None:
+@dataclass(frozen=True)
+class Pruned:
+    """What :func:`prune_last_layer` changed, and how to put it back."""
+
+    undo: Callable[[], None]
+
+
+def prune_last_layer(model: nn.Module) -> Pruned | None:
     """Swap the last encoder layer of ``model`` for a :class:`FirstTokenLayer`, in place.
-    Returns the function that puts it back, or None where the architecture is not one whose
-    head reads only the first position (or its layers are laid out otherwise)."""
+    Returns how to put it back, or None where the architecture is not one whose head reads
+    only the first position (or its layers are laid out otherwise)."""
     layers = _layers(model)
     if layers is None:
         return None
@@ -120,11 +129,4 @@ def prune_last_layer(model: nn.Module) -> Callable[[], None] | None:
     def undo() -> None:
         layers[-1] = original
 
-    return undo
-
-
-def logits_tolerance(plain: Any, dtype: torch.dtype) -> float:
-    """How far a pruned model's logits may be from the full model's: float32 rounding of the
-    same sums in another order (1e-4 of the logits' scale), or 16-bit's (2e-2)."""
-    scale = max(1.0, float(abs(plain).max()))
-    return (1e-4 if dtype == torch.float32 else 2e-2) * scale
+    return Pruned(undo)

@@ -87,7 +87,7 @@ def export_onnx(cfg: ModelConfig, source: str, uses_token_type_ids: bool, out: P
             return self.inner(**dict(zip(names, args, strict=True))).logits
 
     if cfg.prune_last_layer:
-        _prune_checked(Logits(model).eval(), sample)
+        _prune_checked(Logits(model).eval(), sample, cfg.name)
     axes = {name: {0: "batch", 1: "length"} for name in names}
     axes["logits"] = {0: "batch"}
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
@@ -106,29 +106,25 @@ def export_onnx(cfg: ModelConfig, source: str, uses_token_type_ids: bool, out: P
         )
 
 
-def _prune_checked(model: Any, sample: list[Any]) -> bool:
+def _prune_checked(model: Any, sample: list[Any], name: str) -> None:
     """Export the last layer for the first position only (:mod:`crossenc.engine.first_token`)
     where the architecture allows and the logits on ``sample`` stay the same."""
     import torch
 
-    from crossenc.engine.first_token import can_prune, logits_tolerance, prune_last_layer
+    from crossenc.engine.checked import keep_if_same
+    from crossenc.engine.first_token import can_prune, prune_last_layer
 
     if not can_prune(model.inner):
-        return False
+        return
     with torch.no_grad():
-        plain = model(*sample)
-        undo = prune_last_layer(model.inner)
-        if undo is None:
-            return False
-        try:
-            diff = float((model(*sample) - plain).abs().max())
-        except Exception:  # noqa: BLE001 - a layout it does not know: export the full model
-            diff = float("nan")
-    if not diff <= logits_tolerance(plain, torch.float32):
-        undo()
-        log.warning("the first-token last layer was refused for the export (logits diff %s)", diff)
-        return False
-    return True
+        checked = keep_if_same(prune_last_layer, model.inner, lambda: model(*sample), torch.float32)
+    if checked.why:
+        log.warning(
+            "the first-token last layer of %s was refused for the export (%s): it is exported "
+            "in full",
+            name,
+            checked.why,
+        )
 
 
 def feed_forward_matmuls(model: Any, intermediate_size: int | None) -> list[str]:

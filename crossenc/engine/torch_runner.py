@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from crossenc.config import ModelConfig, RuntimeConfig
-from crossenc.engine.first_token import can_prune, logits_tolerance, prune_last_layer
+from crossenc.engine.checked import Checked, keep_if_same
+from crossenc.engine.first_token import can_prune, prune_last_layer
 from crossenc.engine.prepack import can_prepack, prepack_linears
 from crossenc.models.describe import ModelInfo
 from crossenc.models.load import CAUSAL_LM, SEQUENCE_CLASSIFICATION, load_model
@@ -263,28 +264,15 @@ class TorchRunner:
 
     def _checked(
         self, change: Any, what: str, name: str, uses_token_type_ids: bool, otherwise: str
-    ) -> tuple[Any, float] | None:
-        """Apply ``change`` (the model -> a result with an undo, or None where it does not
-        apply) and keep it only if the model then scores a sample batch as before (within
-        :func:`logits_tolerance`): (its result, the logits' max abs diff), or None after
-        putting the model back, with a warning saying why and what runs ``otherwise``."""
+    ) -> Checked:
+        """Apply ``change`` and keep it only where the model then scores a sample batch as
+        before (:func:`~crossenc.engine.checked.keep_if_same`); warn, naming the model and
+        what runs ``otherwise``, where it was refused."""
         sample = self._sample_batch(4, 24, uses_token_type_ids)
-        plain = self._run(sample)
-        result = None
-        try:
-            result = change(self.model)
-            if result is None:
-                return None
-            diff = float(np.abs(self._run(sample) - plain).max())
-            why = f"its logits differ from the plain model's by {diff:.2e}"
-        except Exception as err:  # noqa: BLE001 - an op this build lacks: keep the plain model
-            diff, why = float("nan"), f"{type(err).__name__}: {err}"
-        if not diff <= logits_tolerance(plain, self.dtype):  # NaN (it raised) too
-            if result is not None:
-                (result if callable(result) else result.undo)()
-            log.warning("%s for %s refused (%s): %s", what, name, why, otherwise)
-            return None
-        return result, diff
+        checked = keep_if_same(change, self.model, lambda: self._run(sample), self.dtype)
+        if checked.why:
+            log.warning("%s for %s refused (%s): %s", what, name, checked.why, otherwise)
+        return checked
 
     def _prune(self, name: str, uses_token_type_ids: bool) -> None:
         """Compute the last layer for the position the head reads only
@@ -292,19 +280,19 @@ class TorchRunner:
         stay the same."""
         if not can_prune(self.model):
             return
-        kept = self._checked(
+        checked = self._checked(
             prune_last_layer,
             "the first-token last layer",
             name,
             uses_token_type_ids,
             "its last layer runs in full",
         )
-        if kept is not None:
+        if checked.kept:
             self.pruned = True
             log.info(
                 "%s: last layer computed for the first position only (logits within %.1e)",
                 name,
-                kept[1],
+                checked.diff,
             )
 
     def _prepack(self, name: str, uses_token_type_ids: bool) -> None:
@@ -313,19 +301,18 @@ class TorchRunner:
         if not can_prepack():
             log.info("this PyTorch has no oneDNN packed linear ops: %s runs plain", name)
             return
-        kept = self._checked(
+        checked = self._checked(
             prepack_linears, "pre-packed weights", name, uses_token_type_ids, "it runs plain"
         )
-        if kept is None:
+        if not checked.kept:
             return
-        packed, diff = kept
         self.prepacked = True
         log.info(
             "%s: %d linear layers on pre-packed weights, %d GELUs fused (logits within %.1e)",
             name,
-            packed.linears,
-            packed.fused_gelus,
-            diff,
+            checked.result.linears,
+            checked.result.fused_gelus,
+            checked.diff,
         )
 
     @torch.inference_mode()
