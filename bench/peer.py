@@ -43,12 +43,14 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -315,12 +317,38 @@ def _commands(
     }
 
 
+FAILURES = (RuntimeError, OSError, subprocess.SubprocessError)  # a contender's run failed
+
+
+def _last_lines(error: BaseException) -> str:
+    return "\n".join(str(error).strip().splitlines()[-6:])
+
+
+def guarded(run: Callable[[str], float], failed: dict[str, str]) -> Callable[[str], float]:
+    """``run`` (a contender's name -> seconds), where a contender other than the reference
+    that fails is recorded in ``failed`` (the last lines of its error: a quality gate's refusal,
+    say), not run again, and timed NaN; the reference's failure still ends the benchmark."""
+
+    def run_or_record(name: str) -> float:
+        if name in failed:
+            return math.nan
+        try:
+            return run(name)
+        except FAILURES as e:
+            if name == REFERENCE:
+                raise
+            failed[name] = _last_lines(e)
+            return math.nan
+
+    return run_or_record
+
+
 def _failure(run: Any) -> str | None:
     """None if ``run()`` succeeds, else the last lines of its error."""
     try:
         run()
-    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-        return "\n".join(str(e).strip().splitlines()[-6:])
+    except FAILURES as e:
+        return _last_lines(e)
     return None
 
 
@@ -416,14 +444,19 @@ def peer(args: argparse.Namespace) -> dict[str, Any]:
         block: dict[str, Any] = {"model": MODELS[name], "sizes": {}}
         for n in sizes:
             cmds = commands(data[n])
-            times = interleaved(names, partial(timed_fresh, cmds, env, outputs), args.reps)
+            failed: dict[str, str] = {}  # a contender that fails a timed run (its gate, say)
+            run = guarded(partial(timed_fresh, cmds, env, outputs), failed)
+            times = interleaved(names, run, args.reps)
+            for c, why in failed.items():
+                result["skipped"][f"{c} ({name}, {n} pairs)"] = why
+            times = {c: t for c, t in times.items() if c not in failed}
             scores = {
-                c: read_scores(out / (f"{c}.parquet" if c.startswith("st_") else c)) for c in names
+                c: read_scores(out / (f"{c}.parquet" if c.startswith("st_") else c)) for c in times
             }
             block["sizes"][str(n)] = size_result(times, scores, n, cores)
             # the last repetition's own account of its time, before its folder goes
             block["sizes"][str(n)]["crossenc_time"] = {
-                c: where_the_time_went(out / c) for c in names if c.startswith("crossenc")
+                c: where_the_time_went(out / c) for c in times if c.startswith("crossenc")
             }
             print(json.dumps({name: {n: block["sizes"][str(n)]}}), file=sys.stderr, flush=True)
         result["models"][name] = block

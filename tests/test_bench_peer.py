@@ -15,6 +15,7 @@ from bench.peer import (
     BASELINE,
     REFERENCE,
     crossenc_contenders,
+    guarded,
     onnx_quantization_config,
     read_scores,
     size_result,
@@ -136,3 +137,31 @@ def test_where_a_crossenc_run_spent_its_time_is_kept_from_its_summary(tmp_path: 
         ],
     }
     assert where_the_time_went(tmp_path / "missing") is None
+
+
+def test_a_contender_that_fails_a_timed_run_is_recorded_not_run_again() -> None:
+    """A gate that refuses a contender (exit 2) skips it with the reason; the benchmark goes on,
+    but the user's script failing still ends it."""
+    calls: list[str] = []
+
+    def run(name: str) -> float:
+        calls.append(name)
+        if name != "crossenc_openvino_int8":
+            return 1.0
+        raise RuntimeError("crossenc score exited 2:\nquality gate: spearman 0.98 < 0.99")
+
+    failed: dict[str, str] = {}
+    timed = guarded(run, failed)
+    names = [REFERENCE, "crossenc_openvino_int8", BASELINE]
+    seconds = [timed(n) for _ in range(2) for n in names]
+    assert seconds[0] == 1.0 and np.isnan(seconds[1]) and np.isnan(seconds[4])
+    assert calls.count("crossenc_openvino_int8") == 1  # not run again after it failed
+    assert failed == {
+        "crossenc_openvino_int8": "crossenc score exited 2:\nquality gate: spearman 0.98 < 0.99"
+    }
+
+    def script_fails(name: str) -> float:
+        raise RuntimeError("the script broke")
+
+    with pytest.raises(RuntimeError, match="the script broke"):
+        guarded(script_fails, {})(REFERENCE)
