@@ -45,10 +45,15 @@ class ScorerReplica:
     row): :meth:`crossenc.engine.scoring.ScoringEngine.score_flat`, or ``score_windows_flat`` for
     model.long_text chunk's rows of windows."""
 
-    def __init__(self, cfg: JobConfig, info: ModelInfo, load: bool = True) -> None:
+    def __init__(
+        self, cfg: JobConfig, info: ModelInfo, load: bool = True, counter: Any = None
+    ) -> None:
         """``load`` false: the model is loaded when a row to score first arrives (a night whose
-        every row output.incremental matched loads none)."""
+        every row output.incremental matched loads none). ``counter``: an actor told the rows
+        of every block scored (:class:`crossenc.job.progress.ScoredRows`), for runs whose rows
+        reach the driver only after a shuffle."""
         self.cfg, self.info, self.task = cfg, info, task_for(cfg)
+        self.counter = counter
         self.replica = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
         self.engine: ScoringEngine | None = None
         self.load_seconds = 0.0  # reported with the first rows scored
@@ -141,6 +146,8 @@ class ScorerReplica:
         for name, column in columns.items():
             out = out.append_column(name, column)
         assert out.num_rows == batch.num_rows, "scorer must keep every row"
+        if self.counter is not None:
+            self.counter.add.remote(out.num_rows)  # fire and forget
         return out
 
 

@@ -121,10 +121,16 @@ class Ledger:
             part.metrics = ""
         self.parts.extend(new)
 
-    def on_progress(self, t: float, rows: int) -> None:
-        """Rows handed to the writers at ``t``: the throughput timeline and the progress line."""
+    def on_progress(self, t: float, rows: int, counted: bool = False) -> None:
+        """Rows handed to the writers at ``t``: the throughput timeline and the progress line
+        (unless ``counted`` already, as the replicas scored them: :meth:`on_scored`)."""
         self.metrics.progress(t, rows)
-        self.progress.add(rows)
+        if not counted:
+            self.progress.add(rows)
+
+    def on_scored(self, rows: int) -> None:
+        """Rows the replicas scored (a run that shuffles before it writes): the progress line."""
+        self.progress.add(min(rows, max(self.progress.total - self.progress.done, 0)))
 
 
 @dataclass

@@ -36,6 +36,7 @@ def scoring_stages(
     rank_partitions: int | None = None,
     tokenized: bool = False,
     load_model: bool = True,
+    counter: Any = None,
 ) -> ray.data.Dataset:
     """Tokenize (unless ``tokenized``: the rows hold the token columns already, as the job's
     read tasks leave them), score on the replicas, and (with ``rank_partitions``) rank each
@@ -43,7 +44,8 @@ def scoring_stages(
     :func:`crossenc.scorer` share. Rows keep the carried columns and gain the score columns,
     ``truncated`` and the internal ones (the error, metrics; see
     :data:`crossenc.output.writer.INTERNAL`). ``load_model`` false: the replicas load the model
-    only if a row to score reaches them (output.incremental matched every row)."""
+    only if a row to score reaches them (output.incremental matched every row); ``counter``:
+    the actor the replicas tell the rows they scored (:class:`crossenc.job.progress.ScoredRows`)."""
     rt = cfg.runtime
     if not tokenized:
         ds = ds.map_batches(
@@ -55,7 +57,7 @@ def scoring_stages(
         )
     ds = ds.map_batches(
         ScorerReplica,
-        fn_constructor_kwargs={"cfg": cfg, "info": info, "load": load_model},
+        fn_constructor_kwargs={"cfg": cfg, "info": info, "load": load_model, "counter": counter},
         batch_size=rt.block_rows,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=rt.replicas),
@@ -81,9 +83,11 @@ def build_dataset(
     rerank_shuffle: bool = False,
     reference: dict[str, Any] | None = None,
     load_model: bool = True,
+    counter: Any = None,
 ) -> ray.data.Dataset:
     """The lazy Ray Data pipeline; executing it hands scored rows to the writers and yields
-    one progress row per block (rows handed over, and the parts of files that closed)."""
+    one progress row per block (rows handed over, and the parts of files that closed);
+    ``counter``: see :func:`scoring_stages`."""
     rt = cfg.runtime
     ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 1000)))
     # Each row group is read and tokenized by one task: the texts never go through the object
@@ -106,7 +110,9 @@ def build_dataset(
     rows = sum(max(int(u["end"]) - int(u["start"]), 0) for u in units)  # type: ignore[call-overload]
     partitions = max(1, min(200, rows // rt.block_rows + 1))
     ranks = partitions if rerank_shuffle else None
-    ds = scoring_stages(ds, cfg, info, ranks, tokenized=True, load_model=load_model)
+    ds = scoring_stages(
+        ds, cfg, info, ranks, tokenized=True, load_model=load_model, counter=counter
+    )
     # The write tasks only wait on the writers: they reserve no CPU (a reservation of theirs
     # would keep tokenize tasks from the CPUs they leave idle), and as many run at a time as
     # there are writers (two per writer ran no faster), not a worker process per block.

@@ -19,6 +19,7 @@ from crossenc.job.dataflow import build_dataset
 from crossenc.job.incremental import Matches
 from crossenc.job.match import EarlierScores
 from crossenc.job.prepare import Prepared
+from crossenc.job.progress import ScoredRows
 from crossenc.job.takeover import TakeOver
 from crossenc.output.parts import (
     PartStats,
@@ -40,10 +41,13 @@ def score_pass(
     on_parts: Any,
     on_progress: Any,
     reuse: Matches | None = None,
+    on_scored: Any = None,
 ) -> None:
     """One pass of the pipeline over the todo ranges: writers started, the stream consumed,
     the writers flushed (a writer that died loses its open file: the next pass redoes it).
-    ``reuse``: output.incremental's matches (see :mod:`crossenc.job.incremental`)."""
+    ``reuse``: output.incremental's matches (see :mod:`crossenc.job.incremental`).
+    ``on_scored``: told the rows the replicas score as they score them, where the rows reach
+    the driver only after a shuffle (``on_progress`` then only records them)."""
     ensure_ray()
     files = cfg.output.files
     count = cfg.runtime.writers or cfg.runtime.replicas
@@ -65,6 +69,8 @@ def score_pass(
         expected_rows={f.path: f.rows for f in plan.files if f.path in todo} if within else {},
         rank_whole_input=whole,
     )
+    shuffled = cfg.task == "rerank" and not within  # its rows reach the driver at the end
+    counter = ScoredRows(on_scored) if shuffled and on_scored is not None else None
     actor = writer_actor()
     prefix = f"r{attempt}" if attempt else ""
     writers = [actor.remote(cfg.output, run_id, f"{prefix}w{i}", options) for i in range(count)]
@@ -81,12 +87,13 @@ def score_pass(
             run_id,
             writers,
             options,
-            cfg.task == "rerank" and not within,
+            shuffled,
             dict(plan.reference),
             load_model=not (reuse and reuse.covers(todo) and not plan.pending),
+            counter=counter.actor if counter else None,
         )
         for row in ds.iter_rows():
-            on_progress(row["t"], row["accounted"])
+            on_progress(row["t"], row["accounted"], counted=counter is not None)
             on_parts([PartStats(**p) for p in json.loads(row["parts"])])
         for writer in writers:
             try:
@@ -94,6 +101,8 @@ def score_pass(
             except ray.exceptions.RayActorError:
                 log.warning("an output writer died: its open file is scored again")
     finally:
+        if counter is not None:
+            counter.close()
         for writer in writers:
             ray.kill(writer)
 
@@ -108,6 +117,7 @@ def score_passes(
     on_parts: Any,
     on_progress: Any,
     reuse: Matches | None = None,
+    on_scored: Any = None,
 ) -> tuple[JobPlan, dict[str, list[list[int]]]]:
     """Score the todo ranges; while rows are missing (a writer died with its open file), score
     them again, at most twice. Returns the plan with every footer read, and what is missing."""
@@ -120,7 +130,7 @@ def score_passes(
                 rows_in(todo),
                 len(todo),
             )
-        score_pass(cfg, plan, todo, run_id, attempt, on_parts, on_progress, reuse)
+        score_pass(cfg, plan, todo, run_id, attempt, on_parts, on_progress, reuse, on_scored)
         if pending is not None:  # every footer is known now: the accounting needs them all
             # (the model's description as the gate left it: its int8 calibration pairs)
             plan, pending = replace(pending.result(), info=plan.info), None
@@ -145,6 +155,7 @@ def score(
             ledger.on_parts,
             ledger.on_progress,
             earlier.matches,
+            ledger.on_scored,
         )
     except Exception:
         run.committer.check_not_outrun(run.base, run.record.run_id, ledger.parts)

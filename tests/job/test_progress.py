@@ -103,3 +103,47 @@ def test_the_command_on_a_terminal_draws_the_bar_and_uses_the_cores(models, pair
     assert re.search(r"crossenc: +100%\|.*\| 300/300 \[", err), err[-2000:]  # the live line
     assert "progress: " not in err  # no log lines beside it
     assert b"committed to" in stdout
+
+
+@pytest.mark.slow
+def test_a_shuffled_rerank_counts_rows_as_the_replicas_score_them(
+    ray_local, minilm, pairs_dir, tmp_path, monkeypatch
+):
+    """The rows of a rerank across files reach the driver only after the shuffle: the progress
+    line counts them as the replicas finish them, before the first row is written, once each."""
+    import time
+
+    from crossenc.job import progress
+    from crossenc.job.accounting import Ledger
+    from crossenc.job.run_job import run_job
+    from tests.helpers import job_config
+
+    monkeypatch.setattr(progress, "POLL_SECONDS", 0.1)
+    seen: dict[str, list[tuple[float, int]]] = {"scored": [], "written": []}
+    on_scored, on_progress = Ledger.on_scored, Ledger.on_progress
+
+    def scored(self, rows):
+        seen["scored"].append((time.monotonic(), rows))
+        on_scored(self, rows)
+
+    def written(self, t, rows, counted=False):
+        assert counted  # the rows were counted as scored already
+        seen["written"].append((time.monotonic(), rows))
+        on_progress(self, t, rows, counted)
+
+    monkeypatch.setattr(Ledger, "on_scored", scored)
+    monkeypatch.setattr(Ledger, "on_progress", written)
+    cfg = job_config(
+        pairs_dir,
+        tmp_path / "out",
+        minilm,
+        task="rerank",
+        rerank={"group_by": "qid", "within_files": False},
+        runtime={"writers": 2},  # two writers: a shuffle, not one writer ranking it all
+    )
+    result = run_job(cfg)
+    assert sum(rows for _, rows in seen["scored"]) == result.rows_read == 300
+    assert seen["written"] and sum(rows for _, rows in seen["written"]) == 300
+    first_written = min(t for t, _ in seen["written"])
+    before = sum(rows for t, rows in seen["scored"] if t < first_written)
+    assert before >= 100, seen  # the line moved while the replicas scored
