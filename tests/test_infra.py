@@ -53,9 +53,11 @@ def load_yaml(path: Path) -> Any:
 
 
 def pyproject_dependencies() -> dict[str, Requirement]:
-    """The dependencies a cluster's Python needs: crossenc's own and its tables extra."""
+    """The dependencies a cluster's Python needs: crossenc's own, its tables and evaluate
+    extras."""
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    extras = data["project"]["optional-dependencies"]["tables"]
+    optional = data["project"]["optional-dependencies"]
+    extras = optional["tables"] + optional["evaluate"]
     reqs = [Requirement(r) for r in data["project"]["dependencies"] + extras]
     return {canonical(r.name): r for r in reqs}
 
