@@ -123,7 +123,14 @@ def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
         + (repr(info.prompt) if info.prompt else "none")
         + (", pairs rendered by the model's chat template" if info.chat_template else ""),
         f"task: {cfg.task}"
-        + (f" by {cfg.rerank.group_by}, top_k {cfg.rerank.top_k}" if cfg.task == "rerank" else ""),
+        + (f" by {cfg.rerank.group_by}, top_k {cfg.rerank.top_k}" if cfg.task == "rerank" else "")
+        + (
+            f" ({cfg.evaluate.kind} against {cfg.evaluate.gold}"
+            + (f", queries by {cfg.evaluate.group_by}" if cfg.evaluate.kind == "rerank" else "")
+            + ")"
+            if cfg.task == "evaluate"
+            else ""
+        ),
         f"output: {cfg.output.path} ({cfg.output.format}"
         + (f" table {cfg.output.table}" if cfg.output.table else "")
         + f") columns {cfg.carried_columns() + outputs + extra + cfg.output.partition_by}",

@@ -255,6 +255,43 @@ class ClassifyConfig(_Strict):
     )
 
 
+class EvaluateConfig(_Strict):
+    """Metrics against gold labels in the input (task: evaluate)."""
+
+    kind: Literal["rerank", "classify", "similarity"] = Field(
+        "rerank",
+        description="rerank: MRR@k, NDCG@k, MAP and Recall@k per query (gold: integer relevance "
+        "grades, bool or 0/1); classify: accuracy, F1, precision, recall, the confusion matrix "
+        "and, for a single-output model, average precision (gold: a label name or index, or 0/1 "
+        "for a single-output model); similarity: Pearson and Spearman (gold: a number).",
+    )
+    gold: str = Field("relevance", description="The input column with the gold label.")
+    group_by: str = Field("qid", description="kind rerank: the column whose values are queries.")
+    at_k: int = Field(10, ge=1, description="kind rerank: the cutoff of MRR@k, NDCG@k, Recall@k.")
+    relevant_from: int = Field(
+        1, ge=1, description="kind rerank: the least grade that counts as relevant (MRR, MAP, R)."
+    )
+    bootstrap: int = Field(
+        1000,
+        ge=0,
+        description="Resamples of the 95% confidence intervals over queries (rows for classify); "
+        "0: none. Above 100,000 queries the interval is the normal one.",
+    )
+    seed: int = Field(0, description="Seed of the bootstrap and of the randomization test.")
+    compare_to: list[str] = Field(
+        default_factory=list,
+        description="kind rerank: outputs of earlier task evaluate runs of other models on the "
+        "same labelled log; the leaderboard lists them, and per metric the paired difference "
+        "over the queries both have, its 95% interval and p-values (randomization, paired t).",
+    )
+
+    @model_validator(mode="after")
+    def _compare_rankings(self) -> EvaluateConfig:
+        if self.compare_to and self.kind != "rerank":
+            raise ValueError("evaluate.compare_to compares per-query metrics: kind rerank only")
+        return self
+
+
 class DriftConfig(_Strict):
     """How far this run may move from the output.compare_to run before it counts as drift."""
 
@@ -607,17 +644,29 @@ class JobConfig(_Strict):
 
     input: InputConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
-    task: Literal["score", "classify", "rerank"] = Field(
-        "score", description="score: one score column; classify: labels; rerank: ranks in groups."
+    task: Literal["score", "classify", "rerank", "evaluate"] = Field(
+        "score",
+        description="score: one score column; classify: labels; rerank: ranks in groups; "
+        "evaluate: scores and metrics against the input's gold labels (see evaluate).",
     )
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     output: OutputConfig
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     quality_gate: QualityGateConfig = Field(
         default_factory=QualityGateConfig,
         description="How a path faster than float32 is checked against it before a run scores.",
     )
+
+    @model_validator(mode="after")
+    def _evaluate_sees_every_row(self) -> JobConfig:
+        if self.task == "evaluate" and self.output.incremental == "skip":
+            raise ValueError(
+                "task evaluate computes its metrics over the rows written, and output.incremental "
+                "skip leaves reused rows out: use output.incremental true"
+            )
+        return self
 
     @model_validator(mode="after")
     def _partition_columns_are_new(self) -> JobConfig:
@@ -632,11 +681,16 @@ class JobConfig(_Strict):
         return self
 
     def carried_columns(self) -> list[str]:
-        """Input columns copied to the output: the kept ones, and the group key of a rerank."""
+        """Input columns copied to the output: the kept ones, the group key of a rerank, and the
+        gold labels (and queries) of an evaluation."""
         cols = list(self.input.keep)
-        if self.task == "rerank" and self.rerank.group_by not in cols:
+        if self.task == "rerank":
             cols.append(self.rerank.group_by)
-        return cols
+        if self.task == "evaluate":
+            cols.append(self.evaluate.gold)
+            if self.evaluate.kind == "rerank":
+                cols.append(self.evaluate.group_by)
+        return list(dict.fromkeys(cols))
 
     def needed_columns(self) -> list[str]:
         """Input columns the job reads: the two texts and the carried columns."""
@@ -682,6 +736,10 @@ class JobConfig(_Strict):
             "text_a": self.input.text_a,
             "text_b": self.input.text_b,
         }
+        if self.task == "evaluate":  # its carried columns
+            relevant["evaluate"] = self.evaluate.model_dump(
+                mode="json", include={"kind", "gold", "group_by"}
+            )
         if self.output.incremental:  # the output's columns (pair_hash) and rows (skip) differ
             relevant["incremental"] = self.output.incremental
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

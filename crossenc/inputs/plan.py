@@ -172,7 +172,20 @@ def _key_naming(cfg: JobConfig, column: str) -> str:
     keys = {cfg.input.text_a: "input.text_a", cfg.input.text_b: "input.text_b"}
     if cfg.task == "rerank":
         keys.setdefault(cfg.rerank.group_by, "rerank.group_by")
+    if cfg.task == "evaluate":
+        keys.setdefault(cfg.evaluate.gold, "evaluate.gold")
+        if cfg.evaluate.kind == "rerank":
+            keys.setdefault(cfg.evaluate.group_by, "evaluate.group_by")
     return keys.get(column, "input.keep")
+
+
+def _gold_fits(kind: str, t: pa.DataType) -> bool:
+    """Whether an evaluate.kind's gold labels can have type ``t``: grades (integer, bool, or
+    whole floats), numbers for similarity, names or indices (or 0/1) for classify."""
+    number = pa.types.is_integer(t) or pa.types.is_floating(t)
+    if kind == "similarity":
+        return number
+    return number or pa.types.is_boolean(t) or (kind == "classify" and _is_text(t))
 
 
 def schema_problem(
@@ -192,6 +205,12 @@ def schema_problem(
                 f"text column {col!r} has type {schema.field(col).type}, not string "
                 f"({_key_naming(cfg, col)})"
             )
+    gold = cfg.evaluate.gold
+    if cfg.task == "evaluate" and not _gold_fits(cfg.evaluate.kind, schema.field(gold).type):
+        return (
+            f"gold column {gold!r} has type {schema.field(gold).type}, which evaluate.kind "
+            f"{cfg.evaluate.kind} cannot read as gold labels (evaluate.gold)"
+        )
     for col, kind in (reference or {}).items():
         if schema.field(col).type != kind:
             return f"column {col!r} has type {schema.field(col).type}, other files {kind}"

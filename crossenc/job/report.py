@@ -83,6 +83,7 @@ def render_report(summary: dict[str, Any]) -> str:
         _quantile_table(summary),
         "<h2>Labels</h2>",
         _label_figure(summary),
+        *_evaluation_section(summary.get("evaluation")),
         "<h2>Drift</h2>",
         _drift_section(summary.get("drift")),
         "<h2>Throughput</h2>",
@@ -415,6 +416,71 @@ def _label_figure(summary: dict[str, Any]) -> str:
         fontsize="small",
     )
     return _figure_html("label-distribution", caption, "distribution of predicted labels", fig)
+
+
+def _evaluation_section(evaluation: dict[str, Any] | None) -> list[str]:
+    """task evaluate: the leaderboard (with 95% intervals), the per-query metric distributions
+    of a ranking, the confusion matrix and the calibration of a classifier."""
+    if not evaluation:
+        return []
+    from crossenc.job.evaluation import difference_line, intervals
+
+    rows = evaluation.get("leaderboard") or []
+    header = list(rows[0]) if rows else []
+
+    def cell(column: str, value: Any, ci: dict[str, Any]) -> str:
+        bounds = ci.get(column)
+        if isinstance(value, float) and bounds:
+            return f"{_fmt(value)} [{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
+        return _esc(_fmt(value))
+
+    cis = intervals(evaluation)
+    board = [[cell(c, r.get(c), ci) for c in header] for r, ci in zip(rows, cis, strict=True)]
+    said = f"{evaluation['kind']} against <code>{_esc(evaluation['gold'])}</code>: " + (
+        f"{evaluation['rows']:,} rows"
+        + (f", {evaluation['queries']:,} queries" if "queries" in evaluation else "")
+    )
+    out = ["<h2>Evaluation</h2>", f"<p>{said}</p>", _table(header, board, "leaderboard")]
+    out += [f"<p>{_esc(difference_line(c))}</p>" for c in evaluation.get("compared") or []]
+    out.append(_distribution_figure(evaluation))
+    if evaluation.get("confusion"):
+        labels = [_esc(n) for n in evaluation["confusion"]["labels"]]
+        matrix = evaluation["confusion"]["matrix"]
+        body = [
+            [f"gold {n}", *(str(v) for v in row)] for n, row in zip(labels, matrix, strict=True)
+        ]
+        out.append(_table(["", *(f"predicted {n}" for n in labels)], body, "confusion"))
+    out.append(_calibration_figure(evaluation.get("calibration")))
+    return [o for o in out if o]
+
+
+def _distribution_figure(evaluation: dict[str, Any]) -> str:
+    dist = evaluation.get("distribution")
+    if not dist:
+        return ""
+    edges = np.asarray(dist["edges"])
+    names = [n for n in dist if n != "edges"]
+    fig, axes = _new_figure(1, len(names))
+    for ax, name in zip(axes, names, strict=True):
+        _bars(ax, edges, np.asarray(dist[name], dtype=float))
+        ax.set_xlabel(name)
+    axes[0].set_ylabel("queries")
+    caption = "Per-query metrics: how many queries reach each value (tenths of 0 to 1)."
+    return _figure_html("per-query", caption, "histograms of per-query metrics", fig)
+
+
+def _calibration_figure(curve: dict[str, Any] | None) -> str:
+    if not curve:
+        return ""
+    fig, (ax,) = _new_figure()
+    ax.plot(curve["mean_score"], curve["positive_rate"], marker="o", color=CURRENT_COLOR)
+    low = min(0.0, *curve["mean_score"])
+    high = max(1.0, *curve["mean_score"])
+    ax.plot([low, high], [low, high], linestyle="--", color="0.5", linewidth=1)
+    ax.set_xlabel("mean score (per score decile)")
+    ax.set_ylabel("share of gold positives")
+    caption = "Calibration: per score decile, the share of gold positives against the mean score."
+    return _figure_html("calibration", caption, "reliability curve", fig)
 
 
 def _throughput_figure(summary: dict[str, Any]) -> str:

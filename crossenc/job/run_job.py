@@ -6,6 +6,7 @@
 3. :mod:`~crossenc.job.match`: earlier runs' scores to reuse (output.incremental);
 4. :mod:`~crossenc.job.passes`: the score passes (the dataflow of :mod:`~crossenc.job.dataflow`);
 5. :mod:`~crossenc.job.accounting`: every row read written, dead-lettered or dropped once;
+   :mod:`~crossenc.job.evaluation`: the metrics against gold labels (task: evaluate);
 6. :mod:`~crossenc.job.summary`: the run summary, and the drift against an earlier run;
 7. :mod:`~crossenc.job.manifest` and :mod:`~crossenc.job.commit`: the one commit;
 8. :mod:`~crossenc.job.report`: the HTML report (output.report).
@@ -22,6 +23,7 @@ from crossenc.job.accounting import Ledger, account
 from crossenc.job.clock import Clock
 from crossenc.job.cluster import for_this_machine
 from crossenc.job.commit import commit_run
+from crossenc.job.evaluation import evaluate_run, with_leaderboard
 from crossenc.job.gate import gate
 from crossenc.job.manifest import build_manifest
 from crossenc.job.match import match_earlier
@@ -56,6 +58,10 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     plan, run_id = run.plan, run.record.run_id
     counts = account(plan.files, plan.rows, ledger, taken.kept, run_id)
     files = (len(plan.files), len(plan.skipped))
+    evaluation = None
+    if cfg.task == "evaluate":
+        evaluation = evaluate_run(cfg, run.output, ledger.parts, plan.info, run_id)
+        staged_at = clock.lap("evaluate", staged_at)
     summary = summarise(
         cfg,
         run_id,
@@ -68,6 +74,8 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         earlier.verdict,
         checked,
     )
+    if evaluation is not None:
+        summary["evaluation"] = with_leaderboard(evaluation, summary)
     manifest = build_manifest(cfg, run, counts, summary, taken.kept, earlier.key, stack)
     seconds = commit_run(run, manifest, ledger.parts, summary, clock, staged_at)
     if cfg.output.report:

@@ -20,6 +20,7 @@ import numpy as np
 from crossenc.config import JobConfig
 from crossenc.job.accounting import Counts
 from crossenc.job.clock import Clock
+from crossenc.job.evaluation import leaderboard_lines
 from crossenc.job.verify import Verdict
 from crossenc.metrics import RunMetrics
 
@@ -65,7 +66,11 @@ def build_summary(
         "padding_efficiency": round(real / computed, 4) if computed else None,
         "store": {"retried_requests": metrics.store_retries},
         "scores": {col: stats.summary() for col, stats in sorted(metrics.scores.items())},
-        "labels": dict(sorted(metrics.labels.items())) if task == "classify" else None,
+        "labels": (
+            dict(sorted(metrics.labels.items()))
+            if task == "classify" or (task == "evaluate" and metrics.labels)
+            else None
+        ),
         "token_lengths": metrics.token_histogram(),
         "throughput": metrics.throughput(started),
         "drift": None,
@@ -201,8 +206,31 @@ def summary_table(summary: dict[str, Any]) -> str:
     if drift:
         verdict = "DRIFT: " + "; ".join(drift["reasons"]) if drift["drifted"] else "no drift"
         lines.append((f"vs {drift['compare_to']}", verdict))
+    evaluation = summary.get("evaluation")
+    if evaluation:
+        counted = evaluation.get("queries")
+        lines.append(
+            (
+                f"evaluation ({evaluation['kind']})",
+                f"against {evaluation['gold']}: {evaluation['rows']} rows"
+                + (f", {counted} queries" if counted is not None else "")
+                + (
+                    f" ({evaluation['queries_without_relevant']} without a relevant pair)"
+                    if evaluation.get("queries_without_relevant")
+                    else ""
+                )
+                + (
+                    f", {evaluation['rows_without_gold']} rows without gold left out"
+                    if evaluation.get("rows_without_gold")
+                    else ""
+                ),
+            )
+        )
     width = max(len(k) for k, _ in lines)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
+    text = "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
+    if evaluation:
+        text += "\n" + "\n".join(leaderboard_lines(evaluation))
+    return text
 
 
 def summarise(

@@ -9,10 +9,13 @@ from crossenc.models.load import load_tokenizer
 from crossenc.models.tokenize import check_chunking
 from crossenc.tasks.base import Task
 from crossenc.tasks.classify import ClassifyTask
+from crossenc.tasks.evaluate import EvaluateTask
 from crossenc.tasks.rerank import RerankTask
 from crossenc.tasks.score import ScoreTask
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (ScoreTask, ClassifyTask, RerankTask)}
+TASKS: dict[str, type[Task]] = {
+    t.name: t for t in (ScoreTask, ClassifyTask, RerankTask, EvaluateTask)
+}
 
 
 def task_for(cfg: JobConfig) -> Task:

@@ -1,8 +1,8 @@
 """The interface every task implements: the columns it adds, its per-row post-processing (scores
 to output columns), its per-group post-processing, and what it needs from the model and input.
 
-A task is chosen by ``task:`` in the config (:func:`crossenc.tasks.task_for`); ``evaluate`` and
-``mine`` come next as two more modules beside ``score``, ``classify`` and ``rerank``.
+A task is chosen by ``task:`` in the config (:func:`crossenc.tasks.task_for`): ``score``,
+``classify``, ``rerank`` and ``evaluate``, a module each; ``mine`` comes next as one more.
 """
 
 from __future__ import annotations

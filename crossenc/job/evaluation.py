@@ -1,0 +1,269 @@
+"""Phase 5b, evaluation (task: evaluate): the metrics of the written rows against their gold
+labels, computed before the commit so that the summary and the manifest carry them.
+
+Only the narrow columns are read back from the run's output files (the gold label, the score
+columns, the query): a few bytes a row, read by IO threads from any store. Ranking metrics are
+computed per query, whatever file a query's rows landed in, and the overall figure is their
+mean, exactly. The per-query metrics are written as Parquet at
+``<output.path>/_evaluation/<run_id>/per_query.parquet``, to be joined with the team's own
+slices of its queries (length, locale, traffic).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from crossenc.config import ConfigError, JobConfig
+from crossenc.evaluation import metrics
+from crossenc.evaluation.compare import compare, earlier_evaluation
+from crossenc.inputs.sample import IO_THREADS
+from crossenc.models.describe import ModelInfo
+from crossenc.output.parts import PartStats
+from crossenc.storage import Location
+from crossenc.tasks.base import score_names
+
+log = logging.getLogger(__name__)
+
+FOLDER = "_evaluation"  # beside the output's rows: readers of the output skip _-prefixed paths
+
+
+def read_columns(output: Location, parts: list[PartStats], columns: list[str]) -> pa.Table:
+    """``columns`` of every output file the parts name, concatenated (IO threads)."""
+    files = sorted({p.file for p in parts if p.file})
+    if not files:
+        return pa.table({c: pa.array([], pa.null()) for c in columns})
+    fs = output.arrow_fs
+
+    def read(path: str) -> pa.Table:
+        return pq.read_table(path, columns=columns, filesystem=fs)
+
+    with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="evaluate") as pool:
+        return pa.concat_tables(list(pool.map(read, files)), promote_options="permissive")
+
+
+def evaluate_run(
+    cfg: JobConfig, output: Location, parts: list[PartStats], info: ModelInfo, run_id: str
+) -> dict[str, Any]:
+    """The evaluation section of the run summary: the model's metrics against
+    ``evaluate.gold`` over the rows written (dead-lettered rows have no score; rows without a
+    gold label are counted and left out), with their 95% intervals; a ranking's per-query
+    metrics are written as Parquet (its path in ``per_query``)."""
+    ev = cfg.evaluate
+    started = time.monotonic()
+    scores = score_names(info)
+    group = [ev.group_by] if ev.kind == "rerank" else []
+    table = read_columns(output, parts, [ev.gold, *scores, *group])
+    gold = table.column(ev.gold)
+    labelled = pc.is_valid(gold).to_numpy(zero_copy_only=False)
+    out: dict[str, Any] = {
+        "kind": ev.kind,
+        "gold": ev.gold,
+        "model": cfg.model.name,
+        "rows": table.num_rows,
+        "rows_without_gold": int((~labelled).sum()),
+    }
+    table = table.filter(pa.array(labelled))
+    gold = table.column(ev.gold)
+    if table.num_rows == 0:  # every row dead-lettered, or none labelled: nothing to measure
+        log.warning("evaluation of %s: no scored row has a gold label", cfg.model.name)
+        out.update({"metrics": {}, "ci95": {}, "seconds": round(time.monotonic() - started, 3)})
+        return out
+    if ev.kind == "rerank":
+        relevance = _integers(gold, ev.gold)
+        per_query = metrics.per_query_ranking(
+            table.column(ev.group_by).combine_chunks(),
+            relevance,
+            _column(table, scores[0]),
+            ev.at_k,
+            ev.relevant_from,
+        )
+        out.update(metrics.ranking_summary(per_query, ev.at_k, ev.bootstrap, ev.seed))
+        out["at_k"] = ev.at_k
+        per_query = per_query.rename_columns([ev.group_by, *per_query.column_names[1:]])
+        out["per_query"] = _write_per_query(output, run_id, per_query)
+        storage = cfg.output.storage
+        out["compared"] = [
+            compare(
+                per_query,
+                ev.group_by,
+                metrics.ranking_names(ev.at_k),
+                earlier_evaluation(path, storage),
+                path,
+                storage,
+                ev.bootstrap,
+                ev.seed,
+            )
+            for path in ev.compare_to
+        ]
+    elif ev.kind == "similarity":
+        out.update(metrics.similarity(_column(table, scores[0]), _numbers(gold, ev.gold)))
+    elif info.num_labels == 1:
+        binary = _integers(gold, ev.gold)
+        if not np.isin(binary, (0, 1)).all():
+            bad = sorted(set(np.unique(binary).tolist()) - {0, 1})[:5]
+            raise ConfigError(
+                f"evaluate.kind classify with single-output model {cfg.model.name} needs 0/1 "
+                f"(or bool) gold labels in {ev.gold!r}; it holds {bad}"
+            )
+        out.update(
+            metrics.binary_classification(_column(table, scores[0]), binary, ev.bootstrap, ev.seed)
+        )
+    else:
+        logits = np.stack([_column(table, s) for s in scores], axis=1)
+        indices = _label_indices(gold, list(info.labels), ev.gold, cfg.model.name)
+        out.update(
+            metrics.multiclass_classification(
+                logits, indices, list(info.labels), ev.bootstrap, ev.seed
+            )
+        )
+    out["seconds"] = round(time.monotonic() - started, 3)
+    log.info("evaluation of %s: %s", cfg.model.name, _headline(out))
+    return out
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy().astype(np.float64, copy=False)
+
+
+def _integers(gold: pa.ChunkedArray, name: str) -> np.ndarray:
+    """Integer grades (bool as 0/1); a fractional grade is refused, naming it."""
+    kind = gold.type
+    if pa.types.is_boolean(kind) or pa.types.is_integer(kind):
+        return gold.to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_floating(kind):
+        values = gold.to_numpy(zero_copy_only=False)
+        fractional = values[values != np.round(values)]
+        if len(fractional):
+            raise ConfigError(
+                f"evaluate.gold {name!r} must hold integer grades (or bool): it holds "
+                f"{fractional[0]}; a similarity score is evaluate.kind similarity"
+            )
+        return values.astype(np.int64)
+    raise ConfigError(f"evaluate.gold {name!r} must hold integer grades or bool, not {kind}")
+
+
+def _numbers(gold: pa.ChunkedArray, name: str) -> np.ndarray:
+    kind = gold.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        raise ConfigError(f"evaluate.gold {name!r} must hold numbers for similarity, not {kind}")
+    return gold.to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _label_indices(gold: pa.ChunkedArray, labels: list[str], name: str, model: str) -> np.ndarray:
+    """Gold label names (or indices) as indices into the model's labels; an unknown one is
+    refused, naming it and the model's labels."""
+    if pa.types.is_integer(gold.type):
+        indices = gold.to_numpy(zero_copy_only=False).astype(np.int64)
+        bad = indices[(indices < 0) | (indices >= len(labels))]
+        if len(bad):
+            raise ConfigError(
+                f"evaluate.gold {name!r} holds label index {bad[0]}, but {model} has "
+                f"{len(labels)} labels {labels}"
+            )
+        return indices
+    text = pc.utf8_lower(gold.cast(pa.string()))
+    lowered = [label.lower() for label in labels]
+    indices = pc.index_in(text, value_set=pa.array(lowered)).to_numpy(zero_copy_only=False)
+    missing = np.isnan(indices) if indices.dtype.kind == "f" else np.zeros(len(indices), bool)
+    if missing.any():
+        unknown = sorted(set(pc.filter(text, pa.array(missing)).to_pylist()))[:5]
+        raise ConfigError(
+            f"evaluate.gold {name!r} holds labels {unknown} that {model} does not have; its "
+            f"labels are {labels}"
+        )
+    return indices.astype(np.int64)
+
+
+def _write_per_query(output: Location, run_id: str, per_query: pa.Table) -> str:
+    """Write the per-query metrics under the output; returns where (as the output is named)."""
+    relative = f"{FOLDER}/{run_id}/per_query.parquet"
+    path = output.join(relative)
+    output.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    pq.write_table(per_query, path, filesystem=output.arrow_fs)
+    remote = "://" in output.uri
+    return f"{output.uri.rstrip('/')}/{relative}" if remote else path
+
+
+HEADLINE = {  # the model cards' columns per kind: sentence-transformers' tables
+    "rerank": ("ndcg@{k}", "mrr@{k}", "map"),
+    "classify": ("accuracy", "f1_macro", "average_precision"),
+    "similarity": ("spearman", "pearson"),
+}
+
+
+def with_leaderboard(evaluation: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation with its leaderboard rows, laid out as the model cards lay theirs out:
+    the model, the kind's headline metrics and docs/s (rows a second per replica while it
+    scored, and over the whole score phase), measured in this run; then the row of each run
+    of ``evaluate.compare_to``, as that run measured it."""
+    k = evaluation.get("at_k", 10)
+    names = [n.format(k=k) for n in HEADLINE[evaluation["kind"]]]
+    replicas = summary.get("replicas") or []
+    rows = sum(r["rows"] for r in replicas)
+    busy = sum(r["busy_seconds"] for r in replicas)
+    score_seconds = (summary.get("phases") or {}).get("score") or 0
+    row = {
+        "model": evaluation["model"],
+        **{n: evaluation["metrics"][n] for n in names if n in evaluation["metrics"]},
+        "docs_per_second_per_replica": round(rows / busy, 1) if busy else None,
+        "docs_per_second_score_phase": round(rows / score_seconds, 1) if score_seconds else None,
+    }
+    earlier = [c["leaderboard"] for c in evaluation.get("compared") or [] if c.get("leaderboard")]
+    return {**evaluation, "leaderboard": [row, *earlier]}
+
+
+def intervals(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The 95% intervals of each leaderboard row: this run's, then each compared run's own."""
+    compared = [c for c in evaluation.get("compared") or [] if c.get("leaderboard")]
+    return [evaluation.get("ci95") or {}, *(c.get("ci95") or {} for c in compared)]
+
+
+def leaderboard_lines(evaluation: dict[str, Any]) -> list[str]:
+    """The leaderboard as an aligned text table, with the intervals where there are some, then
+    a line per compared run with the paired differences."""
+    rows = evaluation.get("leaderboard") or []
+    if not rows:
+        return []
+    columns = list(rows[0])
+
+    def cell(row: dict[str, Any], column: str, ci: dict[str, Any]) -> str:
+        value = row.get(column)
+        if isinstance(value, float) and ci.get(column):
+            low, high = ci[column]
+            return f"{value:.4f} [{low:.4f}, {high:.4f}]"
+        return f"{value:.4f}" if isinstance(value, float) and "docs" not in column else str(value)
+
+    cis = intervals(evaluation)
+    table = [columns, *[[cell(r, c, ci) for c in columns] for r, ci in zip(rows, cis, strict=True)]]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in table]
+    return [line.rstrip() for line in lines] + [
+        difference_line(c) for c in evaluation.get("compared") or []
+    ]
+
+
+def difference_line(compared: dict[str, Any]) -> str:
+    """One compared run: per metric, this model minus that one over the queries both have,
+    the 95% interval, and the p-value (randomization test, else paired t)."""
+    said = []
+    for name, d in compared["differences"].items():
+        ci = d.get("ci95")
+        p = d["p_randomization"] if d["p_randomization"] is not None else d["p_paired_t"]
+        said.append(
+            f"{name} {d['mean_difference']:+.4f}"
+            + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+            + (f" p {p:.3g}" if p is not None else "")
+        )
+    return f"vs {compared['model']} ({compared['queries_compared']} queries): " + "; ".join(said)
+
+
+def _headline(out: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in out["metrics"].items() if isinstance(v, float))
