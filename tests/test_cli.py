@@ -21,7 +21,9 @@ PRESETS = {  # preset -> (matching tiny model, its text columns)
     "quora-duplicates": (("roberta", 1), ("question1", "question2")),
     "qnli": (("electra", 1), ("question", "sentence")),
     "nli-labels": (("deberta-v2", 3), ("premise", "hypothesis")),
+    "evaluate-rerank": (("bert", 1), ("query", "passage")),
 }
+GOLD = {"evaluate-rerank": ["--set", "evaluate.gold=pair_id"]}  # write_pairs' int64 column
 
 
 def _args(command, preset, model, data, out, *extra):
@@ -44,7 +46,14 @@ def test_preset_validates_against_matching_model(preset, models, tmp_path, capsy
     (arch_outputs, columns) = PRESETS[preset]
     write_pairs(tmp_path / "data", rows=20, columns=columns)
     code = main(
-        _args("validate", preset, models[arch_outputs], tmp_path / "data", tmp_path / "out")
+        _args(
+            "validate",
+            preset,
+            models[arch_outputs],
+            tmp_path / "data",
+            tmp_path / "out",
+            *GOLD.get(preset, []),
+        )
     )
     out = capsys.readouterr().out
     assert code == EXIT_OK, out
