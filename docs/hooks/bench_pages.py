@@ -94,6 +94,7 @@ PAGES = {
     "latest-memory.json": ("cpu.md", None),
     "latest-oob.json": ("oob.md", "crossenc score's defaults against a user's script"),
     "latest-peer-20000.json": ("peer.md", "20,000 pairs: the 16-bit paths, one repetition"),
+    "latest-peer-2400-bert-base.json": ("peer.md", "BERT-base size (seeded), 2,400 pairs"),
     "latest-peer.json": ("peer.md", None),
     "latest-scale.json": ("scale.md", None),
     "latest-tables.json": ("scale.md#delta-lake-and-iceberg-commits", None),
