@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from pathlib import Path
 
@@ -25,3 +26,12 @@ def versions() -> dict[str, str]:
         with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
     return out
+
+
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def isa_caps() -> dict[str, str]:
+    """The instruction-set caps this run's processes inherit (torch's kernels, oneDNN, MKL):
+    how an AVX2-only CPU is emulated on a newer one; empty when none is set."""
+    return {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}

@@ -123,13 +123,14 @@ def interleaved(
 def oob(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved whole-process runs of the user's script and the default job, per size."""
     from bench.data import write_pairs
-    from bench.machine import cpu_model, versions
+    from bench.machine import cpu_model, isa_caps, versions
 
     work = Path(args.work)
     model, script, env = contenders_setup(work)
     result: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "isa_caps": isa_caps(),
         "repetitions": args.reps,
         "versions": versions(),
         "sizes": {},

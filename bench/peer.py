@@ -355,7 +355,7 @@ def _failure(run: Any) -> str | None:
 def peer(args: argparse.Namespace) -> dict[str, Any]:
     """Per model and size: interleaved whole-process runs of the peer's and crossenc's paths."""
     from bench.data import write_pairs
-    from bench.machine import cpu_model, versions
+    from bench.machine import cpu_model, isa_caps, versions
     from bench.models import build_bert_base
     from crossenc import __version__
     from crossenc.engine.torch_runner import cpu_has_bf16_matmul
@@ -373,6 +373,7 @@ def peer(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": f"{cpu_model()}, {cores} cores",
+        "isa_caps": isa_caps(),
         "what": "crossenc against sentence-transformers' torch, ONNX int8 and OpenVINO int8",
         "repetitions": args.reps,
         "crossenc_default_dtype": "bfloat16" if cpu_has_bf16_matmul() else "float32",

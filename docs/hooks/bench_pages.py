@@ -93,6 +93,7 @@ PAGES = {
     "latest-long.json": ("../models.md#long-inputs-8192-token-models", None),
     "latest-memory.json": ("cpu.md", None),
     "latest-oob.json": ("oob.md", "crossenc score's defaults against a user's script"),
+    "latest-oob-avx2-capped.json": ("oob.md", "the same, the CPU capped at AVX2"),
     "latest-peer-20000.json": ("peer.md", "20,000 pairs: the 16-bit paths, one repetition"),
     "latest-peer-2400-bert-base.json": ("peer.md", "BERT-base size (seeded), 2,400 pairs"),
     "latest-peer.json": ("peer.md", None),
