@@ -73,6 +73,7 @@ def test_ray_job_submit_runs_the_job(ray_head, models, pairs_dir, tmp_path):
     # A failing job makes `ray job submit` fail, with the config error in its logs.
     proc = submit(url, env, "--config", str(config), "--set", "task=reranking")
     assert proc.returncode != 0
-    assert "task: Input should be 'score', 'classify' or 'rerank'" in proc.stdout + proc.stderr
+    said = proc.stdout + proc.stderr
+    assert "task: Input should be 'score', 'classify', 'rerank' or 'evaluate'" in said
     # the entrypoint's exit code (2: config error) reaches the submitter in the status message
     assert "failed with exit code 2" in proc.stdout + proc.stderr

@@ -44,14 +44,15 @@ def pairs(table: pa.Table) -> list[list[str]]:
     return [list(p) for p in zip(*texts, strict=True)]
 
 
-def test_reranking_equals_sentence_transformers(ray_local, minilm, models, tmp_path):
+def test_reranking_equals_sentence_transformers(ray_local, models, tmp_path):
     rng = np.random.default_rng(5)
     relevance = (rng.random(192) < 0.25).astype(np.int64)
     table = labelled(tmp_path, 192, seed=5, relevance=relevance)
+    model = models[("bert", 1)]
     cfg = job_config(
         tmp_path / "in",
         tmp_path / "out",
-        minilm,
+        model,
         task="evaluate",
         evaluate={"kind": "rerank", "gold": "relevance", "group_by": "qid", "at_k": 5},
     )
@@ -70,7 +71,7 @@ def test_reranking_equals_sentence_transformers(ray_local, minilm, models, tmp_p
                 "negative": [d for d, g in zip(docs, gold, strict=True) if not g],
             }
         )
-    want = CrossEncoderRerankingEvaluator(samples, at_k=5)(CrossEncoder(str(minilm)))
+    want = CrossEncoderRerankingEvaluator(samples, at_k=5)(CrossEncoder(str(model)))
     for name in ("map", "mrr@5", "ndcg@5"):
         assert got["metrics"][name] == pytest.approx(want[name], abs=1e-6), name
     assert 0 < got["metrics"]["ndcg@5"] < 1
@@ -85,7 +86,7 @@ def test_reranking_equals_sentence_transformers(ray_local, minilm, models, tmp_p
     assert low < got["metrics"]["ndcg@5"] < high
 
     board = got["leaderboard"][0]
-    assert board["model"] == str(minilm) and board["ndcg@5"] == got["metrics"]["ndcg@5"]
+    assert board["model"] == str(model) and board["ndcg@5"] == got["metrics"]["ndcg@5"]
     assert board["docs_per_second_score_phase"] > 0 and board["docs_per_second_per_replica"] > 0
     committed = json.loads((tmp_path / "out" / SUMMARY).read_text())
     assert committed["evaluation"]["metrics"] == got["metrics"]
@@ -97,7 +98,7 @@ def test_reranking_equals_sentence_transformers(ray_local, minilm, models, tmp_p
     assert sum(got["distribution"]["map"]) == 24
 
     # another model on the same log, compared with this one query by query
-    other = models[("bert", 1)]
+    other = models[("electra", 1)]
     cfg = job_config(
         tmp_path / "in",
         tmp_path / "out-other",
@@ -107,7 +108,7 @@ def test_reranking_equals_sentence_transformers(ray_local, minilm, models, tmp_p
     )
     result = run_job(cfg)
     second = result.summary["evaluation"]
-    assert [r["model"] for r in second["leaderboard"]] == [str(other), str(minilm)]
+    assert [r["model"] for r in second["leaderboard"]] == [str(other), str(model)]
     (compared,) = second["compared"]
     assert compared["queries_compared"] == 24 and compared["queries_only_here"] == 0
     theirs = pq.read_table(got["per_query"]).sort_by("qid")
@@ -117,7 +118,7 @@ def test_reranking_equals_sentence_transformers(ray_local, minilm, models, tmp_p
     assert ndcg["mean_difference"] == pytest.approx(diff.mean())
     assert 0 < ndcg["p_randomization"] <= 1 and ndcg["ci95"][0] <= diff.mean() <= ndcg["ci95"][1]
     text = "\n".join(summary_lines(result))
-    assert f"vs {minilm} (24 queries): mrr@5 " in text
+    assert f"vs {model} (24 queries): mrr@5 " in text
 
 
 def test_classification_of_labels_equals_sentence_transformers(ray_local, models, tmp_path):
