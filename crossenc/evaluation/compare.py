@@ -4,7 +4,6 @@ its 95% interval and its significance (:func:`~crossenc.evaluation.metrics.paire
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pyarrow as pa
@@ -13,25 +12,6 @@ import pyarrow.parquet as pq
 from crossenc.config import ConfigError, StorageConfig
 from crossenc.evaluation.metrics import paired
 from crossenc.storage import resolve
-
-SUMMARY = "_summary.json"  # (crossenc.output.commit.SUMMARY: the committed run's summary)
-
-
-def earlier_evaluation(path: str, storage: StorageConfig) -> dict[str, Any]:
-    """The evaluation section of the run committed at ``path``; refused, naming the path, where
-    there is none (not committed, or not a task evaluate run)."""
-    loc = resolve(path, storage)
-    summary_path = loc.join(SUMMARY)
-    if not loc.fs.exists(summary_path):
-        raise ConfigError(f"evaluate.compare_to {path}: no committed run there ({SUMMARY})")
-    with loc.fs.open(summary_path, "rb") as f:
-        evaluation = json.load(f).get("evaluation")
-    if not evaluation or not evaluation.get("per_query"):
-        raise ConfigError(
-            f"evaluate.compare_to {path}: its run has no per-query ranking metrics (a task "
-            "evaluate run of kind rerank)"
-        )
-    return evaluation
 
 
 def compare(

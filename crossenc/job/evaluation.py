@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from crossenc.config import ConfigError, JobConfig
 from crossenc.evaluation import metrics
-from crossenc.evaluation.compare import compare, earlier_evaluation
+from crossenc.evaluation.compare import compare
 from crossenc.inputs.sample import IO_THREADS
 from crossenc.models.describe import ModelInfo
 from crossenc.output.parts import PartStats
@@ -50,12 +50,18 @@ def read_columns(output: Location, parts: list[PartStats], columns: list[str]) -
 
 
 def evaluate_run(
-    cfg: JobConfig, output: Location, parts: list[PartStats], info: ModelInfo, run_id: str
+    cfg: JobConfig,
+    output: Location,
+    parts: list[PartStats],
+    info: ModelInfo,
+    run_id: str,
+    earlier: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """The evaluation section of the run summary: the model's metrics against
     ``evaluate.gold`` over the rows written (dead-lettered rows have no score; rows without a
     gold label are counted and left out), with their 95% intervals; a ranking's per-query
-    metrics are written as Parquet (its path in ``per_query``)."""
+    metrics are written as Parquet (its path in ``per_query``), and compared with ``earlier``:
+    the evaluation sections of evaluate.compare_to's runs (:mod:`crossenc.job.prepare`)."""
     ev = cfg.evaluate
     started = time.monotonic()
     scores = score_names(info)
@@ -89,22 +95,22 @@ def evaluate_run(
         out["at_k"] = ev.at_k
         per_query = per_query.rename_columns([ev.group_by, *per_query.column_names[1:]])
         out["per_query"] = _write_per_query(output, run_id, per_query)
-        storage = cfg.output.storage
         out["compared"] = [
             compare(
                 per_query,
                 ev.group_by,
                 metrics.ranking_names(ev.at_k),
-                earlier_evaluation(path, storage),
+                earlier[path],
                 path,
-                storage,
+                cfg.output.storage,
                 ev.bootstrap,
                 ev.seed,
             )
             for path in ev.compare_to
         ]
     elif ev.kind == "similarity":
-        out.update(metrics.similarity(_column(table, scores[0]), _numbers(gold, ev.gold)))
+        # (a gold column that is not numbers was refused from the footers: inputs.plan)
+        out.update(metrics.similarity(_column(table, scores[0]), _column(table, ev.gold)))
     elif info.num_labels == 1:
         binary = _integers(gold, ev.gold)
         if not np.isin(binary, (0, 1)).all():
@@ -148,13 +154,6 @@ def _integers(gold: pa.ChunkedArray, name: str) -> np.ndarray:
             )
         return values.astype(np.int64)
     raise ConfigError(f"evaluate.gold {name!r} must hold integer grades or bool, not {kind}")
-
-
-def _numbers(gold: pa.ChunkedArray, name: str) -> np.ndarray:
-    kind = gold.type
-    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-        raise ConfigError(f"evaluate.gold {name!r} must hold numbers for similarity, not {kind}")
-    return gold.to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def _label_indices(gold: pa.ChunkedArray, labels: list[str], name: str, model: str) -> np.ndarray:

@@ -31,6 +31,7 @@ class Prepared:
     pending: Future[JobPlan] | None  # the rest of the footers, read while the run scores
     output: Location  # output.path on its store
     staging: str  # the run's staging folder there (its journal, its matches)
+    compared: dict[str, dict[str, Any]]  # evaluate.compare_to: each run's evaluation section
 
 
 def prepare(cfg: JobConfig, plan: JobPlan | None = None) -> Prepared:
@@ -39,17 +40,18 @@ def prepare(cfg: JobConfig, plan: JobPlan | None = None) -> Prepared:
     run reads the rest while it scores."""
     committer = committer_for(cfg.output)
 
-    def read_state() -> tuple[int, dict[str, Any] | None, dict[str, Any] | None, JobPlan]:
+    def read_state() -> tuple[Any, ...]:
         base, committed = committer.prepare()
         committer.check_mode(committed)
-        return base, committed, previous_summary(cfg), plan or plan_job(cfg)
+        previous, compared = previous_summary(cfg), earlier_evaluations(cfg)
+        return base, committed, previous, compared, plan or plan_job(cfg)
 
     with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
         state = pool.submit(read_state)
         try:
             ensure_ray()
         finally:
-            base, committed, previous, plan = state.result()
+            base, committed, previous, compared, plan = state.result()
     fingerprint, digest = fingerprint_and_digest(cfg.model, plan.info)
     plan = replace(plan, info=replace(plan.info, digest=digest))  # the replicas' export key
     record = RunRecord(
@@ -68,7 +70,9 @@ def prepare(cfg: JobConfig, plan: JobPlan | None = None) -> Prepared:
         footers.shutdown(wait=False)
     output = resolve(cfg.output.path, cfg.output.storage)
     staging = staging_dir(output, record.run_id)
-    return Prepared(committer, base, committed, previous, plan, record, pending, output, staging)
+    return Prepared(
+        committer, base, committed, previous, plan, record, pending, output, staging, compared
+    )
 
 
 def previous_summary(cfg: JobConfig) -> dict[str, Any] | None:
@@ -83,3 +87,27 @@ def previous_summary(cfg: JobConfig) -> dict[str, Any] | None:
             "compare_to for a first run"
         )
     return manifest["summary"]
+
+
+def earlier_evaluations(cfg: JobConfig) -> dict[str, dict[str, Any]]:
+    """evaluate.compare_to: the evaluation section of each run named (a Parquet folder, a Delta
+    table or ``iceberg:<name>``, read as output.compare_to's run is), refused, naming the path,
+    where there is no committed run or it has no per-query ranking metrics."""
+    if cfg.task != "evaluate":
+        return {}
+    out = {}
+    for path in cfg.evaluate.compare_to:
+        manifest = previous_manifest(cfg.output.model_copy(update={"compare_to": path}))
+        if manifest is None:
+            raise ConfigError(
+                f"evaluate.compare_to {path}: no committed run there (_SUCCESS and "
+                "_manifest.json, or a table commit of crossenc)"
+            )
+        evaluation = manifest.get("summary", {}).get("evaluation")
+        if not evaluation or not evaluation.get("per_query"):
+            raise ConfigError(
+                f"evaluate.compare_to {path}: its run has no per-query ranking metrics (a task "
+                "evaluate run of kind rerank)"
+            )
+        out[path] = evaluation
+    return out

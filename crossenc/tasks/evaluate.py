@@ -5,7 +5,6 @@ the written rows before the commit (:mod:`crossenc.job.evaluation`)."""
 from __future__ import annotations
 
 from crossenc.config import ConfigError
-from crossenc.evaluation.compare import earlier_evaluation
 from crossenc.models.describe import ModelInfo
 from crossenc.tasks.base import LABEL, Task, score_names
 
@@ -28,5 +27,3 @@ class EvaluateTask(Task):
                 f"evaluate.kind {kind} needs a single-output model, but {self.cfg.model.name} "
                 f"has {info.num_labels} outputs {list(info.labels)}; use evaluate.kind: classify"
             )
-        for path in self.cfg.evaluate.compare_to:  # before any row is scored
-            earlier_evaluation(path, self.cfg.output.storage)
