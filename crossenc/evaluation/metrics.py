@@ -92,12 +92,17 @@ def interval(
         return [float(values.mean()) - half, float(values.mean()) + half]
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
-    chunk = max(1, 2_000_000 // n)  # resamples drawn at once: ~16 MB of indices
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
+    for start, stop in _draws(resamples, n):
         means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
     low, high = np.quantile(means, [tail, 1 - tail])
     return [float(low), float(high)]
+
+
+def _draws(total: int, n: int, cells: int = 2_000_000) -> list[tuple[int, int]]:
+    """``total`` resamples of ``n`` units in slices [start, stop) of at most ``cells`` draws
+    (~16 MB at a time, whatever n)."""
+    chunk = max(1, cells // n)
+    return [(start, min(total, start + chunk)) for start in range(0, total, chunk)]
 
 
 def paired(
@@ -126,9 +131,8 @@ def paired(
         rng = np.random.default_rng(seed)
         observed = abs(diff.mean())
         extreme = 0
-        chunk = max(1, 2_000_000 // n)
-        for start in range(0, permutations, chunk):
-            signs = rng.choice((-1.0, 1.0), size=(min(chunk, permutations - start), n))
+        for start, stop in _draws(permutations, n):
+            signs = rng.choice((-1.0, 1.0), size=(stop - start, n))
             extreme += int((np.abs((signs * diff).mean(axis=1)) >= observed - 1e-15).sum())
         out["p_randomization"] = (extreme + 1) / (permutations + 1)
     return out

@@ -39,6 +39,11 @@ def labelled(folder: Path, rows: int, seed: int, **gold: np.ndarray) -> pa.Table
     return table
 
 
+def evaluate_config(folder: Path, out: str, model: Path, **evaluate: object):
+    """A task evaluate job over ``labelled``'s input in ``folder``, writing to ``folder / out``."""
+    return job_config(folder / "in", folder / out, model, task="evaluate", evaluate=evaluate)
+
+
 def pairs(table: pa.Table) -> list[list[str]]:
     texts = (table.column(c).to_pylist() for c in ("query", "passage"))
     return [list(p) for p in zip(*texts, strict=True)]
@@ -49,12 +54,8 @@ def test_reranking_equals_sentence_transformers(ray_local, models, tmp_path):
     relevance = (rng.random(192) < 0.25).astype(np.int64)
     table = labelled(tmp_path, 192, seed=5, relevance=relevance)
     model = models[("bert", 1)]
-    cfg = job_config(
-        tmp_path / "in",
-        tmp_path / "out",
-        model,
-        task="evaluate",
-        evaluate={"kind": "rerank", "gold": "relevance", "group_by": "qid", "at_k": 5},
+    cfg = evaluate_config(
+        tmp_path, "out", model, kind="rerank", gold="relevance", group_by="qid", at_k=5
     )
     result = run_job(cfg)
     got = result.summary["evaluation"]
@@ -99,12 +100,8 @@ def test_reranking_equals_sentence_transformers(ray_local, models, tmp_path):
 
     # another model on the same log, compared with this one query by query
     other = models[("electra", 1)]
-    cfg = job_config(
-        tmp_path / "in",
-        tmp_path / "out-other",
-        other,
-        task="evaluate",
-        evaluate={"kind": "rerank", "at_k": 5, "compare_to": [str(tmp_path / "out")]},
+    cfg = evaluate_config(
+        tmp_path, "out-other", other, kind="rerank", at_k=5, compare_to=[str(tmp_path / "out")]
     )
     result = run_job(cfg)
     second = result.summary["evaluation"]
@@ -127,13 +124,7 @@ def test_classification_of_labels_equals_sentence_transformers(ray_local, models
     names = [NLI_LABELS[g] if i % 7 else None for i, g in enumerate(gold)]  # None: unlabelled
     table = labelled(tmp_path, 120, seed=6, nli=np.array(names, dtype=object))
     model = models[("bert", 3)]
-    cfg = job_config(
-        tmp_path / "in",
-        tmp_path / "out",
-        model,
-        task="evaluate",
-        evaluate={"kind": "classify", "gold": "nli", "bootstrap": 200},
-    )
+    cfg = evaluate_config(tmp_path, "out", model, kind="classify", gold="nli", bootstrap=200)
     got = run_job(cfg).summary["evaluation"]
     kept = table.filter(pa.compute.is_valid(table.column("nli")))
     ids = [NLI_LABELS.index(n) for n in kept.column("nli").to_pylist()]
@@ -160,11 +151,9 @@ def test_binary_classification_and_similarity_equal_sentence_transformers(
     st = CrossEncoder(str(model))
 
     def evaluate(kind: str, gold: str, out: str) -> dict:
-        cfg = job_config(
-            tmp_path / "in", tmp_path / out, model, task="evaluate",
-            evaluate={"kind": kind, "gold": gold},
-        )  # fmt: skip
-        return run_job(cfg).summary["evaluation"]
+        return run_job(evaluate_config(tmp_path, out, model, kind=kind, gold=gold)).summary[
+            "evaluation"
+        ]
 
     got = evaluate("classify", "duplicate", "out-binary")
     want = CrossEncoderClassificationEvaluator(pairs(table), duplicate.astype(int))(st)
@@ -187,10 +176,7 @@ def test_gold_labels_the_kind_cannot_read_are_refused_naming_the_column(models, 
     labelled(tmp_path, 16, seed=8, relevance=np.array(["yes", "no"] * 8))
 
     def config(model: Path, kind: str):
-        return job_config(
-            tmp_path / "in", tmp_path / "out", model, task="evaluate",
-            evaluate={"kind": kind, "gold": "relevance"},
-        )  # fmt: skip
+        return evaluate_config(tmp_path, "out", model, kind=kind, gold="relevance")
 
     with pytest.raises(Exception, match=r"gold column 'relevance' has type string.*evaluate"):
         run_job(config(models[("bert", 1)], "rerank"))
