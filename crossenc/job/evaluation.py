@@ -225,6 +225,27 @@ def intervals(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     return [evaluation.get("ci95") or {}, *(c.get("ci95") or {} for c in compared)]
 
 
+def summary_row(evaluation: dict[str, Any]) -> tuple[str, str]:
+    """The evaluation's row of the summary table: what was measured against what, and what was
+    left out (queries without a relevant pair, rows without gold)."""
+    counted = evaluation.get("queries")
+    return (
+        f"evaluation ({evaluation['kind']})",
+        f"against {evaluation['gold']}: {evaluation['rows']} rows"
+        + (f", {counted} queries" if counted is not None else "")
+        + (
+            f" ({evaluation['queries_without_relevant']} without a relevant pair)"
+            if evaluation.get("queries_without_relevant")
+            else ""
+        )
+        + (
+            f", {evaluation['rows_without_gold']} rows without gold left out"
+            if evaluation.get("rows_without_gold")
+            else ""
+        ),
+    )
+
+
 def leaderboard_lines(evaluation: dict[str, Any]) -> list[str]:
     """The leaderboard as an aligned text table, with the intervals where there are some, then
     a line per compared run with the paired differences."""

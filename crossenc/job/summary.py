@@ -20,7 +20,7 @@ import numpy as np
 from crossenc.config import JobConfig
 from crossenc.job.accounting import Counts
 from crossenc.job.clock import Clock
-from crossenc.job.evaluation import leaderboard_lines
+from crossenc.job.evaluation import leaderboard_lines, summary_row
 from crossenc.job.verify import Verdict
 from crossenc.metrics import RunMetrics
 
@@ -208,24 +208,7 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append((f"vs {drift['compare_to']}", verdict))
     evaluation = summary.get("evaluation")
     if evaluation:
-        counted = evaluation.get("queries")
-        lines.append(
-            (
-                f"evaluation ({evaluation['kind']})",
-                f"against {evaluation['gold']}: {evaluation['rows']} rows"
-                + (f", {counted} queries" if counted is not None else "")
-                + (
-                    f" ({evaluation['queries_without_relevant']} without a relevant pair)"
-                    if evaluation.get("queries_without_relevant")
-                    else ""
-                )
-                + (
-                    f", {evaluation['rows_without_gold']} rows without gold left out"
-                    if evaluation.get("rows_without_gold")
-                    else ""
-                ),
-            )
-        )
+        lines.append(summary_row(evaluation))
     width = max(len(k) for k, _ in lines)
     text = "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
     if evaluation:
