@@ -23,12 +23,13 @@ import pyarrow.compute as pc
 import ray
 
 from crossenc.config import ConfigError, JobConfig, build_config
-from crossenc.inputs.plan import InputError, schema_problem
+from crossenc.inputs.plan import InputError, describe_view, schema_problem
 from crossenc.job.cluster import for_this_machine
 from crossenc.job.dataflow import scoring_stages
 from crossenc.job.result import RunResult
 from crossenc.job.run_job import run_job
 from crossenc.models.describe import describe_model
+from crossenc.models.several import build_model_set
 from crossenc.models.tokenize import ERROR
 from crossenc.output.writer import visible_columns
 from crossenc.tasks import check_task
@@ -74,18 +75,22 @@ def scorer(config: JobConfig | dict[str, Any]) -> Callable[[ray.data.Dataset], r
     model, activation, task and runtime settings.
 
     Its dataset has the job's output columns: ``input.keep`` (and a rerank's group column),
-    the task's score, label or rank columns, ``windows`` (model.long_text chunk: the windows
-    scored for the row, whose best score it keeps), ``truncated``, and ``reason``: why a row
-    could not be scored (the job's dead-letter reason; null where it was scored, and then its
-    scores are null). A rerank ranks within groups across the whole dataset (a shuffle),
-    without the rows past ``rerank.top_k``. ``input.path`` and ``output.path`` are not needed:
-    the dataset given is the input, the dataset returned the output. The model is described
-    and checked against the task here, once; a missing column is refused when the dataset
-    runs, naming it.
+    the task's score, label or rank columns (``models``: each model's, ``score_<name>``),
+    ``windows`` (model.long_text chunk: the windows scored for the row, whose best score it
+    keeps), ``truncated``, and ``reason``: why a row could not be scored (the job's
+    dead-letter reason; null where it was scored, and then its scores are null). A rerank ranks
+    within groups across the whole dataset (a shuffle), without the rows past
+    ``rerank.top_k``. ``input.path`` and ``output.path`` are not needed: the dataset given is
+    the input, the dataset returned the output. The model is described and checked against the
+    task here, once; a missing column is refused when the dataset runs, naming it.
     """
     cfg = for_this_machine(_config(config, paths=False))
     info = describe_model(cfg.model, cfg.runtime.cache_dir)
     check_task(cfg, info)
+    models = None
+    if cfg.models:  # several: each described and checked, its own columns (score_<name>)
+        infos = {name: describe_view(view) for name, view in cfg.model_views()[1:]}
+        models = build_model_set(cfg, {next(iter(cfg.models)): info, **infos})
     if cfg.task == "rerank" and cfg.rerank.within_files:
         raise ConfigError(
             "rerank.within_files applies to the job's input files; a scorer ranks across its "
@@ -97,7 +102,7 @@ def scorer(config: JobConfig | dict[str, Any]) -> Callable[[ray.data.Dataset], r
             _check_columns, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", zero_copy_batch=True
         )
         partitions = min(200, 8 * cfg.runtime.replicas) if cfg.task == "rerank" else None
-        ds = scoring_stages(ds, cfg, info, partitions)
+        ds = scoring_stages(ds, cfg, info, partitions, models=models)
         return ds.map_batches(_finish, batch_format="pyarrow", zero_copy_batch=True)
 
     return score

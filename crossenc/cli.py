@@ -33,6 +33,7 @@ from crossenc.errors import (  # noqa: F401  (the exit codes are this module's i
 from crossenc.inputs.plan import JobPlan, plan_job
 from crossenc.models.describe import ModelInfo
 from crossenc.models.load import CAUSAL_LM
+from crossenc.models.several import named
 from crossenc.tasks import task_for
 
 if TYPE_CHECKING:
@@ -105,7 +106,11 @@ def model_kind_words(info: ModelInfo) -> str:
 def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
     """What a run with this config would do, in a few lines."""
     info = plan.info
-    outputs = task_for(cfg).columns(info)
+    outputs = [
+        named(column, name)
+        for name, view in cfg.model_views()
+        for column in task_for(view).columns(plan.model_infos(cfg)[name])
+    ]
     extra = (["windows"] if cfg.model.long_text == "chunk" else []) + ["truncated"]
     files = f"{len(plan.files)} Parquet file(s), {plan.rows} rows"
     if plan.pending:
@@ -119,6 +124,11 @@ def describe_plan(cfg: JobConfig, plan: JobPlan) -> str:
         f"model: {cfg.model.name} ({info.model_type}, {info.num_labels} output(s): "
         f"{', '.join(info.labels)}), activation {info.activation}, max_length {info.max_length}",
         f"model kind: {model_kind_words(info)}",
+        *(
+            f"model {name}: {view.model.name} ({other.num_labels} output(s)), activation "
+            f"{other.activation}, max_length {other.max_length}"
+            for (name, view), (_, other) in zip(cfg.model_views()[1:], plan.others, strict=True)
+        ),
         "prompt: "
         + (repr(info.prompt) if info.prompt else "none")
         + (", pairs rendered by the model's chat template" if info.chat_template else ""),

@@ -643,7 +643,18 @@ class JobConfig(_Strict):
     """A whole crossenc job."""
 
     input: InputConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="The model; with models set, the first of them (leave it out).",
+    )
+    models: dict[str, ModelConfig] = Field(
+        default_factory=dict,
+        description="Several models in one pass, by short name (lowercase letters, digits, _): "
+        "each adds its own columns, score_<name> (score_<name>_<label> for a multi-output "
+        "model, label_<name> for task classify). The input is read once and tokenized once per "
+        "distinct tokenizer; every replica holds every model. The first is the baseline of "
+        "task evaluate's comparison. Leave model out when set.",
+    )
     task: Literal["score", "classify", "rerank", "evaluate"] = Field(
         "score",
         description="score: one score column; classify: labels; rerank: ranks in groups; "
@@ -659,6 +670,52 @@ class JobConfig(_Strict):
         description="How a path faster than float32 is checked against it before a run scores.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _first_of_models(cls, data: Any) -> Any:
+        # models: the first one is also ``model``, which every single-model setting reads
+        # (the dumped config, holding both, loads again)
+        if isinstance(data, dict) and data.get("models") and "model" not in data:
+            models = data["models"]
+            if isinstance(models, dict):
+                data = {**data, "model": next(iter(models.values()))}
+        return data
+
+    @model_validator(mode="after")
+    def _several_models(self) -> JobConfig:
+        if not self.models:
+            return self
+        bad = [n for n in self.models if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", n)]
+        if bad:
+            raise ValueError(
+                f"models.{bad[0]}: a model's short name names its columns (score_<name>): "
+                "lowercase letters, digits and _, starting with a letter, at most 32"
+            )
+        if self.model != next(iter(self.models.values())):
+            raise ValueError("set model or models, not both (with models, model is the first)")
+        left_out = {
+            "rerank": self.task == "rerank",
+            "output.incremental": bool(self.output.incremental),
+            "model.long_text chunk": any(m.long_text == "chunk" for m in self.models.values()),
+        }
+        for what, used in left_out.items():
+            if used and len(self.models) > 1:
+                raise ValueError(
+                    f"{what} takes one model; models names {len(self.models)} "
+                    f"({', '.join(self.models)}): run it once per model"
+                )
+        return self
+
+    def model_views(self) -> list[tuple[str, JobConfig]]:
+        """Each model of the run with the config as it sees it (``model`` set to it): the
+        short names of ``models``, or one entry named "" for a lone ``model``."""
+        if not self.models:
+            return [("", self)]
+        return [
+            (name, self.model_copy(update={"model": model, "models": {}}))
+            for name, model in self.models.items()
+        ]
+
     @model_validator(mode="after")
     def _evaluate_sees_every_row(self) -> JobConfig:
         if self.task == "evaluate" and self.output.incremental == "skip":
@@ -671,7 +728,9 @@ class JobConfig(_Strict):
     @model_validator(mode="after")
     def _partition_columns_are_new(self) -> JobConfig:
         taken = set(self.carried_columns()) | {"score", "label", "rank", "truncated", "windows"}
-        clash = [c for c in self.output.partition_by if c in taken or c.startswith("score_")]
+        clash = [
+            c for c in self.output.partition_by if c in taken or c.startswith(("score_", "label_"))
+        ]
         if clash:
             raise ValueError(
                 f"output.partition_by column {clash[0]!r} is already an output column "
@@ -736,6 +795,8 @@ class JobConfig(_Strict):
             "text_a": self.input.text_a,
             "text_b": self.input.text_b,
         }
+        if len(self.models) > 1:  # each model's columns
+            relevant["models"] = {n: v._model_fingerprint() for n, v in self.model_views()}
         if self.task == "evaluate":  # its carried columns
             relevant["evaluate"] = self.evaluate.model_dump(
                 mode="json", include={"kind", "gold", "group_by"}

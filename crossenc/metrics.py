@@ -53,6 +53,9 @@ REUSED = "_reused"  # output.incremental: the row's scores were copied from an e
 METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED, LOAD, RUNS, OOM, STORE_RETRIES)
 
 
+MODEL_BUSY = "_busy_s@"  # + a model's short name: its share of BUSY (several models)
+
+
 SAMPLE = 512  # scores kept per part for quantiles
 
 
@@ -104,6 +107,24 @@ def metric_columns(
     }
 
 
+def model_busy_columns(
+    names: list[str], busy_seconds: list[float], valid: np.ndarray
+) -> dict[str, pa.Array]:
+    """Several models: each one's busy seconds for the block, shared out over its scored rows
+    as :data:`BUSY` is (per-model throughput: the model cards' docs/s)."""
+    scored = max(int(valid.sum()), 1)
+    return {
+        f"{MODEL_BUSY}{name}": pa.array(np.where(valid, busy / scored, 0.0))
+        for name, busy in zip(names, busy_seconds, strict=True)
+    }
+
+
+def _add_models(into: dict[str, list[float]], models: dict[str, list[float]]) -> None:
+    for name, (rows, busy) in models.items():
+        acc = into.setdefault(name, [0, 0.0])
+        acc[0], acc[1] = acc[0] + rows, acc[1] + busy
+
+
 def _score_columns(table: pa.Table) -> list[str]:
     return [c for c in table.column_names if c == SCORE or c.startswith(f"{SCORE}_")]
 
@@ -145,6 +166,12 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
             float(load[sel].sum()),
             int(oom[sel].sum()),
         ]
+    models = [c for c in ran.column_names if c.startswith(MODEL_BUSY)]
+    if models:
+        out["models"] = {
+            c[len(MODEL_BUSY) :]: [ran.num_rows, float(pc.sum(ran.column(c)).as_py() or 0.0)]
+            for c in models
+        }
     lengths, counts = np.unique(tokens, return_counts=True)
     out["tokens"] = {str(int(k)): int(v) for k, v in zip(lengths, counts, strict=True)}
     if TRUNCATED in scored.column_names:
@@ -185,6 +212,8 @@ def merge_part_metrics(records: list[dict[str, Any]], seed: int = 0) -> dict[str
             for i, v in enumerate(values):
                 acc[i] += v
         out["runs"].update(record.get("runs", {}))
+        if record.get("models"):
+            _add_models(out.setdefault("models", {}), record["models"])
         out["tokens"].update({k: v for k, v in record.get("tokens", {}).items()})
         if "truncated" in record:
             truncated, has_truncated = truncated + record["truncated"], True
@@ -275,6 +304,7 @@ class RunMetrics:
     def __init__(self, seed: int = 0) -> None:
         self.replicas: dict[str, list[float]] = {}
         self.runs: dict[str, str] = {}  # replica -> what it runs
+        self.models: dict[str, list[float]] = {}  # several models: name -> [rows, busy seconds]
         self.tokens: Counter[int] = Counter()
         self.labels: Counter[str] = Counter()
         self.truncated = 0
@@ -291,6 +321,7 @@ class RunMetrics:
                 for i, v in enumerate(values):
                     acc[i] += v
             self.runs.update(record.get("runs", {}))
+            _add_models(self.models, record.get("models", {}))
             self.store_retries += record.get("store_retries", 0)
             if "t" in record:
                 self.timeline.append((record["t"], rows))

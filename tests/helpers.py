@@ -93,6 +93,19 @@ def job_config(
     return build_config(data)
 
 
+def several_config(
+    input_path: Path | str,
+    output_path: Path | str,
+    model_paths: dict[str, Path],
+    **sections: Any,
+) -> JobConfig:
+    """:func:`job_config` with several models (``models:``, by short name) in place of one."""
+    data = job_config(input_path, output_path, next(iter(model_paths.values())), **sections)
+    dumped = data.model_dump(mode="json", exclude={"model"})
+    dumped["models"] = {n: job_model(p)["model"] for n, p in model_paths.items()}
+    return build_config(dumped)
+
+
 def hub_model(monkeypatch: Any, cache: Path, repo_id: str, folder: Path) -> str:
     """``folder``'s files as the Hugging Face Hub cache holds a downloaded ``repo_id`` (a
     snapshot and its refs/main), with the Hub offline and its cache at ``cache``: the Hub

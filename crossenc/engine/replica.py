@@ -14,9 +14,10 @@ import ray
 from crossenc.config import JobConfig
 from crossenc.engine.scoring import ScoringEngine
 from crossenc.inputs.reuse import REUSE_SCORES, reused_scores
-from crossenc.metrics import metric_columns
+from crossenc.metrics import metric_columns, model_busy_columns
 from crossenc.models.describe import ModelInfo
 from crossenc.models.load import load_tokenizer, model_source
+from crossenc.models.several import ModelSet, group_column, lone, named
 from crossenc.models.tokenize import (
     ERROR,
     IDS,
@@ -39,41 +40,60 @@ def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ScorerReplica:
-    """A Ray actor holding one model replica; scores tokenized blocks.
+    """A Ray actor holding a replica of each model of the run; scores tokenized blocks.
 
     A block's token ids reach the engine as the Arrow column's own flat buffers (no array per
     row): :meth:`crossenc.engine.scoring.ScoringEngine.score_flat`, or ``score_windows_flat`` for
-    model.long_text chunk's rows of windows."""
+    model.long_text chunk's rows of windows. With several models (``models``), each scores the
+    block in turn from its tokenizer group's ids and adds its own named columns; a row one model
+    cannot score is dead-lettered with that model's name, the others' scores kept."""
 
     def __init__(
-        self, cfg: JobConfig, info: ModelInfo, load: bool = True, counter: Any = None
+        self,
+        cfg: JobConfig,
+        info: ModelInfo,
+        load: bool = True,
+        counter: Any = None,
+        models: ModelSet | None = None,
     ) -> None:
-        """``load`` false: the model is loaded when a row to score first arrives (a night whose
-        every row output.incremental matched loads none). ``counter``: an actor told the rows
-        of every block scored (:class:`crossenc.job.progress.ScoredRows`), for runs whose rows
-        reach the driver only after a shuffle."""
-        self.cfg, self.info, self.task = cfg, info, task_for(cfg)
+        """``load`` false: the models are loaded when a row to score first arrives (a night
+        whose every row output.incremental matched loads none). ``counter``: an actor told the
+        rows of every block scored (:class:`crossenc.job.progress.ScoredRows`), for runs whose
+        rows reach the driver only after a shuffle. ``models``: the run's models (default: the
+        lone model of ``cfg``)."""
+        self.cfg, self.info = cfg, info
+        self.models = models or lone(cfg, info)
+        self.tasks = [task_for(m.cfg) for m in self.models.members]
         self.counter = counter
         self.replica = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
-        self.engine: ScoringEngine | None = None
+        self.engines: list[ScoringEngine] = []
         self.load_seconds = 0.0  # reported with the first rows scored
         if load:
             self._load()
 
-    def _load(self) -> ScoringEngine:
+    @property
+    def engine(self) -> ScoringEngine | None:
+        """The first model's engine (None until loaded)."""
+        return self.engines[0] if self.engines else None
+
+    def _load(self) -> list[ScoringEngine]:
         started = time.perf_counter()
-        source = model_source(self.cfg.model, self.cfg.runtime.cache_dir)  # s3: to this node
-        self.engine = ScoringEngine(self.cfg.model, self.info, self.cfg.runtime, source)
+        for member in self.models.members:
+            rt = member.cfg.runtime
+            source = model_source(member.cfg.model, rt.cache_dir)  # s3: to this node
+            self.engines.append(ScoringEngine(member.cfg.model, member.info, rt, source))
         self.load_seconds = time.perf_counter() - started
-        return self.engine
+        return self.engines
 
     @staticmethod
-    def _flat_types(batch: pa.Table, offsets: np.ndarray) -> np.ndarray | None:
-        """The type ids column's values, at the positions of the token ids they go with; None
-        without one, or where every row's list is empty (a chat template's pairs)."""
-        if TYPE_IDS not in batch.column_names:
+    def _flat_types(batch: pa.Table, offsets: np.ndarray, group: int = 0) -> np.ndarray | None:
+        """The type ids column's values (of tokenizer group ``group``), at the positions of the
+        token ids they go with; None without one, or where every row's list is empty (a chat
+        template's pairs)."""
+        column = group_column(TYPE_IDS, group)
+        if column not in batch.column_names:
             return None
-        values, type_offsets = _flat(batch.column(TYPE_IDS))
+        values, type_offsets = _flat(batch.column(column))
         if np.array_equal(type_offsets, offsets):
             return values
         if type_offsets[-1] == 0:
@@ -102,46 +122,77 @@ class ScorerReplica:
             longest[has] = np.maximum.reduceat(lengths, window_offsets[:-1][has])
         return (ends - lengths)[keep], lengths[keep], counts[valid], longest
 
+    def _score_member(
+        self, k: int, batch: pa.Table, todo: np.ndarray, scores: np.ndarray
+    ) -> tuple[float, int, int, np.ndarray, np.ndarray]:
+        """Model ``k`` scores the ``todo`` rows into ``scores``; returns its busy seconds, the
+        tokens computed, the batches split after running out of memory, the rows it could not
+        fit (indices into the block) and each row's longest input (its tokens, or window)."""
+        member, engine = self.models.members[k], self.engines[k]
+        idx = np.flatnonzero(todo)
+        values, offsets = _flat(batch.column(group_column(IDS, member.group)))
+        types = self._flat_types(batch, offsets, member.group)
+        longest = np.diff(offsets)
+        stats = engine.stats
+        before, started = (stats.computed_tokens, stats.oom_splits), time.perf_counter()
+        if WINDOW_LENGTHS in batch.column_names:  # model.long_text chunk: rows of windows
+            starts, lengths, counts, longest = self._window_spans(batch, offsets, todo)
+            scores[idx] = engine.score_windows_flat(values, starts, lengths, counts, types)
+        else:
+            scores[idx] = engine.score_flat(values, offsets, types, rows=idx)
+        busy = time.perf_counter() - started
+        computed, splits = stats.computed_tokens - before[0], stats.oom_splits - before[1]
+        return busy, computed, splits, idx[engine.unfit], longest
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         valid = pc.is_null(batch.column(ERROR)).to_numpy(zero_copy_only=False)
         reused, copied = reused_scores(batch)  # output.incremental: scored by an earlier run
         reused &= valid
         todo = valid & ~reused
-        idx = np.flatnonzero(todo)
-        values, offsets = _flat(batch.column(IDS))
-        types = self._flat_types(batch, offsets)
-        tokens = np.where(todo, np.diff(offsets), 0)  # a row of windows: all of their tokens
-        scores = np.zeros((batch.num_rows, self.info.num_labels), dtype=np.float32)
+        members = self.models.members
+        tokens = np.where(todo, np.diff(_flat(batch.column(IDS))[1]), 0)  # windows: all theirs
+        scores = [np.zeros((batch.num_rows, m.info.num_labels), np.float32) for m in members]
         if copied is not None:
-            scores[reused] = copied[reused]
-        engine = self.engine if self.engine is not None or not len(idx) else self._load()
-        busy, computed, splits, unfit, runs, longest = 0.0, 0, 0, [], "", tokens
-        if engine is not None:  # (a replica without its model has no row to score)
-            stats = engine.stats
-            before, started = (stats.computed_tokens, stats.oom_splits), time.perf_counter()
-            if WINDOW_LENGTHS in batch.column_names:  # model.long_text chunk: rows of windows
-                starts, lengths, counts, longest = self._window_spans(batch, offsets, todo)
-                scores[idx] = engine.score_windows_flat(values, starts, lengths, counts, types)
-            else:
-                scores[idx] = engine.score_flat(values, offsets, types, rows=idx)
-            busy = time.perf_counter() - started
-            computed, splits = stats.computed_tokens - before[0], stats.oom_splits - before[1]
-            unfit, runs = engine.unfit, engine.runs
-        if unfit:  # rows (a window of them) that ran out of memory alone: dead letters
+            scores[0][reused] = copied[reused]
+        if todo.any() and not self.engines:
+            self._load()
+        busy, computed, splits, runs = [0.0] * len(members), 0, 0, ""
+        failed: dict[int, list[str]] = {}  # row -> why models could not score it
+        scored = [valid.copy() for _ in members]
+        for k, member in enumerate(members if self.engines else ()):
+            busy[k], tokens_k, splits_k, unfit, longest = self._score_member(
+                k, batch, todo, scores[k]
+            )
+            computed, splits = computed + tokens_k, splits + splits_k
+            runs = runs or self.engines[k].runs
+            for i in unfit:  # rows (a window of them) that ran out of memory alone
+                scored[k][i] = False
+                why = f"out_of_memory:{int(longest[i])}_tokens"
+                reason = f"{member.name}: {why}" if member.name else why
+                failed.setdefault(int(i), []).append(reason)
+        if failed:  # dead letters, with every model that failed them named
             errors = batch.column(ERROR).to_pylist()
-            for i in idx[unfit]:
-                errors[i], valid[i] = f"out_of_memory:{int(longest[i])}_tokens", False
+            for i, reasons in failed.items():
+                errors[i], valid[i] = "; ".join(reasons), False
             column = batch.schema.get_field_index(ERROR)
             batch = batch.set_column(column, ERROR, pa.array(errors, type=pa.string()))
-        dropped = (IDS, TYPE_IDS, WINDOW_LENGTHS, WINDOWS, REUSE_SCORES)  # windows: see below
+        dropped = (*self._token_columns(batch), WINDOW_LENGTHS, WINDOWS, REUSE_SCORES)
         out = batch.drop_columns([c for c in dropped if c in batch.column_names])
-        columns = self.task.score_columns(scores, valid, self.info)
+        columns: dict[str, pa.Array] = {}
+        for k, member in enumerate(members):
+            # a lone model's rows: written or dead-lettered whole; several models': each keeps
+            # the scores of the rows it scored (a dead letter carries the others')
+            ok = valid if len(members) == 1 else scored[k]
+            made = self.tasks[k].score_columns(scores[k], ok, member.info)
+            columns |= {named(c, member.name): v for c, v in made.items()}
         if WINDOWS in batch.column_names:
             columns[WINDOWS] = batch.column(WINDOWS)
         columns |= metric_columns(
-            self.replica, busy, tokens, computed, todo, self.load_seconds, runs, splits
+            self.replica, sum(busy), tokens, computed, todo, self.load_seconds, runs, splits
         )
-        if len(idx):
+        if len(members) > 1:
+            columns |= model_busy_columns([m.name for m in members], busy, todo)
+        if todo.any():
             self.load_seconds = 0.0
         for name, column in columns.items():
             out = out.append_column(name, column)
@@ -149,6 +200,10 @@ class ScorerReplica:
         if self.counter is not None:
             self.counter.add.remote(out.num_rows)  # fire and forget
         return out
+
+    def _token_columns(self, batch: pa.Table) -> list[str]:
+        groups = range(len(self.models.encoders))
+        return [group_column(c, g) for c in (IDS, TYPE_IDS) for g in groups]
 
 
 def tokenizer_spec(cfg: JobConfig, info: ModelInfo) -> dict[str, Any] | None:

@@ -86,6 +86,12 @@ class JobPlan:
     pending: tuple[tuple[str, int], ...] = ()  # (path, bytes) of files whose footers are unread
     reference: tuple[tuple[str, Any], ...] = ()  # carried column -> type, from the footers read
     sampled_bytes: int = 0  # bytes of the files in ``files``
+    others: tuple[tuple[str, ModelInfo], ...] = ()  # models: those after the first (``info``)
+
+    def model_infos(self, cfg: JobConfig) -> dict[str, ModelInfo]:
+        """Each model's info by short name (a lone model's under "")."""
+        names = [name for name, _ in cfg.model_views()]
+        return {names[0]: self.info, **dict(self.others)}
 
     @property
     def rows_estimate(self) -> int:
@@ -380,6 +386,7 @@ def plan_job(cfg: JobConfig) -> JobPlan:
         raise
     failpoint("plan.after_model")
     check_task(cfg, info)
+    others = tuple((name, describe_view(view)) for name, view in cfg.model_views()[1:])
     # A rerank reads every footer first: the in-file rank needs each file's row count.
     sample = None if cfg.task == "rerank" else cfg.input.inspect_files
     files, skipped, pending, reference, sampled = inspect_start(cfg, sample)
@@ -425,4 +432,12 @@ def plan_job(cfg: JobConfig) -> JobPlan:
         pending=tuple(sorted(sizes)),
         reference=tuple(reference.items()),
         sampled_bytes=sampled,
+        others=others,
     )
+
+
+def describe_view(view: JobConfig) -> ModelInfo:
+    """One more model of ``models``: described and checked against the task as the first is."""
+    info = describe_model(view.model, view.runtime.cache_dir)
+    check_task(view, info)
+    return info

@@ -20,6 +20,7 @@ from crossenc.inputs.plan import InputError, InputFile, schema_problem
 from crossenc.inputs.reuse import PAIR_HASH, Reuse, load_reuse, pair_hashes, reuse_for, with_reuse
 from crossenc.metrics import STORE_RETRIES
 from crossenc.models.describe import ModelInfo
+from crossenc.models.several import ModelSet, lone, tokenize_models
 from crossenc.models.tokenize import ROW, SOURCE, tokenize_batch
 from crossenc.storage import resolve, retried_requests
 from crossenc.tasks.base import score_names
@@ -122,6 +123,7 @@ def read_tokenized(
     info: ModelInfo,
     encoder: dict[str, Any] | None = None,
     reference: dict[str, Any] | None = None,
+    models: ModelSet | None = None,
 ) -> Iterator[pa.Table]:
     """The job's read-and-tokenize task: :func:`read_row_groups`, each slice tokenized where it
     was read (:func:`crossenc.models.tokenize.tokenize_batch`), so the texts never travel
@@ -131,16 +133,17 @@ def read_tokenized(
     there are CPUs for them, and processes scale where the tokenizer's own threads do not (on
     2 cores, two processes tokenized 1.2x the pairs/s of one process on two threads)."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # this worker process's tokenizer calls
+    models = models or lone(cfg, info, encoder)  # ``models``: several, a tokenizer's ids each
     for i in range(units.num_rows):
         unit = units.slice(i, 1)
         if not cfg.output.incremental:
             for table in read_row_groups(unit, storage, columns, block_rows, cfg, reference):
-                yield tokenize_batch(table, cfg, info, encoder)
+                yield tokenize_models(table, models)
             continue
         path = unit.column("reuse")[0].as_py() if "reuse" in unit.column_names else None
         reuse = load_reuse(path, cfg.output) if path else None
         for table in read_row_groups(unit, storage, columns, block_rows, cfg, reference):
-            yield reuse_block(table, cfg, info, encoder, reuse)
+            yield reuse_block(table, cfg, info, models.encoders[0], reuse)
 
 
 def reuse_block(

@@ -13,9 +13,7 @@ from crossenc.config import JobConfig
 from crossenc.engine.replica import ScorerReplica, tokenizer_spec
 from crossenc.inputs.read import read_tokenized
 from crossenc.models.describe import ModelInfo
-from crossenc.models.tokenize import (
-    tokenize_batch,
-)
+from crossenc.models.several import ModelSet, lone, tokenize_models
 from crossenc.output.writer import WriterOptions, write_block
 from crossenc.tasks import task_for
 
@@ -37,6 +35,7 @@ def scoring_stages(
     tokenized: bool = False,
     load_model: bool = True,
     counter: Any = None,
+    models: ModelSet | None = None,
 ) -> ray.data.Dataset:
     """Tokenize (unless ``tokenized``: the rows hold the token columns already, as the job's
     read tasks leave them), score on the replicas, and (with ``rank_partitions``) rank each
@@ -45,19 +44,28 @@ def scoring_stages(
     ``truncated`` and the internal ones (the error, metrics; see
     :data:`crossenc.output.writer.INTERNAL`). ``load_model`` false: the replicas load the model
     only if a row to score reaches them (output.incremental matched every row); ``counter``:
-    the actor the replicas tell the rows they scored (:class:`crossenc.job.progress.ScoredRows`)."""
+    the actor the replicas tell the rows they scored (:class:`crossenc.job.progress.ScoredRows`);
+    ``models``: several models (:func:`crossenc.models.several.build_model_set`), each of whose
+    replicas hold them all."""
     rt = cfg.runtime
+    models = models or lone(cfg, info, tokenizer_spec(cfg, info) if not tokenized else None)
     if not tokenized:
         ds = ds.map_batches(
-            tokenize_batch,
-            fn_kwargs={"cfg": cfg, "info": info, "encoder": tokenizer_spec(cfg, info)},
+            tokenize_models,
+            fn_kwargs={"models": models},
             batch_size=rt.block_rows,
             batch_format="pyarrow",
             num_cpus=TOKENIZE_CPUS,
         )
     ds = ds.map_batches(
         ScorerReplica,
-        fn_constructor_kwargs={"cfg": cfg, "info": info, "load": load_model, "counter": counter},
+        fn_constructor_kwargs={
+            "cfg": cfg,
+            "info": info,
+            "load": load_model,
+            "counter": counter,
+            "models": models,
+        },
         batch_size=rt.block_rows,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=rt.replicas),
@@ -84,11 +92,13 @@ def build_dataset(
     reference: dict[str, Any] | None = None,
     load_model: bool = True,
     counter: Any = None,
+    models: ModelSet | None = None,
 ) -> ray.data.Dataset:
     """The lazy Ray Data pipeline; executing it hands scored rows to the writers and yields
     one progress row per block (rows handed over, and the parts of files that closed);
-    ``counter``: see :func:`scoring_stages`."""
+    ``counter`` and ``models``: see :func:`scoring_stages`."""
     rt = cfg.runtime
+    models = models or lone(cfg, info, tokenizer_spec(cfg, info))
     ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 1000)))
     # Each row group is read and tokenized by one task: the texts never go through the object
     # store, and one kind of task (one worker process per CPU Ray gives them) does both.
@@ -100,8 +110,8 @@ def build_dataset(
             "block_rows": rt.block_rows,
             "cfg": cfg,
             "info": info,
-            "encoder": tokenizer_spec(cfg, info),
             "reference": reference,
+            "models": models,
         },
         batch_size=1,
         batch_format="pyarrow",
@@ -111,7 +121,7 @@ def build_dataset(
     partitions = max(1, min(200, rows // rt.block_rows + 1))
     ranks = partitions if rerank_shuffle else None
     ds = scoring_stages(
-        ds, cfg, info, ranks, tokenized=True, load_model=load_model, counter=counter
+        ds, cfg, info, ranks, tokenized=True, load_model=load_model, counter=counter, models=models
     )
     # The write tasks only wait on the writers: they reserve no CPU (a reservation of theirs
     # would keep tokenize tasks from the CPUs they leave idle), and as many run at a time as

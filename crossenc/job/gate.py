@@ -207,6 +207,22 @@ def check_quality(cfg: JobConfig, plan: JobPlan) -> dict[str, Any] | None:
 
 def gate(cfg: JobConfig, plan: JobPlan) -> tuple[JobPlan, dict[str, Any] | None]:
     """Phase 2b: the plan with the int8 calibration pairs (:func:`calibrate`), and the quality
-    gate's summary entry (:func:`check_quality`)."""
-    plan = calibrate(cfg, plan)
-    return plan, check_quality(cfg, plan)
+    gate's summary entry (:func:`check_quality`). Several models: each is calibrated and
+    gated on its own; the entry is the first gated model's, with every gated one's under
+    ``models`` and the seconds of all."""
+    if len(cfg.models) <= 1:
+        plan = calibrate(cfg, plan)
+        return plan, check_quality(cfg, plan)
+    infos, entries = plan.model_infos(cfg), {}
+    for name, view in cfg.model_views():
+        alone = calibrate(view, replace(plan, info=infos[name], others=()))
+        infos[name] = alone.info
+        entry = check_quality(view, alone)
+        if entry is not None:
+            entries[name] = entry
+    first, *rest = infos
+    plan = replace(plan, info=infos[first], others=tuple((n, infos[n]) for n in rest))
+    if not entries:
+        return plan, None
+    seconds = round(sum(e["seconds"] for e in entries.values()), 3)
+    return plan, {**next(iter(entries.values())), "models": entries, "seconds": seconds}

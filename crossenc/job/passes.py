@@ -21,6 +21,7 @@ from crossenc.job.match import EarlierScores
 from crossenc.job.prepare import Prepared
 from crossenc.job.progress import ScoredRows
 from crossenc.job.takeover import TakeOver
+from crossenc.models.several import build_model_set
 from crossenc.output.parts import (
     PartStats,
 )
@@ -68,6 +69,7 @@ def score_pass(
         top_k=cfg.rerank.top_k if within else None,
         expected_rows={f.path: f.rows for f in plan.files if f.path in todo} if within else {},
         rank_whole_input=whole,
+        several_models=len(cfg.models) > 1,
     )
     shuffled = cfg.task == "rerank" and not within  # its rows reach the driver at the end
     counter = ScoredRows(on_scored) if shuffled and on_scored is not None else None
@@ -91,6 +93,7 @@ def score_pass(
             dict(plan.reference),
             load_model=not (reuse and reuse.covers(todo) and not plan.pending),
             counter=counter.actor if counter else None,
+            models=build_model_set(cfg, plan.model_infos(cfg)) if cfg.models else None,
         )
         for row in ds.iter_rows():
             on_progress(row["t"], row["accounted"], counted=counter is not None)

@@ -54,6 +54,10 @@ def prepare(cfg: JobConfig, plan: JobPlan | None = None) -> Prepared:
             base, committed, previous, compared, plan = state.result()
     fingerprint, digest = fingerprint_and_digest(cfg.model, plan.info)
     plan = replace(plan, info=replace(plan.info, digest=digest))  # the replicas' export key
+    others = []
+    for (name, view), (_, info) in zip(cfg.model_views()[1:], plan.others, strict=True):
+        others.append((name, replace(info, digest=fingerprint_and_digest(view.model, info)[1])))
+    plan = replace(plan, others=tuple(others))
     record = RunRecord(
         new_run_id(),
         cfg.fingerprint(),

@@ -63,6 +63,7 @@ def build_summary(
             }
             for name, (n, busy, _, _, load, oom) in sorted(metrics.replicas.items())
         ],
+        **({"models": model_rows(metrics.models)} if metrics.models else {}),
         "padding_efficiency": round(real / computed, 4) if computed else None,
         "store": {"retried_requests": metrics.store_retries},
         "scores": {col: stats.summary() for col, stats in sorted(metrics.scores.items())},
@@ -75,6 +76,20 @@ def build_summary(
         "throughput": metrics.throughput(started),
         "drift": None,
     }
+
+
+def model_rows(models: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """Several models: each one's rows and busy seconds summed over the replicas, and its
+    docs/s per replica (rows per second of a replica's time spent in that model)."""
+    return [
+        {
+            "model": name,
+            "rows": int(rows),
+            "busy_seconds": round(busy, 3),
+            "docs_per_second_per_replica": round(rows / busy, 1) if busy else None,
+        }
+        for name, (rows, busy) in models.items()
+    ]
 
 
 def label_tvd(now: dict[str, int], before: dict[str, int]) -> float:
@@ -183,6 +198,14 @@ def summary_table(summary: dict[str, Any]) -> str:
                 f"{r.get('runs') or '?'}: {r['rows']} rows, {r['rows_per_second']} rows/s busy, "
                 f"utilization {r['utilization']}, model load {r.get('load_seconds', 0)} s"
                 + (f", {r['oom_splits']} out-of-memory splits" if r.get("oom_splits") else ""),
+            )
+        )
+    for m in summary.get("models") or []:
+        lines.append(
+            (
+                f"model {m['model']}",
+                f"{m['rows']} rows, {m['docs_per_second_per_replica']} docs/s per replica, "
+                f"busy {m['busy_seconds']} s",
             )
         )
     for col, s in summary["scores"].items():

@@ -35,7 +35,13 @@ from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import OutputConfig
 from crossenc.errors import storage_errors
-from crossenc.metrics import METRIC_COLUMNS, REUSED, merge_part_metrics, part_metrics
+from crossenc.metrics import (
+    METRIC_COLUMNS,
+    MODEL_BUSY,
+    REUSED,
+    merge_part_metrics,
+    part_metrics,
+)
 from crossenc.models.tokenize import ERROR, IDS, ROW, SOURCE, TRUNCATED, TYPE_IDS
 from crossenc.output.parts import PartStats, in_ranges, merge_ranges, part_file_name, row_ranges
 from crossenc.storage import Location, resolve, retried_requests
@@ -60,6 +66,7 @@ class WriterOptions:
     # rank across every input file at once (one writer holding the whole input's scored rows,
     # a small input): groups may span files, and no shuffle is needed
     rank_whole_input: bool = False
+    several_models: bool = False  # models: a dead letter keeps the scores other models gave
 
 
 class _Sink:
@@ -133,14 +140,18 @@ class _Piece:
 
 def visible_columns(columns: list[str]) -> list[str]:
     """The columns an output file holds: every non-internal one, ``truncated`` last."""
-    return [c for c in columns if c not in (*INTERNAL, TRUNCATED)] + [TRUNCATED]
+    hidden = (*INTERNAL, TRUNCATED)
+    return [c for c in columns if c not in hidden and not c.startswith(MODEL_BUSY)] + [TRUNCATED]
 
 
-def dead_columns(columns: list[str]) -> list[str]:
-    """The columns a dead-letter file holds (the reason is appended)."""
+def dead_columns(columns: list[str], several: bool = False) -> list[str]:
+    """The columns a dead-letter file holds (the reason is appended): no scores, but for
+    ``several`` models' (the scores of the models that could score the row)."""
     outputs = (SCORE, LABEL, RANK, TRUNCATED)
     return [
-        c for c in visible_columns(columns) if c not in outputs and not c.startswith(f"{SCORE}_")
+        c
+        for c in visible_columns(columns)
+        if c not in outputs and (several or not c.startswith(f"{SCORE}_"))
     ]
 
 
@@ -275,9 +286,9 @@ class RollingWriter:
             piece.rows += good.num_rows
         dead = rows.filter(bad)
         if dead.num_rows:
-            dead = dead.select(dead_columns(rows.column_names)).append_column(
-                "reason", dead.column(ERROR)
-            )
+            dead = dead.select(
+                dead_columns(rows.column_names, self.options.several_models)
+            ).append_column("reason", dead.column(ERROR))
             dead = with_partition_values(dead, self.out)
             if self.dead is None:
                 self.dead = _Sink(self.dead_loc, self._file_name(), dead.schema)

@@ -1,0 +1,191 @@
+"""Several models in one pass (``models:``): the config, the tokenizer groups, each model's
+named columns equal to its own run's, a row one model cannot score dead-lettered with that
+model's name and the others' scores, per-model throughput, and an evaluation of several
+models with their paired comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from crossenc.config import ConfigError, build_config
+from crossenc.job.result import summary_lines
+from crossenc.job.run_job import run_job
+from crossenc.models.describe import describe_model
+from crossenc.models.several import build_model_set, group_column, named, tokenize_models
+from crossenc.models.tokenize import ERROR, IDS, ROW, SOURCE, TRUNCATED
+from crossenc.output.writer import dead_columns
+from tests.engine.test_engine import LengthRunner
+from tests.helpers import job_config, read_output, several_config
+
+
+def test_named_columns():
+    assert named("score", "") == "score"
+    assert named("score", "minilm") == "score_minilm"
+    assert named("score_entailment", "nli") == "score_nli_entailment"
+    assert named("label", "nli") == "label_nli"
+
+
+def test_config_refuses_what_takes_one_model(tmp_path, models):
+    paths = {"a": models[("bert", 1)], "b": models[("electra", 1)]}
+    cfg = several_config(tmp_path / "in", tmp_path / "out", paths)
+    assert [n for n, _ in cfg.model_views()] == ["a", "b"]
+    assert cfg.model == cfg.models["a"]  # the first is ``model`` too
+    again = build_config(cfg.model_dump(mode="json"))  # a dumped config (both keys) loads
+    assert again.models == cfg.models and again.fingerprint() == cfg.fingerprint()
+    one = job_config(tmp_path / "in", tmp_path / "out", paths["a"])
+    assert one.fingerprint() != cfg.fingerprint()
+    with pytest.raises(ValueError, match="rerank takes one model; models names 2 "):
+        several_config(tmp_path / "in", tmp_path / "out", paths, task="rerank")
+    with pytest.raises(ValueError, match="output.incremental takes one model"):
+        several_config(tmp_path / "in", tmp_path / "out", paths, output={"incremental": True})
+    with pytest.raises(ValueError, match="models.Big: a model's short name"):
+        several_config(tmp_path / "in", tmp_path / "out", {"Big": paths["a"]})
+    data = cfg.model_dump(mode="json")
+    data["model"]["name"] = str(paths["b"])
+    with pytest.raises((ValueError, ConfigError), match="set model or models, not both"):
+        build_config(data)
+
+
+def test_models_sharing_a_tokenizer_share_its_ids(tmp_path, models):
+    bert, electra = models[("bert", 1)], models[("electra", 1)]
+    paths = {"one": bert, "same": bert, "short": bert, "el": electra}
+    data = several_config(tmp_path / "in", tmp_path / "out", paths).model_dump(mode="json")
+    data["models"]["same"]["activation"] = "sigmoid"  # scores differ, token ids do not
+    data["models"]["short"]["max_length"] = 16  # cut sooner: ids of its own
+    cfg = build_config(data)
+    infos = {n: describe_model(v.model, None) for n, v in cfg.model_views()}
+    models_ = build_model_set(cfg, infos)
+    assert {m.name: m.group for m in models_.members} == {"one": 0, "same": 0, "short": 1, "el": 2}
+    block = pa.table(
+        {
+            "query": ["a question", "", "another one"],
+            "passage": ["a passage", "text", " ".join(["word"] * 400)],
+            "qid": [1, 2, 3],
+            "doc_id": ["d1", "d2", "d3"],
+            SOURCE: ["f.parquet"] * 3,
+            ROW: [0, 1, 2],
+        }
+    )
+    out = tokenize_models(block, models_)
+    ids = [c for c in out.column_names if c.startswith(IDS)]
+    assert ids == [group_column(IDS, g) for g in range(len(models_.encoders))]
+    assert out.column(ERROR).to_pylist() == [None, "empty_text:query", None]
+    assert out.column(TRUNCATED).to_pylist() == [False, False, True]
+    short = out.column(group_column(IDS, 1)).to_pylist()
+    assert [len(r) for r in short] == [len(out.column(IDS)[0]), 0, 16]
+
+
+@pytest.mark.slow
+def test_one_pass_scores_as_each_models_own_run(ray_local, models, tmp_path, pairs_dir):
+    paths = {"bert": models[("bert", 1)], "electra": models[("electra", 1)]}
+    cfg = several_config(pairs_dir, tmp_path / "both", paths, output={"report": None})
+    result = run_job(cfg)
+    order = [("qid", "ascending"), ("doc_id", "ascending")]
+    both = read_output(tmp_path / "both").sort_by(order)
+    assert "score" not in both.column_names
+    assert {"score_bert", "score_electra"} <= set(both.column_names)
+    for name, path in paths.items():
+        run_job(job_config(pairs_dir, tmp_path / name, path))
+        alone = read_output(tmp_path / name).sort_by(
+            [("qid", "ascending"), ("doc_id", "ascending")]
+        )
+        np.testing.assert_allclose(
+            both.column(f"score_{name}").to_numpy(), alone.column("score").to_numpy(), atol=1e-6
+        )
+    assert result.rows_written == 300
+    rows = {m["model"]: m for m in result.summary["models"]}
+    assert set(rows) == {"bert", "electra"}
+    assert all(m["rows"] == 300 and m["docs_per_second_per_replica"] > 0 for m in rows.values())
+    busy = sum(r["busy_seconds"] for r in result.summary["replicas"])
+    assert sum(m["busy_seconds"] for m in rows.values()) == pytest.approx(busy, rel=0.01)
+    assert set(result.summary["scores"]) == {"score_bert", "score_electra"}
+    electra = rows["electra"]
+    (line,) = [line for line in summary_lines(result) if line.startswith("model electra ")]
+    rate, busy = electra["docs_per_second_per_replica"], electra["busy_seconds"]
+    assert line.endswith(f"300 rows, {rate} docs/s per replica, busy {busy} s")
+
+
+def test_a_row_one_model_cannot_fit_keeps_the_others_score(ray_local, models, tmp_path):
+    from crossenc.engine.replica import ScorerReplica
+
+    paths = {"bert": models[("bert", 1)], "electra": models[("electra", 1)]}
+    cfg = several_config(tmp_path / "in", tmp_path / "out", paths)
+    infos = {n: describe_model(v.model, v.runtime.cache_dir) for n, v in cfg.model_views()}
+    models_ = build_model_set(cfg, infos)
+    block = pa.table(
+        {
+            "query": ["short", "short", "", "short"],
+            "passage": ["a b", " ".join(["word"] * 60), "a b", "c d"],
+            "qid": [1, 2, 3, 4],
+            "doc_id": ["d1", "d2", "d3", "d4"],
+            SOURCE: ["f.parquet"] * 4,
+            ROW: [0, 1, 2, 3],
+        }
+    )
+    tokenized = tokenize_models(block, models_)
+    replica = ScorerReplica(cfg, infos["bert"], models=models_)
+    replica.engines[1].runner = LengthRunner(oom_above_tokens=40)  # electra: no room for row 1
+    out = replica(tokenized)
+    longest = len(tokenized.column(group_column(IDS, models_.members[1].group))[1])
+    assert out.column(ERROR).to_pylist() == [
+        None,
+        f"electra: out_of_memory:{longest}_tokens",
+        "empty_text:query",
+        None,
+    ]
+    bert, electra = out.column("score_bert").to_pylist(), out.column("score_electra").to_pylist()
+    assert bert[1] is not None and electra[1] is None  # the other model's score is kept
+    assert bert[2] is None and electra[2] is None and None not in (bert[0], electra[3])
+    assert not [c for c in out.column_names if c.startswith(IDS)]  # every group's ids dropped
+    kept = dead_columns(out.column_names, several=True)
+    assert "score_bert" in kept and "score_bert" not in dead_columns(out.column_names)
+
+
+def test_each_model_on_a_faster_path_is_gated_on_its_own(models, pairs_dir, tmp_path):
+    from crossenc.inputs.plan import plan_job
+    from crossenc.job.gate import gate
+
+    bert = models[("bert", 1)]
+    paths = {"exact": bert, "fast": models[("electra", 1)]}
+    data = several_config(pairs_dir, tmp_path / "out", paths).model_dump(mode="json")
+    data["models"]["fast"].update({"backend": "torch", "dtype": "bfloat16"})
+    data["quality_gate"] = {"sample": 60, "min_spearman": 0.5}
+    cfg = build_config(data)
+    plan = plan_job(cfg)
+    assert [n for n, _ in plan.others] == ["fast"]
+    gated, entry = gate(cfg, plan)
+    assert list(entry["models"]) == ["fast"]  # the float32 model is not checked
+    assert entry["path"] == entry["models"]["fast"]["path"] and "bfloat16" in entry["path"]
+    assert entry["pairs"] == 60 and entry["passed"] and entry["seconds"] > 0
+    assert gated.model_infos(cfg).keys() == {"exact", "fast"}
+
+
+def test_the_scorer_api_takes_several_models(ray_local, models, tmp_path):
+    import ray
+
+    from crossenc import scorer
+
+    paths = {"bert": models[("bert", 1)], "electra": models[("electra", 1)]}
+    cfg = several_config(tmp_path / "in", tmp_path / "out", paths)
+    rows = [
+        {"query": f"q {i}", "passage": f"passage {i}", "qid": i, "doc_id": "d"} for i in range(6)
+    ]
+    rows[2]["passage"] = ""
+    out = scorer(cfg)(ray.data.from_items(rows)).to_pandas().sort_values("qid")
+    assert {"score_bert", "score_electra", "reason"} <= set(out.columns)
+    assert out["reason"].tolist()[2] == "empty_text:passage"
+    for name in paths:
+        assert out[f"score_{name}"].isna().tolist() == [False, False, True, False, False, False]
+    assert not np.allclose(out["score_bert"].iloc[[0, 1]], out["score_electra"].iloc[[0, 1]])
+
+    mixed = several_config(
+        tmp_path / "in",
+        tmp_path / "out",
+        {"bert": models[("bert", 1)], "nli": models[("bert", 3)]},
+        task="classify",
+        classify={"threshold": 0.5},
+    )
+    with pytest.raises(ConfigError, match="classify.threshold applies to single-output"):
+        scorer(mixed)  # the 3-label model refuses a threshold, as it does alone
