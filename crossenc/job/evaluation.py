@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 
 from crossenc.config import ConfigError, JobConfig
 from crossenc.evaluation import metrics
-from crossenc.evaluation.compare import compare
+from crossenc.evaluation.compare import compare, paired_by_query
 from crossenc.inputs.sample import IO_THREADS
 from crossenc.models.describe import ModelInfo
+from crossenc.models.several import named
 from crossenc.output.parts import PartStats
 from crossenc.storage import Location
 from crossenc.tasks.base import score_names
@@ -33,6 +34,7 @@ from crossenc.tasks.base import score_names
 log = logging.getLogger(__name__)
 
 FOLDER = "_evaluation"  # beside the output's rows: readers of the output skip _-prefixed paths
+MODEL = "model"  # several models: the per-query metrics' column naming the model
 
 
 def read_columns(output: Location, parts: list[PartStats], columns: list[str]) -> pa.Table:
@@ -53,22 +55,27 @@ def evaluate_run(
     cfg: JobConfig,
     output: Location,
     parts: list[PartStats],
-    info: ModelInfo,
+    infos: dict[str, ModelInfo],
     run_id: str,
     earlier: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """The evaluation section of the run summary: the model's metrics against
+    """The evaluation section of the run summary: each model's metrics against
     ``evaluate.gold`` over the rows written (dead-lettered rows have no score; rows without a
     gold label are counted and left out), with their 95% intervals; a ranking's per-query
     metrics are written as Parquet (its path in ``per_query``), and compared with ``earlier``:
-    the evaluation sections of evaluate.compare_to's runs (:mod:`crossenc.job.prepare`)."""
+    the evaluation sections of evaluate.compare_to's runs (:mod:`crossenc.job.prepare`).
+    ``infos``: each model's info by short name (:meth:`crossenc.inputs.plan.JobPlan.model_infos`).
+
+    The first model's figures are the section's own; with several models (``models:``) each
+    has its entry in ``models``, and each after the first is compared with it query by query
+    (``compared``: that model minus the first)."""
     ev = cfg.evaluate
     started = time.monotonic()
-    scores = score_names(info)
+    views = cfg.model_views()
+    columns = {n: [named(c, n) for c in score_names(infos[n])] for n, _ in views}
     group = [ev.group_by] if ev.kind == "rerank" else []
-    table = read_columns(output, parts, [ev.gold, *scores, *group])
-    gold = table.column(ev.gold)
-    labelled = pc.is_valid(gold).to_numpy(zero_copy_only=False)
+    table = read_columns(output, parts, [ev.gold, *sum(columns.values(), []), *group])
+    labelled = pc.is_valid(table.column(ev.gold)).to_numpy(zero_copy_only=False)
     out: dict[str, Any] = {
         "kind": ev.kind,
         "gold": ev.gold,
@@ -77,29 +84,36 @@ def evaluate_run(
         "rows_without_gold": int((~labelled).sum()),
     }
     table = table.filter(pa.array(labelled))
-    gold = table.column(ev.gold)
     if table.num_rows == 0:  # every row dead-lettered, or none labelled: nothing to measure
         log.warning("evaluation of %s: no scored row has a gold label", cfg.model.name)
         out.update({"metrics": {}, "ci95": {}, "seconds": round(time.monotonic() - started, 3)})
         return out
+    sections = {name: _measure(view, table, columns[name], infos[name]) for name, view in views}
+    first, *rest = [name for name, _ in views]
+    per_query = {name: section.pop("per_query", None) for name, section in sections.items()}
+    out.update(sections[first])
+    if len(views) > 1:
+        out["models"] = [
+            {"name": name, "model": view.model.name, **sections[name]} for name, view in views
+        ]
     if ev.kind == "rerank":
-        relevance = _integers(gold, ev.gold)
-        per_query = metrics.per_query_ranking(
-            table.column(ev.group_by).combine_chunks(),
-            relevance,
-            _column(table, scores[0]),
-            ev.at_k,
-            ev.relevant_from,
-        )
-        out.update(metrics.ranking_summary(per_query, ev.at_k, ev.bootstrap, ev.seed))
+        names = metrics.ranking_names(ev.at_k)
         out["at_k"] = ev.at_k
-        per_query = per_query.rename_columns([ev.group_by, *per_query.column_names[1:]])
-        out["per_query"] = _write_per_query(output, run_id, per_query)
+        out["per_query"] = _write_per_query(output, run_id, per_query, ev.group_by)
         out["compared"] = [
+            {
+                "model": name,
+                "baseline": first,
+                **paired_by_query(
+                    per_query[name], per_query[first], ev.group_by, names, ev.bootstrap, ev.seed
+                ),
+            }
+            for name in rest
+        ] + [
             compare(
-                per_query,
+                per_query[first],
                 ev.group_by,
-                metrics.ranking_names(ev.at_k),
+                names,
                 earlier[path],
                 path,
                 cfg.output.storage,
@@ -108,31 +122,49 @@ def evaluate_run(
             )
             for path in ev.compare_to
         ]
-    elif ev.kind == "similarity":
+    out["seconds"] = round(time.monotonic() - started, 3)
+    for name, view in views:
+        log.info("evaluation of %s: %s", view.model.name, _headline(sections[name]))
+    return out
+
+
+def _measure(
+    view: JobConfig, table: pa.Table, scores: list[str], info: ModelInfo
+) -> dict[str, Any]:
+    """One model's metrics against the gold labels, its score columns ``scores`` (a ranking's
+    per-query table under ``per_query``, the query column named as evaluate.group_by)."""
+    ev, model = view.evaluate, view.model.name
+    gold = table.column(ev.gold)
+    if ev.kind == "rerank":
+        per_query = metrics.per_query_ranking(
+            table.column(ev.group_by).combine_chunks(),
+            _integers(gold, ev.gold),
+            _column(table, scores[0]),
+            ev.at_k,
+            ev.relevant_from,
+        )
+        out = metrics.ranking_summary(per_query, ev.at_k, ev.bootstrap, ev.seed)
+        out["per_query"] = per_query.rename_columns([ev.group_by, *per_query.column_names[1:]])
+        return out
+    if ev.kind == "similarity":
         # (a gold column that is not numbers was refused from the footers: inputs.plan)
-        out.update(metrics.similarity(_column(table, scores[0]), _column(table, ev.gold)))
-    elif info.num_labels == 1:
+        return metrics.similarity(_column(table, scores[0]), _column(table, ev.gold))
+    if info.num_labels == 1:
         binary = _integers(gold, ev.gold)
         if not np.isin(binary, (0, 1)).all():
             bad = sorted(set(np.unique(binary).tolist()) - {0, 1})[:5]
             raise ConfigError(
-                f"evaluate.kind classify with single-output model {cfg.model.name} needs 0/1 "
+                f"evaluate.kind classify with single-output model {model} needs 0/1 "
                 f"(or bool) gold labels in {ev.gold!r}; it holds {bad}"
             )
-        out.update(
-            metrics.binary_classification(_column(table, scores[0]), binary, ev.bootstrap, ev.seed)
+        return metrics.binary_classification(
+            _column(table, scores[0]), binary, ev.bootstrap, ev.seed
         )
-    else:
-        logits = np.stack([_column(table, s) for s in scores], axis=1)
-        indices = _label_indices(gold, list(info.labels), ev.gold, cfg.model.name)
-        out.update(
-            metrics.multiclass_classification(
-                logits, indices, list(info.labels), ev.bootstrap, ev.seed
-            )
-        )
-    out["seconds"] = round(time.monotonic() - started, 3)
-    log.info("evaluation of %s: %s", cfg.model.name, _headline(out))
-    return out
+    logits = np.stack([_column(table, s) for s in scores], axis=1)
+    indices = _label_indices(gold, list(info.labels), ev.gold, model)
+    return metrics.multiclass_classification(
+        logits, indices, list(info.labels), ev.bootstrap, ev.seed
+    )
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
@@ -181,12 +213,23 @@ def _label_indices(gold: pa.ChunkedArray, labels: list[str], name: str, model: s
     return indices.astype(np.int64)
 
 
-def _write_per_query(output: Location, run_id: str, per_query: pa.Table) -> str:
-    """Write the per-query metrics under the output; returns where (as the output is named)."""
+def _write_per_query(
+    output: Location, run_id: str, per_query: dict[str, pa.Table], key: str
+) -> str:
+    """Write the per-query metrics under the output; returns where (as the output is named).
+    Several models' (``per_query`` by short name) are stacked, the model's name in a ``model``
+    column after the query's."""
+    if len(per_query) == 1:
+        table = next(iter(per_query.values()))
+    else:
+        table = pa.concat_tables(
+            t.add_column(1, MODEL, pa.array([name] * t.num_rows, pa.string()))
+            for name, t in per_query.items()
+        )
     relative = f"{FOLDER}/{run_id}/per_query.parquet"
     path = output.join(relative)
     output.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    pq.write_table(per_query, path, filesystem=output.arrow_fs)
+    pq.write_table(table, path, filesystem=output.arrow_fs)
     remote = "://" in output.uri
     return f"{output.uri.rstrip('/')}/{relative}" if remote else path
 
@@ -201,28 +244,39 @@ HEADLINE = {  # the model cards' columns per kind: sentence-transformers' tables
 def with_leaderboard(evaluation: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     """The evaluation with its leaderboard rows, laid out as the model cards lay theirs out:
     the model, the kind's headline metrics and docs/s (rows a second per replica while it
-    scored, and over the whole score phase), measured in this run; then the row of each run
-    of ``evaluate.compare_to``, as that run measured it."""
+    scored, and over the whole score phase), measured in this run, a row per model of the run
+    (several models: docs/s per replica is each model's own time; the score phase's is the
+    pass's, every model's rows scored together); then the row of each run of
+    ``evaluate.compare_to``, as that run measured it."""
     k = evaluation.get("at_k", 10)
     names = [n.format(k=k) for n in HEADLINE[evaluation["kind"]]]
     replicas = summary.get("replicas") or []
     rows = sum(r["rows"] for r in replicas)
     busy = sum(r["busy_seconds"] for r in replicas)
     score_seconds = (summary.get("phases") or {}).get("score") or 0
-    row = {
-        "model": evaluation["model"],
-        **{n: evaluation["metrics"][n] for n in names if n in evaluation["metrics"]},
-        "docs_per_second_per_replica": round(rows / busy, 1) if busy else None,
-        "docs_per_second_score_phase": round(rows / score_seconds, 1) if score_seconds else None,
-    }
+    phase = round(rows / score_seconds, 1) if score_seconds else None
+    own = {m["model"]: m["docs_per_second_per_replica"] for m in summary.get("models") or []}
+    board = [
+        {
+            "model": m.get("name") or m["model"],
+            **{n: m["metrics"][n] for n in names if n in m["metrics"]},
+            "docs_per_second_per_replica": (
+                own.get(m["name"]) if "name" in m else round(rows / busy, 1) if busy else None
+            ),
+            "docs_per_second_score_phase": phase,
+        }
+        for m in evaluation.get("models") or [evaluation]
+    ]
     earlier = [c["leaderboard"] for c in evaluation.get("compared") or [] if c.get("leaderboard")]
-    return {**evaluation, "leaderboard": [row, *earlier]}
+    return {**evaluation, "leaderboard": [*board, *earlier]}
 
 
 def intervals(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
-    """The 95% intervals of each leaderboard row: this run's, then each compared run's own."""
+    """The 95% intervals of each leaderboard row: this run's models', then each compared
+    run's own."""
     compared = [c for c in evaluation.get("compared") or [] if c.get("leaderboard")]
-    return [evaluation.get("ci95") or {}, *(c.get("ci95") or {} for c in compared)]
+    here = [m.get("ci95") or {} for m in evaluation.get("models") or [evaluation]]
+    return [*here, *(c.get("ci95") or {} for c in compared)]
 
 
 def summary_row(evaluation: dict[str, Any]) -> tuple[str, str]:
@@ -271,8 +325,9 @@ def leaderboard_lines(evaluation: dict[str, Any]) -> list[str]:
 
 
 def difference_line(compared: dict[str, Any]) -> str:
-    """One compared run: per metric, this model minus that one over the queries both have,
-    the 95% interval, and the p-value (randomization test, else paired t)."""
+    """One compared run (or another model of this run): per metric, this model minus that one
+    over the queries both have, the 95% interval, and the p-value (randomization test, else
+    paired t)."""
     said = []
     for name, d in compared["differences"].items():
         ci = d.get("ci95")
@@ -282,7 +337,11 @@ def difference_line(compared: dict[str, Any]) -> str:
             + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
             + (f" p {p:.3g}" if p is not None else "")
         )
-    return f"vs {compared['model']} ({compared['queries_compared']} queries): " + "; ".join(said)
+    if "baseline" in compared:  # another model of this run, minus the first
+        head = f"{compared['model']} - {compared['baseline']}"
+    else:
+        head = f"vs {compared['model']}"
+    return f"{head} ({compared['queries_compared']} queries): " + "; ".join(said)
 
 
 def _headline(out: dict[str, Any]) -> str:

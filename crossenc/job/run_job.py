@@ -60,7 +60,9 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     files = (len(plan.files), len(plan.skipped))
     evaluation = None
     if cfg.task == "evaluate":
-        evaluation = evaluate_run(cfg, run.output, ledger.parts, plan.info, run_id, run.compared)
+        evaluation = evaluate_run(
+            cfg, run.output, ledger.parts, plan.model_infos(cfg), run_id, run.compared
+        )
         staged_at = clock.lap("evaluate", staged_at)
     summary = summarise(
         cfg,

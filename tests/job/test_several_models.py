@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from crossenc.config import ConfigError, build_config
@@ -141,6 +143,53 @@ def test_a_row_one_model_cannot_fit_keeps_the_others_score(ray_local, models, tm
     assert not [c for c in out.column_names if c.startswith(IDS)]  # every group's ids dropped
     kept = dead_columns(out.column_names, several=True)
     assert "score_bert" in kept and "score_bert" not in dead_columns(out.column_names)
+
+
+@pytest.mark.slow
+def test_evaluation_of_two_models_in_one_pass(ray_local, models, tmp_path):
+    from tests.evaluation.test_evaluate_job import labelled
+
+    rng = np.random.default_rng(8)
+    labelled(tmp_path, 160, seed=8, relevance=(rng.random(160) < 0.3).astype(np.int64))
+    paths = {"bert": models[("bert", 1)], "electra": models[("electra", 1)]}
+    cfg = several_config(
+        tmp_path / "in",
+        tmp_path / "out",
+        paths,
+        task="evaluate",
+        evaluate={"kind": "rerank", "at_k": 5},
+    )
+    result = run_job(cfg)
+    got = result.summary["evaluation"]
+    by_name = {m["name"]: m for m in got["models"]}
+    assert got["metrics"] == by_name["bert"]["metrics"]  # the first is the section's own
+    for name, path in paths.items():
+        alone = run_job(
+            job_config(
+                tmp_path / "in",
+                tmp_path / f"alone-{name}",
+                path,
+                task="evaluate",
+                evaluate={"kind": "rerank", "at_k": 5},
+            )
+        ).summary["evaluation"]
+        for metric, value in alone["metrics"].items():
+            assert by_name[name]["metrics"][metric] == pytest.approx(value, abs=1e-9), metric
+    per_query = pq.read_table(got["per_query"])
+    assert per_query.column_names[:2] == ["qid", "model"]
+    assert sorted(set(per_query.column("model").to_pylist())) == ["bert", "electra"]
+    (pair,) = got["compared"]
+    assert pair["model"] == "electra" and pair["baseline"] == "bert"
+    rows = per_query.filter(pc.equal(per_query.column("model"), "electra")).sort_by("qid")
+    base = per_query.filter(pc.equal(per_query.column("model"), "bert")).sort_by("qid")
+    diff = rows.column("ndcg@5").to_numpy() - base.column("ndcg@5").to_numpy()
+    assert pair["differences"]["ndcg@5"]["mean_difference"] == pytest.approx(diff.mean())
+    board = got["leaderboard"]
+    assert [r["model"] for r in board] == ["bert", "electra"]
+    assert board[1]["ndcg@5"] == by_name["electra"]["metrics"]["ndcg@5"]
+    assert all(r["docs_per_second_per_replica"] > 0 for r in board)
+    text = "\n".join(summary_lines(result))
+    assert "electra - bert (20 queries): mrr@5 " in text
 
 
 def test_each_model_on_a_faster_path_is_gated_on_its_own(models, pairs_dir, tmp_path):
