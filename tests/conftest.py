@@ -1,21 +1,26 @@
 """Shared fixtures: tiny offline models of each architecture, sample data, Ray (in-process, or
-a head of its own), an S3 server."""
+a head of its own), an S3 server, one ``crossenc score`` run on a terminal."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import os
+import pty
 import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 import urllib.error
 import urllib.request
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray binds to 
 from crossenc.job.cluster import IDLE_WORKER_MS
 from crossenc.testing import ARCHITECTURES, NLI_LABELS, build_tiny_model, write_pairs
 
-BIN = Path(sys.executable).parent  # this environment's ray, python and moto_server
+BIN = Path(sys.executable).parent  # this environment's ray, python, crossenc and moto_server
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _outside(paths: tuple[str, ...]) -> Any:
@@ -166,6 +172,59 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from crossenc.testing import build_minilm_cross_encoder
 
     return build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm") / "model")
+
+
+@dataclass(frozen=True)
+class CommandRun:
+    """What a finished ``crossenc score`` process left: its exit status, what its terminal
+    showed (stderr), its stdout and its output folder."""
+
+    returncode: int
+    terminal: str
+    stdout: bytes
+    output: Path
+
+
+@pytest.fixture(scope="session")
+def score_on_a_terminal(models, pairs_dir, tmp_path_factory) -> CommandRun:
+    """One ``crossenc score`` run as a user starts it on a fresh machine: the installed command,
+    crossenc's own in-process Ray (no RAY_ADDRESS, no token, a Ray temp dir of its own), stderr
+    on a 120-column pseudo-terminal; the msmarco-rerank preset on the tiny BERT over pairs_dir
+    (300 rows). Run once, for the tests of its terminal (tests/job/test_progress.py) and of its
+    log (tests/test_warnings.py): a process with its own Ray takes ~20 s on 2 cores."""
+    out = tmp_path_factory.mktemp("score-on-a-terminal") / "out"
+    env = {**os.environ, "RAY_TMPDIR": str(Path("/tmp") / f"rw{os.getpid()}")}
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE"):  # crossenc's own Ray, as on a fresh machine
+        env.pop(name, None)
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 120 columns
+    cmd = [
+        str(BIN / "crossenc"),
+        "score",
+        "--config",
+        str(CONFIGS / "msmarco-rerank.yaml"),
+        "--set",
+        f"model.name={models[('bert', 1)]}",
+        "--set",
+        f"input.path={pairs_dir}",
+        "--set",
+        f"output.path={out}",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=follower, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    stdout, _ = proc.communicate(timeout=300)
+    os.close(leader)
+    terminal = b"".join(chunks).decode(errors="replace")
+    return CommandRun(proc.returncode, terminal, stdout, out)
 
 
 @pytest.fixture()

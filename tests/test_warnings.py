@@ -4,10 +4,7 @@ crossenc or a test, whether Ray warns of it or logs it."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -18,12 +15,12 @@ from crossenc.inputs.read import read_units
 from crossenc.job.dataflow import build_dataset
 from crossenc.output.parts import new_run_id
 from crossenc.output.writer import WriterOptions
-from crossenc.testing import build_tiny_model, write_pairs
 from tests.helpers import job_config, read_output
 
-REPO = Path(__file__).resolve().parents[1]
 # WARNING, Warning, WARN, deprecated; Ray's C++ log lines of level W, E or F ("[time E pid tid]")
 WARNING_LINE = re.compile(r"warn|deprecat|^\[[^\]]* [WEF] \d+ \d+\]", re.IGNORECASE)
+# One drawing of crossenc's live progress line (tqdm's): "crossenc:  40%|####    | 120/300 [...]"
+PROGRESS_BAR = re.compile(r"crossenc: +\d+%\|[^|\r\n]*\|[^\[\r\n]*\[[^\]\r\n]*\]")
 # The lines of a normal run's log that match WARNING_LINE and are expected, each with its why:
 CROSSENC_WARNINGS: dict[str, str] = {}  # crossenc's own, deliberate: a normal run logs none
 RAY_LINES: dict[str, str] = {
@@ -95,37 +92,22 @@ def test_the_filters_fail_a_deprecation_attributed_to_crossenc_or_a_test_only():
 
 
 @pytest.mark.slow
-def test_a_normal_run_logs_nothing_to_act_on_but_the_listed_lines(tmp_path: Path):
-    write_pairs(tmp_path / "in", rows=60, files=2, seed=4)
-    model = build_tiny_model(tmp_path / "model", "bert", 1, seed=0)
-    env = {**os.environ, "RAY_TMPDIR": str(Path("/tmp") / f"rw{os.getpid()}")}
-    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE"):  # crossenc's own Ray, as on a fresh machine
-        env.pop(name, None)
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "crossenc"),
-            "score",
-            "--config",
-            str(REPO / "configs" / "msmarco-rerank.yaml"),
-            "--set",
-            f"model.name={model}",
-            "--set",
-            f"input.path={tmp_path / 'in'}",
-            "--set",
-            f"output.path={tmp_path / 'out'}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert read_output(tmp_path / "out").num_rows == 60
-    assert "in-process Ray on" in proc.stderr  # the log is the run's, and it is read here
+def test_a_normal_run_logs_nothing_to_act_on_but_the_listed_lines(score_on_a_terminal):
+    # The run is tests/conftest.py's score_on_a_terminal (shared with tests/job/test_progress.py):
+    # the installed command on a fresh machine's footing, its own Ray, stderr on a terminal.
+    run = score_on_a_terminal
+    assert run.returncode == 0, run.terminal[-3000:]
+    assert read_output(run.output).num_rows == 300  # pairs_dir's rows
+    assert "in-process Ray on" in run.terminal  # the log is the run's, and it is read here
+    # A line written while the live bar is drawn follows the bar on its screen line: each
+    # drawing of the bar ends a line here, so such a line is checked from its start (^\[).
+    assert PROGRESS_BAR.search(run.terminal)  # the bar was drawn, and is what this cuts out
+    lines = PROGRESS_BAR.sub("\n", run.terminal).splitlines()
+    assert not [line for line in lines if "%|" in line]  # every drawing of it
     expected = [*CROSSENC_WARNINGS, *RAY_LINES]
     unexpected = [
         line
-        for line in proc.stderr.splitlines()
+        for line in lines
         if WARNING_LINE.search(line) and not any(text in line for text in expected)
     ]
     assert unexpected == []

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import fcntl
 import io
 import logging
 import os
-import pty
 import re
-import struct
-import subprocess
-import sys
-import termios
-from pathlib import Path
 
 import pytest
 
 from crossenc.config import RuntimeConfig
 from crossenc.job.progress import Progress
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 class _Terminal(io.StringIO):
@@ -64,45 +55,17 @@ def test_unset_runtime_settings_use_the_machine():
 
 
 @pytest.mark.slow
-def test_the_command_on_a_terminal_draws_the_bar_and_uses_the_cores(models, pairs_dir, tmp_path):
-    """The real command, its own in-process Ray, stderr on a pseudo-terminal."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 120 columns
-    cmd = [
-        sys.executable,
-        "-m",
-        "crossenc.cli",
-        "score",
-        "--config",
-        str(CONFIGS / "msmarco-rerank.yaml"),
-        "--set",
-        f"model.name={models[('bert', 1)]}",
-        "--set",
-        f"input.path={pairs_dir}",
-        "--set",
-        f"output.path={tmp_path / 'out'}",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=follower, env=env)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    stdout, _ = proc.communicate(timeout=300)
-    os.close(leader)
-    err = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == 0, err[-3000:]
+def test_the_command_on_a_terminal_draws_the_bar_and_uses_the_cores(score_on_a_terminal):
+    """The real command, its own in-process Ray, stderr on a pseudo-terminal (the run is
+    tests/conftest.py's score_on_a_terminal, shared with tests/test_warnings.py)."""
+    run = score_on_a_terminal
+    err = run.terminal
+    assert run.returncode == 0, err[-3000:]
     cores = len(os.sched_getaffinity(0))
     assert f"in-process Ray on {cores} cores: 1 replica(s) x {cores} torch threads" in err
     assert re.search(r"crossenc: +100%\|.*\| 300/300 \[", err), err[-2000:]  # the live line
     assert "progress: " not in err  # no log lines beside it
-    assert b"committed to" in stdout
+    assert b"committed to" in run.stdout
 
 
 @pytest.mark.slow
