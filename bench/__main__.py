@@ -42,6 +42,10 @@ Peer mode (``--mode peer``): whole-process wall time and score fidelity of cross
 static int8), the peer in an environment of its own, ``.venv-peer`` (``bench/peer-env.sh``), per
 model and size (see :mod:`bench.peer`).
 
+Evaluate mode (``--mode evaluate``): two models evaluated over a labelled log in one pass,
+against a run per model and against sentence-transformers' CrossEncoderRerankingEvaluator,
+whole processes (see :mod:`bench.evaluate`).
+
 Memory mode (``--mode memory``): the full job with a tiny model on 10^5 and 10^6 rows, reporting
 the peak memory of the driver and every Ray process it started (see :class:`TreeMemory`).
 """
@@ -679,6 +683,7 @@ def main(argv: list[str] | None = None) -> None:
             "tables",
             "incremental",
             "peer",
+            "evaluate",
         ),
         default="throughput",
     )
@@ -718,6 +723,13 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=10_000,
         help="scale mode: read every input footer too (inspect_all), up to this many files",
+    )
+    p.add_argument(
+        "--eval-pairs",
+        type=int,
+        nargs="+",
+        default=[10_000, 100_000],
+        help="evaluate mode: labelled pairs",
     )
     p.add_argument(
         "--oob-pairs", type=int, nargs="+", default=[2400, 20_000], help="oob mode sizes"
@@ -807,6 +819,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench.peer import peer
 
             res = peer(args)
+        elif args.mode == "evaluate":
+            from bench.evaluate import evaluate
+
+            res = evaluate(args)
         elif args.mode == "oob":
             from bench.oob import oob
 
