@@ -278,6 +278,14 @@ class EvaluateConfig(_Strict):
         "0: none. Above 100,000 queries the interval is the normal one.",
     )
     seed: int = Field(0, description="Seed of the bootstrap and of the randomization test.")
+    within_files: bool | None = Field(
+        None,
+        description="kind rerank: every query's rows sit in one input file: each output writer "
+        "measures a file's queries once its rows are all there (streaming, memory flat, no "
+        "rows read back). None: decided from the query column's min/max in the Parquet footers "
+        "(files whose ranges do not overlap, gold labels of an integer or bool type); false: "
+        "the driver reads the written rows' narrow columns back and measures them.",
+    )
     compare_to: list[str] = Field(
         default_factory=list,
         description="kind rerank: outputs of earlier task evaluate runs of other models on the "
@@ -738,6 +746,15 @@ class JobConfig(_Strict):
                 "differently"
             )
         return self
+
+    def group_column(self) -> str | None:
+        """The column whose values form groups the job handles together: a rerank's groups,
+        an evaluation's queries (kind rerank); None for other tasks."""
+        if self.task == "rerank":
+            return self.rerank.group_by
+        if self.task == "evaluate" and self.evaluate.kind == "rerank":
+            return self.evaluate.group_by
+        return None
 
     def carried_columns(self) -> list[str]:
         """Input columns copied to the output: the kept ones, the group key of a rerank, and the

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crossenc.evaluation.streamed import add as add_moments
 from crossenc.models.tokenize import ERROR, TRUNCATED
 from crossenc.tasks.base import LABEL, SCORE
 
@@ -305,6 +306,10 @@ class RunMetrics:
         self.replicas: dict[str, list[float]] = {}
         self.runs: dict[str, str] = {}  # replica -> what it runs
         self.models: dict[str, list[float]] = {}  # several models: name -> [rows, busy seconds]
+        # evaluate.within_files: the writers' moments of their files' queries, and where those
+        # files' per-query metrics are (crossenc.evaluation.streamed)
+        self.evaluation: dict[str, Any] | None = None
+        self.per_query_files: list[str] = []
         self.tokens: Counter[int] = Counter()
         self.labels: Counter[str] = Counter()
         self.truncated = 0
@@ -327,6 +332,9 @@ class RunMetrics:
                 self.timeline.append((record["t"], rows))
         self.tokens.update({int(k): v for k, v in record.get("tokens", {}).items()})
         self.labels.update(record.get("labels", {}))
+        if record.get("evaluation"):  # every part's, taken-over ones too: each query once
+            self.evaluation = add_moments(self.evaluation, record["evaluation"])
+            self.per_query_files.append(record["evaluation"]["per_query"])
         self.truncated += record.get("truncated", 0)
         for col, part in record.get("scores", {}).items():
             self.scores.setdefault(col, _ScoreStats()).add(part, self._rng)

@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass
 
 import fsspec
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import StorageConfig
@@ -38,6 +40,14 @@ class Location:
     def join(self, *parts: str) -> str:
         """A child path on the same filesystem."""
         return "/".join([self.path.rstrip("/"), *parts])
+
+    def write_table(self, relative: str, table: pa.Table) -> str:
+        """Write ``table`` as Parquet at ``relative`` under this location (its folders made);
+        returns the file as a user names it: the URI (s3://...) on a store, else the path."""
+        path = self.join(relative)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        pq.write_table(table, path, filesystem=self.arrow_fs)
+        return f"{self.uri.rstrip('/')}/{relative}" if "://" in self.uri else path
 
 
 RETRIED = [0]  # object-store requests this process retried (botocore's RetryAttempts)

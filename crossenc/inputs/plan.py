@@ -82,6 +82,7 @@ class JobPlan:
     info: ModelInfo
     skipped: tuple[BadFile, ...] = ()
     rerank_within_files: bool = False  # rank inside each file as it is written, no shuffle
+    evaluate_within_files: bool = False  # measure each file's queries in its writer
     inspect_seconds: float = 0.0  # listing and footers
     pending: tuple[tuple[str, int], ...] = ()  # (path, bytes) of files whose footers are unread
     reference: tuple[tuple[str, Any], ...] = ()  # carried column -> type, from the footers read
@@ -236,7 +237,8 @@ def _inspect_file(
     if problem:
         raise InputError(f"{where}: {problem}")
     groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-    span = group_range(meta, cfg.rerank.group_by) if cfg.task == "rerank" else None
+    column = cfg.group_column()
+    span = group_range(meta, column) if column is not None else None
     return InputFile(path, meta.num_rows, groups, span), schema
 
 
@@ -387,8 +389,9 @@ def plan_job(cfg: JobConfig) -> JobPlan:
     failpoint("plan.after_model")
     check_task(cfg, info)
     others = tuple((name, describe_view(view)) for name, view in cfg.model_views()[1:])
-    # A rerank reads every footer first: the in-file rank needs each file's row count.
-    sample = None if cfg.task == "rerank" else cfg.input.inspect_files
+    # A rerank (and an evaluation of rankings) reads every footer first: the in-file rank
+    # needs each file's row count.
+    sample = None if cfg.group_column() is not None else cfg.input.inspect_files
     files, skipped, pending, reference, sampled = inspect_start(cfg, sample)
     within = False
     if cfg.task == "rerank":
@@ -414,6 +417,7 @@ def plan_job(cfg: JobConfig) -> JobPlan:
                 "output.mode=overwrite, or set rerank.within_files=true if every group sits "
                 "in one file"
             )
+    measured = cfg.task == "evaluate" and evaluate_within_files(cfg, files, reference)
     seconds = time.monotonic() - started
     sizes = list(pending.items())
     if pending:
@@ -428,12 +432,46 @@ def plan_job(cfg: JobConfig) -> JobPlan:
         info,
         skipped,
         rerank_within_files=within,
+        evaluate_within_files=measured,
         inspect_seconds=seconds,
         pending=tuple(sorted(sizes)),
         reference=tuple(reference.items()),
         sampled_bytes=sampled,
         others=others,
     )
+
+
+def evaluate_within_files(
+    cfg: JobConfig, files: tuple[InputFile, ...], reference: dict[str, Any]
+) -> bool:
+    """Whether the writers measure each file's queries (evaluate.within_files; None: when
+    the footers show that no query spans two files and the gold labels are integers or bool,
+    whose grades need no check of each value)."""
+    ev = cfg.evaluate
+    if ev.kind != "rerank" or ev.within_files is False:
+        return False
+    gold = reference.get(ev.gold)
+    whole = gold is not None and (pa.types.is_integer(gold) or pa.types.is_boolean(gold))
+    if ev.within_files:
+        if not whole:
+            raise ConfigError(
+                f"evaluate.within_files true needs integer or bool grades in {ev.gold!r} (the "
+                f"footers say {gold}): set it false to have the driver check each grade"
+            )
+        return True
+    if whole and groups_within_files(files):
+        log.info(
+            "evaluate: no query spans two input files (footer statistics of %r): each file's "
+            "queries are measured as it is written",
+            ev.group_by,
+        )
+        return True
+    log.info(
+        "evaluate: queries may span input files, or the grades are not integers: the written "
+        "rows are read back and measured in the driver (set evaluate.within_files=true if "
+        "every query sits in one file)"
+    )
+    return False
 
 
 def describe_view(view: JobConfig) -> ModelInfo:

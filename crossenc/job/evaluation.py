@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,20 +22,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from crossenc.config import ConfigError, JobConfig
-from crossenc.evaluation import metrics
+from crossenc.config import ConfigError, JobConfig, StorageConfig
+from crossenc.evaluation import metrics, streamed
 from crossenc.evaluation.compare import compare, paired_by_query
+from crossenc.evaluation.streamed import FOLDER, by_model, stacked
 from crossenc.inputs.sample import IO_THREADS
+from crossenc.metrics import RunMetrics
 from crossenc.models.describe import ModelInfo
 from crossenc.models.several import named
 from crossenc.output.parts import PartStats
-from crossenc.storage import Location
+from crossenc.storage import Location, resolve
 from crossenc.tasks.base import score_names
 
 log = logging.getLogger(__name__)
-
-FOLDER = "_evaluation"  # beside the output's rows: readers of the output skip _-prefixed paths
-MODEL = "model"  # several models: the per-query metrics' column naming the model
 
 
 def read_columns(output: Location, parts: list[PartStats], columns: list[str]) -> pa.Table:
@@ -58,6 +58,7 @@ def evaluate_run(
     infos: dict[str, ModelInfo],
     run_id: str,
     earlier: dict[str, dict[str, Any]],
+    measured_in_files: RunMetrics | None = None,
 ) -> dict[str, Any]:
     """The evaluation section of the run summary: each model's metrics against
     ``evaluate.gold`` over the rows written (dead-lettered rows have no score; rows without a
@@ -65,6 +66,9 @@ def evaluate_run(
     metrics are written as Parquet (its path in ``per_query``), and compared with ``earlier``:
     the evaluation sections of evaluate.compare_to's runs (:mod:`crossenc.job.prepare`).
     ``infos``: each model's info by short name (:meth:`crossenc.inputs.plan.JobPlan.model_infos`).
+    ``measured_in_files``: the run's metrics, where the writers measured each file's queries
+    (evaluate.within_files, :mod:`crossenc.evaluation.streamed`): their moments make the
+    figures, and no row is read back.
 
     The first model's figures are the section's own; with several models (``models:``) each
     has its entry in ``models``, and each after the first is compared with it query by query
@@ -72,25 +76,16 @@ def evaluate_run(
     ev = cfg.evaluate
     started = time.monotonic()
     views = cfg.model_views()
-    columns = {n: [named(c, n) for c in score_names(infos[n])] for n, _ in views}
-    group = [ev.group_by] if ev.kind == "rerank" else []
-    table = read_columns(output, parts, [ev.gold, *sum(columns.values(), []), *group])
-    labelled = pc.is_valid(table.column(ev.gold)).to_numpy(zero_copy_only=False)
-    out: dict[str, Any] = {
-        "kind": ev.kind,
-        "gold": ev.gold,
-        "model": cfg.model.name,
-        "rows": table.num_rows,
-        "rows_without_gold": int((~labelled).sum()),
-    }
-    table = table.filter(pa.array(labelled))
-    if table.num_rows == 0:  # every row dead-lettered, or none labelled: nothing to measure
+    if measured_in_files is not None:
+        measured = _streamed(cfg, measured_in_files)
+    else:
+        measured = _read_back(cfg, output, parts, infos)
+    out, sections, per_query = measured.out, measured.sections, measured.per_query
+    if sections is None:  # every row dead-lettered, or none labelled: nothing to measure
         log.warning("evaluation of %s: no scored row has a gold label", cfg.model.name)
         out.update({"metrics": {}, "ci95": {}, "seconds": round(time.monotonic() - started, 3)})
         return out
-    sections = {name: _measure(view, table, columns[name], infos[name]) for name, view in views}
     first, *rest = [name for name, _ in views]
-    per_query = {name: section.pop("per_query", None) for name, section in sections.items()}
     out.update(sections[first])
     if len(views) > 1:
         out["models"] = [
@@ -99,33 +94,131 @@ def evaluate_run(
     if ev.kind == "rerank":
         names = metrics.ranking_names(ev.at_k)
         out["at_k"] = ev.at_k
-        out["per_query"] = _write_per_query(output, run_id, per_query, ev.group_by)
-        out["compared"] = [
-            {
-                "model": name,
-                "baseline": first,
-                **paired_by_query(
-                    per_query[name], per_query[first], ev.group_by, names, ev.bootstrap, ev.seed
-                ),
-            }
-            for name in rest
-        ] + [
-            compare(
-                per_query[first],
-                ev.group_by,
-                names,
-                earlier[path],
-                path,
-                cfg.output.storage,
-                ev.bootstrap,
-                ev.seed,
-            )
-            for path in ev.compare_to
-        ]
+        if isinstance(per_query, list):  # past the bootstrap's limit: the files, and moments
+            out["per_query"] = per_query
+            out["compared"] = [
+                {"model": name, "baseline": first, **measured.paired[name]} for name in rest
+            ]
+        else:
+            out["per_query"] = _write_per_query(output, run_id, per_query)
+            out["compared"] = [
+                {
+                    "model": name,
+                    "baseline": first,
+                    **paired_by_query(
+                        per_query[name], per_query[first], ev.group_by, names, ev.bootstrap, ev.seed
+                    ),
+                }
+                for name in rest
+            ]
+        if ev.compare_to:
+            if isinstance(per_query, list):  # (every query's values: memory grows with them)
+                here = by_model(_read_tables(per_query, cfg.output.storage), [first])[first]
+            else:
+                here = per_query[first]
+            out["compared"] += [
+                compare(
+                    here,
+                    ev.group_by,
+                    names,
+                    earlier[path],
+                    path,
+                    cfg.output.storage,
+                    ev.bootstrap,
+                    ev.seed,
+                )
+                for path in ev.compare_to
+            ]
     out["seconds"] = round(time.monotonic() - started, 3)
     for name, view in views:
         log.info("evaluation of %s: %s", view.model.name, _headline(sections[name]))
     return out
+
+
+@dataclass
+class _Measured:
+    """Each model's figures before the comparisons: the run's counts (``out``), the figures by
+    model (None: no row to measure), a ranking's per-query tables by model (or, past the
+    bootstrap's limit, the per-query files' paths) and, there, each later model's paired
+    figures against the first from the moments."""
+
+    out: dict[str, Any]
+    sections: dict[str, dict[str, Any]] | None = None
+    per_query: dict[str, pa.Table] | list[str] = field(default_factory=dict)
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _read_back(
+    cfg: JobConfig, output: Location, parts: list[PartStats], infos: dict[str, ModelInfo]
+) -> _Measured:
+    """Each model's figures from the narrow columns of the output files, read back."""
+    ev, views = cfg.evaluate, cfg.model_views()
+    columns = {n: [named(c, n) for c in score_names(infos[n])] for n, _ in views}
+    group = [ev.group_by] if ev.kind == "rerank" else []
+    table = read_columns(output, parts, [ev.gold, *sum(columns.values(), []), *group])
+    labelled = pc.is_valid(table.column(ev.gold)).to_numpy(zero_copy_only=False)
+    out = _counts(cfg, table.num_rows, int((~labelled).sum()))
+    table = table.filter(pa.array(labelled))
+    if table.num_rows == 0:
+        return _Measured(out)
+    sections = {name: _measure(view, table, columns[name], infos[name]) for name, view in views}
+    per_query = {name: section.pop("per_query", None) for name, section in sections.items()}
+    return _Measured(out, sections, per_query)
+
+
+def _by_query(per_query: pa.Table, key: str) -> pa.Table:
+    """Per-query metrics in query order: the bootstrap draws the same queries whatever files
+    and order the rows came in."""
+    return per_query.sort_by(key)
+
+
+def _streamed(cfg: JobConfig, run: RunMetrics) -> _Measured:
+    """:func:`_read_back`'s figures from the moments the writers measured: up to
+    ``BOOTSTRAP_EXACT_UNITS`` queries the per-query files are read back (the bootstrap and
+    the randomization test need each query's value); past it the figures come from the
+    moments, and the per-query files stay where the writers wrote them."""
+    ev, views = cfg.evaluate, cfg.model_views()
+    total, paths = run.evaluation, run.per_query_files
+    if total is None:
+        return _Measured(_counts(cfg, 0, 0))
+    out = _counts(cfg, total["rows"], total["rows_without_gold"])
+    if total["queries"] == 0:
+        return _Measured(out)
+    names = [name for name, _ in views]
+    paths = list(dict.fromkeys(paths))
+    if total["queries"] <= metrics.BOOTSTRAP_EXACT_UNITS:
+        tables = by_model(_read_tables(paths, cfg.output.storage), names)
+        per_query = {name: _by_query(table, ev.group_by) for name, table in tables.items()}
+        sections = {
+            name: metrics.ranking_summary(per_query[name], ev.at_k, ev.bootstrap, ev.seed)
+            for name in names
+        }
+        return _Measured(out, sections, per_query)
+    sections = {name: streamed.summary_of(total, name, ev.at_k) for name in names}
+    paired = {name: streamed.paired_of(total, name, ev.at_k) for name in names[1:]}
+    return _Measured(out, sections, paths, paired)
+
+
+def _counts(cfg: JobConfig, rows: int, without_gold: int) -> dict[str, Any]:
+    ev = cfg.evaluate
+    return {
+        "kind": ev.kind,
+        "gold": ev.gold,
+        "model": cfg.model.name,
+        "rows": rows,
+        "rows_without_gold": without_gold,
+    }
+
+
+def _read_tables(paths: list[str], storage: StorageConfig) -> pa.Table:
+    """Per-query files (each named as a user names it), concatenated (IO threads)."""
+
+    def read(path: str) -> pa.Table:
+        loc = resolve(path, storage)
+        return pq.read_table(loc.path, filesystem=loc.arrow_fs)
+
+    with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="evaluate") as pool:
+        return pa.concat_tables(list(pool.map(read, paths)))
 
 
 def _measure(
@@ -143,8 +236,10 @@ def _measure(
             ev.at_k,
             ev.relevant_from,
         )
+        per_query = per_query.rename_columns([ev.group_by, *per_query.column_names[1:]])
+        per_query = _by_query(per_query, ev.group_by)
         out = metrics.ranking_summary(per_query, ev.at_k, ev.bootstrap, ev.seed)
-        out["per_query"] = per_query.rename_columns([ev.group_by, *per_query.column_names[1:]])
+        out["per_query"] = per_query
         return out
     if ev.kind == "similarity":
         # (a gold column that is not numbers was refused from the footers: inputs.plan)
@@ -213,25 +308,10 @@ def _label_indices(gold: pa.ChunkedArray, labels: list[str], name: str, model: s
     return indices.astype(np.int64)
 
 
-def _write_per_query(
-    output: Location, run_id: str, per_query: dict[str, pa.Table], key: str
-) -> str:
-    """Write the per-query metrics under the output; returns where (as the output is named).
-    Several models' (``per_query`` by short name) are stacked, the model's name in a ``model``
-    column after the query's."""
-    if len(per_query) == 1:
-        table = next(iter(per_query.values()))
-    else:
-        table = pa.concat_tables(
-            t.add_column(1, MODEL, pa.array([name] * t.num_rows, pa.string()))
-            for name, t in per_query.items()
-        )
-    relative = f"{FOLDER}/{run_id}/per_query.parquet"
-    path = output.join(relative)
-    output.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    pq.write_table(table, path, filesystem=output.arrow_fs)
-    remote = "://" in output.uri
-    return f"{output.uri.rstrip('/')}/{relative}" if remote else path
+def _write_per_query(output: Location, run_id: str, per_query: dict[str, pa.Table]) -> str:
+    """Write the per-query metrics under the output (several models' stacked:
+    :func:`~crossenc.evaluation.streamed.stacked`); returns where, as the output is named."""
+    return output.write_table(f"{FOLDER}/{run_id}/per_query.parquet", stacked(per_query))
 
 
 HEADLINE = {  # the model cards' columns per kind: sentence-transformers' tables

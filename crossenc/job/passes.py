@@ -11,6 +11,7 @@ from typing import Any
 import ray
 
 from crossenc.config import JobConfig
+from crossenc.evaluation.streamed import FileEvaluation
 from crossenc.inputs.plan import JobPlan
 from crossenc.inputs.read import pending_units, read_units
 from crossenc.job.accounting import Ledger, rows_in, todo_ranges
@@ -21,11 +22,12 @@ from crossenc.job.match import EarlierScores
 from crossenc.job.prepare import Prepared
 from crossenc.job.progress import ScoredRows
 from crossenc.job.takeover import TakeOver
-from crossenc.models.several import build_model_set
+from crossenc.models.several import build_model_set, named
 from crossenc.output.parts import (
     PartStats,
 )
 from crossenc.output.writer import WriterOptions, writer_actor
+from crossenc.tasks.base import SCORE
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +63,19 @@ def score_pass(
         and rows <= min(files.max_rows, WHOLE_INPUT_RANK_ROWS)
     )
     within = cfg.task == "rerank" and (plan.rerank_within_files or whole)
+    measured = plan.evaluate_within_files
     options = WriterOptions(
         max_rows=files.max_rows,
         max_bytes=int(files.max_mib * 2**20),
         max_seconds=files.max_seconds,
         rerank_by=cfg.rerank.group_by if within else None,
         top_k=cfg.rerank.top_k if within else None,
-        expected_rows={f.path: f.rows for f in plan.files if f.path in todo} if within else {},
+        expected_rows=(
+            {f.path: f.rows for f in plan.files if f.path in todo} if within or measured else {}
+        ),
         rank_whole_input=whole,
         several_models=len(cfg.models) > 1,
+        evaluate=file_evaluation(cfg, plan) if measured else None,
     )
     shuffled = cfg.task == "rerank" and not within  # its rows reach the driver at the end
     counter = ScoredRows(on_scored) if shuffled and on_scored is not None else None
@@ -108,6 +114,14 @@ def score_pass(
             counter.close()
         for writer in writers:
             ray.kill(writer)
+
+
+def file_evaluation(cfg: JobConfig, plan: JobPlan) -> FileEvaluation:
+    """What the writers need to measure each input file's queries (evaluate.within_files)."""
+    ev, infos = cfg.evaluate, plan.model_infos(cfg)
+    scores = tuple((name, named(SCORE, name)) for name, _ in cfg.model_views())
+    assert all(infos[name].num_labels == 1 for name, _ in scores)  # (kind rerank's check)
+    return FileEvaluation(ev.group_by, ev.gold, ev.at_k, ev.relevant_from, scores)
 
 
 def score_passes(

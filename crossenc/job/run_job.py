@@ -61,7 +61,13 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
     evaluation = None
     if cfg.task == "evaluate":
         evaluation = evaluate_run(
-            cfg, run.output, ledger.parts, plan.model_infos(cfg), run_id, run.compared
+            cfg,
+            run.output,
+            ledger.parts,
+            plan.model_infos(cfg),
+            run_id,
+            run.compared,
+            ledger.metrics if plan.evaluate_within_files else None,
         )
         staged_at = clock.lap("evaluate", staged_at)
     summary = summarise(

@@ -35,6 +35,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import OutputConfig
 from crossenc.errors import storage_errors
+from crossenc.evaluation.streamed import FOLDER as EVALUATION_FOLDER
+from crossenc.evaluation.streamed import FileEvaluation, add, moments, per_query_of
 from crossenc.metrics import (
     METRIC_COLUMNS,
     MODEL_BUSY,
@@ -67,6 +69,14 @@ class WriterOptions:
     # a small input): groups may span files, and no shuffle is needed
     rank_whole_input: bool = False
     several_models: bool = False  # models: a dead letter keeps the scores other models gave
+    # evaluate.within_files: measure each input file's queries once its rows are all here
+    evaluate: FileEvaluation | None = None
+
+    @property
+    def holds_files(self) -> bool:
+        """Whether an input file's rows are held until all of them are here (a rerank or an
+        evaluation within files): a partial file cannot be written."""
+        return self.rerank_by is not None or self.evaluate is not None
 
 
 class _Sink:
@@ -136,6 +146,8 @@ class _Piece:
     skipped_rows: int = 0
     metrics: list[dict[str, Any]] = field(default_factory=list)
     input_rows: int = -1
+    evaluation: dict[str, Any] | None = None  # evaluate.within_files: the queries' moments
+    per_query: list[pa.Table] = field(default_factory=list)  # and their per-query metrics
 
 
 def visible_columns(columns: list[str]) -> list[str]:
@@ -209,7 +221,7 @@ class RollingWriter:
             rows = self._new_rows(source, rows)
             if rows.num_rows == 0:
                 continue
-            if self.options.rerank_by is not None:
+            if self.options.holds_files:
                 ranked = self._hold(source, rows)
                 if ranked is None:
                     continue
@@ -252,6 +264,8 @@ class RollingWriter:
             return None
         table = pa.concat_tables(self.held.pop(source))
         del self.held_rows[source]
+        if self.options.rerank_by is None:  # an evaluation within files: measured in _add
+            return table
         return rank_within(table, self.options.rerank_by, self.options.top_k)
 
     def _add(self, source: str, rows: pa.Table) -> None:
@@ -278,6 +292,11 @@ class RollingWriter:
                 piece.skipped_rows += int(pc.sum(reused).as_py() or 0)
                 keep = pc.and_(keep, pc.invert(reused))
         good = rows.filter(keep)
+        if self.options.evaluate is not None and good.num_rows:
+            spec = self.options.evaluate
+            table, measured, without = per_query_of(good, spec)
+            piece.evaluation = add(piece.evaluation, moments(table, spec, measured, without))
+            piece.per_query.append(table)
         if good.num_rows:
             good = with_partition_values(good.select(visible_columns(rows.column_names)), self.out)
             if self.data is None:
@@ -316,6 +335,7 @@ class RollingWriter:
         with storage_errors("output", self.out.path, self.out.storage):
             data = self.data.close() if self.data is not None else None
             dead = self.dead.close() if self.dead is not None else None
+            measured = self._write_per_query(data)
         size = self.data.size if self.data is not None else -1
         first = next(iter(self.pieces.values()))  # the writes' retries count once, here
         first.metrics.append({"store_retries": retried_requests() - self.retried})
@@ -330,7 +350,7 @@ class RollingWriter:
                 dropped_rows=piece.dropped_rows,
                 run_id=self.run_id,
                 ranges=json.dumps(piece.ranges),
-                metrics=json.dumps(merge_part_metrics(piece.metrics)),
+                metrics=json.dumps(merge_part_metrics(piece.metrics) | measured.get(source, {})),
                 input_rows=piece.input_rows,
                 siblings=len(self.pieces),
                 file_bytes=size if piece.rows else -1,
@@ -342,6 +362,23 @@ class RollingWriter:
         self.seq += 1
         self._reset()
         return parts
+
+    def _write_per_query(self, data: str | None) -> dict[str, dict[str, Any]]:
+        """evaluate.within_files: the per-query metrics of the input files in the file being
+        closed, written as ``_evaluation/<run_id>/per_query/<its name>`` under the output;
+        per input file, its metrics record's ``evaluation`` entry (the moments, and where
+        that file is)."""
+        tables = [t for piece in self.pieces.values() for t in piece.per_query]
+        if data is None or not tables:
+            return {}
+        name = data.rsplit("/", 1)[-1]
+        relative = f"{EVALUATION_FOLDER}/{self.run_id}/per_query/{name}"
+        where = self.loc.write_table(relative, pa.concat_tables(tables))
+        return {
+            source: {"evaluation": {**piece.evaluation, "per_query": where}}
+            for source, piece in self.pieces.items()
+            if piece.evaluation is not None
+        }
 
     def flush(self) -> list[PartStats]:
         """Close the open file at the end of the stream. Rows held for an in-file rerank whose
@@ -392,7 +429,7 @@ def write_block(
         try:
             parts += ray.get(ref)
         except ray.exceptions.RayActorError:
-            if options.rerank_by is not None:
+            if options.holds_files:
                 continue  # a partial file cannot be ranked here: the repair pass redoes it
             local = RollingWriter(out, run_id, f"f{uuid.uuid4().hex[:6]}", options)
             parts += local.append(rows) + local.flush()
