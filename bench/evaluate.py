@@ -20,9 +20,7 @@ The one pass's leaderboard is recorded, and each model's metrics against the eva
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -111,7 +109,7 @@ def _run(
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved whole-process runs of the one pass, the separate runs and the evaluator."""
-    from bench.machine import cpu_model, isa_caps, versions
+    from bench.machine import header
     from bench.oob import contenders_setup, interleaved
     from crossenc.testing import build_tiny_model
 
@@ -124,11 +122,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     script = work / "st_evaluator.py"
     script.write_text(ST_EVALUATOR)
     result: dict[str, Any] = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
-        "isa_caps": isa_caps(),
-        "repetitions": args.reps,
-        "versions": versions(),
+        **header(args.reps),
         "models": {n: str(p) for n, p in models.items()},
         "sizes": {},
     }

@@ -35,3 +35,17 @@ def isa_caps() -> dict[str, str]:
     """The instruction-set caps this run's processes inherit (torch's kernels, oneDNN, MKL):
     how an AVX2-only CPU is emulated on a newer one; empty when none is set."""
     return {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+
+
+def header(repetitions: int) -> dict[str, object]:
+    """The head of a whole-process benchmark's JSON: when, on what CPU (and its instruction
+    sets), how many repetitions, which packages."""
+    import datetime
+
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "isa_caps": isa_caps(),
+        "repetitions": repetitions,
+        "versions": versions(),
+    }

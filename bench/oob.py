@@ -15,7 +15,6 @@ Parquet files: MiniLM-L6 pairs in 8 files.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import shutil
 import statistics
@@ -123,16 +122,12 @@ def interleaved(
 def oob(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved whole-process runs of the user's script and the default job, per size."""
     from bench.data import write_pairs
-    from bench.machine import cpu_model, isa_caps, versions
+    from bench.machine import header
 
     work = Path(args.work)
     model, script, env = contenders_setup(work)
     result: dict[str, Any] = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
-        "isa_caps": isa_caps(),
-        "repetitions": args.reps,
-        "versions": versions(),
+        **header(args.reps),
         "sizes": {},
     }
     for pairs in args.oob_pairs:

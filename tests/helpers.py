@@ -93,6 +93,23 @@ def job_config(
     return build_config(data)
 
 
+def long_row_block() -> pa.Table:
+    """Four read rows of one file: short pairs, a 60-word passage (row 1) and an empty query
+    (row 2); what a scorer that runs out of memory on long rows is tested with."""
+    from crossenc.models.tokenize import ROW, SOURCE
+
+    return pa.table(
+        {
+            "query": ["short", "short", "", "short"],
+            "passage": ["a b", " ".join(["word"] * 60), "a b", "c d"],
+            "qid": [1, 2, 3, 4],
+            "doc_id": ["d1", "d2", "d3", "d4"],
+            SOURCE: ["f.parquet"] * 4,
+            ROW: [0, 1, 2, 3],
+        }
+    )
+
+
 def several_config(
     input_path: Path | str,
     output_path: Path | str,

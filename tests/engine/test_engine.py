@@ -190,26 +190,16 @@ def test_a_row_that_does_not_fit_alone_is_left_unscored(caplog):
 def test_replica_dead_letters_a_row_that_does_not_fit_alone(models, tmp_path):
     """The scorer replica turns such a row into a dead letter with its reason; the rest of the
     block is scored as usual."""
-    import pyarrow as pa
 
     from crossenc.engine.replica import ScorerReplica
     from crossenc.metrics import OOM
     from crossenc.models.describe import describe_model
-    from crossenc.models.tokenize import ERROR, IDS, ROW, SOURCE, tokenize_batch
-    from tests.helpers import job_config
+    from crossenc.models.tokenize import ERROR, IDS, tokenize_batch
+    from tests.helpers import job_config, long_row_block
 
     cfg = job_config(tmp_path / "in", tmp_path / "out", models[("bert", 1)])
     info = describe_model(cfg.model, None)
-    block = pa.table(
-        {
-            "query": ["short", "short", "", "short"],
-            "passage": ["a b", " ".join(["word"] * 60), "a b", "c d"],
-            "qid": [1, 2, 3, 4],
-            "doc_id": ["d1", "d2", "d3", "d4"],
-            SOURCE: ["f.parquet"] * 4,
-            ROW: [0, 1, 2, 3],
-        }
-    )
+    block = long_row_block()
     tokenized = tokenize_batch(block, cfg, info)
     replica = ScorerReplica(cfg, info)
     plain = replica(tokenized)

@@ -19,7 +19,7 @@ from crossenc.models.several import build_model_set, group_column, named, tokeni
 from crossenc.models.tokenize import ERROR, IDS, ROW, SOURCE, TRUNCATED
 from crossenc.output.writer import dead_columns
 from tests.engine.test_engine import LengthRunner
-from tests.helpers import job_config, read_output, several_config
+from tests.helpers import job_config, long_row_block, read_output, several_config
 
 
 def test_named_columns():
@@ -116,16 +116,7 @@ def test_a_row_one_model_cannot_fit_keeps_the_others_score(ray_local, models, tm
     cfg = several_config(tmp_path / "in", tmp_path / "out", paths)
     infos = {n: describe_model(v.model, v.runtime.cache_dir) for n, v in cfg.model_views()}
     models_ = build_model_set(cfg, infos)
-    block = pa.table(
-        {
-            "query": ["short", "short", "", "short"],
-            "passage": ["a b", " ".join(["word"] * 60), "a b", "c d"],
-            "qid": [1, 2, 3, 4],
-            "doc_id": ["d1", "d2", "d3", "d4"],
-            SOURCE: ["f.parquet"] * 4,
-            ROW: [0, 1, 2, 3],
-        }
-    )
+    block = long_row_block()
     tokenized = tokenize_models(block, models_)
     replica = ScorerReplica(cfg, infos["bert"], models=models_)
     replica.engines[1].runner = LengthRunner(oom_above_tokens=40)  # electra: no room for row 1
