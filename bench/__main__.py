@@ -639,6 +639,8 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
                 part = unique.take(pa.array(idx))
                 part = part.set_column(0, "pair_id", pa.array(np.arange(start, start + n)))
                 part = part.set_column(1, "qid", pa.array(np.arange(start, start + n) // 10))
+                grades = (np.arange(start, start + n) * 7919) % 4  # evaluate's gold: 0-3
+                part = part.append_column("relevance", pa.array(grades, pa.int64()))
                 pq.write_table(part, data / f"part-{i:05d}.parquet")
         dest = work / f"mem-out-{rows}"
         shutil.rmtree(dest, ignore_errors=True)
@@ -648,6 +650,8 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
                 "model": {"name": str(folder)},
                 "task": args.task,
                 "rerank": {"group_by": "qid"},
+                # evaluate: each file's queries measured in its writer (within files)
+                "evaluate": {"kind": "rerank", "group_by": "qid", "gold": "relevance"},
                 "output": {"path": str(dest)},
                 "runtime": {"replicas": 1, "cpus_per_replica": 1, "torch_threads": 1},
             }
@@ -663,6 +667,16 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             "peak_memory_driver_and_workers_mib": round(mem.peak / 2**20, 1),
             "at_peak": mem.at_peak,
         }
+        if args.task == "evaluate":
+            evaluation = res.summary["evaluation"]
+            out["sizes"][str(rows)]["evaluation"] = {
+                "queries": evaluation.get("queries"),
+                "seconds": evaluation.get("seconds"),
+                "per_query_files": len(evaluation.get("per_query") or [])
+                if isinstance(evaluation.get("per_query"), list)
+                else 1,
+                "metrics": evaluation.get("metrics"),
+            }
         shutil.rmtree(dest, ignore_errors=True)
     return out
 
@@ -709,7 +723,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-batch-rows", type=int, default=256)
     p.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--rows-per-file", type=int, default=50_000, help="memory mode input files")
-    p.add_argument("--task", choices=("score", "rerank"), default="score", help="memory mode")
+    p.add_argument(
+        "--task", choices=("score", "rerank", "evaluate"), default="score", help="memory mode"
+    )
     p.add_argument("--work", help="folder for data, models and caches (default: a temp dir)")
     p.add_argument(
         "--parts", type=int, nargs="+", default=[1000, 10_000, 100_000], help="scale mode sizes"
