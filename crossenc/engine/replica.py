@@ -16,7 +16,7 @@ from crossenc.engine.scoring import ScoringEngine
 from crossenc.inputs.reuse import REUSE_SCORES, reused_scores
 from crossenc.metrics import metric_columns, model_busy_columns
 from crossenc.models.describe import ModelInfo
-from crossenc.models.load import load_tokenizer, model_source
+from crossenc.models.load import model_source
 from crossenc.models.several import ModelSet, group_column, lone, named
 from crossenc.models.tokenize import (
     ERROR,
@@ -24,7 +24,6 @@ from crossenc.models.tokenize import (
     TYPE_IDS,
     WINDOW_LENGTHS,
     WINDOWS,
-    encoder_spec,
 )
 from crossenc.tasks import task_for
 
@@ -204,12 +203,3 @@ class ScorerReplica:
     def _token_columns(self, batch: pa.Table) -> list[str]:
         groups = range(len(self.models.encoders))
         return [group_column(c, g) for c in (IDS, TYPE_IDS) for g in groups]
-
-
-def tokenizer_spec(cfg: JobConfig, info: ModelInfo) -> dict[str, Any] | None:
-    """The tokenizer's backend for the tokenize tasks to encode with (they never import
-    transformers; see :func:`crossenc.models.tokenize.encoder_spec`), or None where they load the
-    tokenizer themselves (a chat template, model.long_text chunk)."""
-    if cfg.model.long_text == "chunk":
-        return None
-    return encoder_spec(load_tokenizer(cfg.model, info.source), info)

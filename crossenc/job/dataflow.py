@@ -10,10 +10,10 @@ from typing import Any
 import ray
 
 from crossenc.config import JobConfig
-from crossenc.engine.replica import ScorerReplica, tokenizer_spec
+from crossenc.engine.replica import ScorerReplica
 from crossenc.inputs.read import read_tokenized
 from crossenc.models.describe import ModelInfo
-from crossenc.models.several import ModelSet, lone, tokenize_models
+from crossenc.models.several import ModelSet, build_model_set, lone, tokenize_models
 from crossenc.output.writer import WriterOptions, write_block
 from crossenc.tasks import task_for
 
@@ -48,7 +48,8 @@ def scoring_stages(
     ``models``: several models (:func:`crossenc.models.several.build_model_set`), each of whose
     replicas hold them all."""
     rt = cfg.runtime
-    models = models or lone(cfg, info, tokenizer_spec(cfg, info) if not tokenized else None)
+    if models is None:  # a lone model; its tokenizer's spec only where it tokenizes here
+        models = lone(cfg, info) if tokenized else build_model_set(cfg, {"": info})
     if not tokenized:
         ds = ds.map_batches(
             tokenize_models,
@@ -98,7 +99,7 @@ def build_dataset(
     one progress row per block (rows handed over, and the parts of files that closed);
     ``counter`` and ``models``: see :func:`scoring_stages`."""
     rt = cfg.runtime
-    models = models or lone(cfg, info, tokenizer_spec(cfg, info))
+    models = models or build_model_set(cfg, {"": info})
     ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 1000)))
     # Each row group is read and tokenized by one task: the texts never go through the object
     # store, and one kind of task (one worker process per CPU Ray gives them) does both.

@@ -126,14 +126,19 @@ def lone(cfg: JobConfig, info: ModelInfo, encoder: dict[str, Any] | None = None)
     return ModelSet((Member("", cfg, info, 0),), (encoder,))
 
 
+def tokenizer_spec(view: JobConfig, info: ModelInfo) -> dict[str, Any] | None:
+    """The tokenizer's backend for the tokenize tasks to encode with (they never import
+    transformers; see :func:`crossenc.models.tokenize.encoder_spec`), or None where they load the
+    tokenizer themselves (a chat template, model.long_text chunk)."""
+    if view.model.long_text == "chunk":
+        return None
+    return encoder_spec(load_tokenizer(view.model, info.source), info)
+
+
 def build_model_set(cfg: JobConfig, infos: dict[str, ModelInfo]) -> ModelSet:
     """:func:`model_set` with each model's encoder spec drawn here, in the driver (one load
-    of each tokenizer, as a lone model's spec is drawn)."""
-    specs = {}
-    for name, view in cfg.model_views():
-        info = infos[name]
-        chunk = view.model.long_text == "chunk"
-        specs[name] = None if chunk else encoder_spec(load_tokenizer(view.model, info.source), info)
+    of each tokenizer); ``infos`` by short name (a lone model's under "")."""
+    specs = {name: tokenizer_spec(view, infos[name]) for name, view in cfg.model_views()}
     return model_set(cfg, infos, specs)
 
 
