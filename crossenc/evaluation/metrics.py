@@ -86,16 +86,21 @@ def interval(
         return None
     tail = (1 - level) / 2
     if n > BOOTSTRAP_EXACT_UNITS:
-        from scipy.stats import norm
-
-        half = float(norm.ppf(1 - tail) * values.std(ddof=1) / np.sqrt(n))
-        return [float(values.mean()) - half, float(values.mean()) + half]
+        return normal_interval(float(values.mean()), float(values.std(ddof=1)), n, level)
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     for start, stop in _draws(resamples, n):
         means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
     low, high = np.quantile(means, [tail, 1 - tail])
     return [float(low), float(high)]
+
+
+def normal_interval(mean: float, sd: float, n: int, level: float = 0.95) -> list[float]:
+    """The normal ``level`` interval of a mean of ``n`` units with standard deviation ``sd``."""
+    from scipy.stats import norm
+
+    half = float(norm.ppf(1 - (1 - level) / 2) * sd / np.sqrt(n))
+    return [mean - half, mean + half]
 
 
 def _draws(total: int, n: int, cells: int = 2_000_000) -> list[tuple[int, int]]:

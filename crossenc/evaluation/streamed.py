@@ -127,15 +127,11 @@ def add(into: dict | None, more: dict) -> dict:
 
 def _normal(n: int, total: float, squares: float) -> tuple[float, list[float] | None, float]:
     """The mean, its 95% normal interval (None below two units) and the standard error."""
-    from scipy.stats import norm
-
     mean = total / n if n else 0.0
     if n < 2:
         return mean, None, 0.0
-    variance = max(squares - n * mean * mean, 0.0) / (n - 1)
-    se = float(np.sqrt(variance / n))
-    half = float(norm.ppf(0.975)) * se
-    return mean, [mean - half, mean + half], se
+    sd = float(np.sqrt(max(squares - n * mean * mean, 0.0) / (n - 1)))
+    return mean, metrics.normal_interval(mean, sd, n), sd / float(np.sqrt(n))
 
 
 def summary_of(total: dict, model: str, at_k: int) -> dict[str, Any]:
