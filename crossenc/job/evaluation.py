@@ -80,7 +80,7 @@ def evaluate_run(
         measured = _streamed(cfg, measured_in_files)
     else:
         measured = _read_back(cfg, output, parts, infos)
-    out, sections, per_query = measured.out, measured.sections, measured.per_query
+    out, sections = measured.out, measured.sections
     if sections is None:  # every row dead-lettered, or none labelled: nothing to measure
         log.warning("evaluation of %s: no scored row has a gold label", cfg.model.name)
         out.update({"metrics": {}, "ci95": {}, "seconds": round(time.monotonic() - started, 3)})
@@ -92,59 +92,72 @@ def evaluate_run(
             {"name": name, "model": view.model.name, **sections[name]} for name, view in views
         ]
     if ev.kind == "rerank":
-        names = metrics.ranking_names(ev.at_k)
         out["at_k"] = ev.at_k
-        if isinstance(per_query, list):  # past the bootstrap's limit: the files, and moments
-            out["per_query"] = per_query
-            out["compared"] = [
-                {"model": name, "baseline": first, **measured.paired[name]} for name in rest
-            ]
-        else:
-            out["per_query"] = _write_per_query(output, run_id, per_query)
-            out["compared"] = [
-                {
-                    "model": name,
-                    "baseline": first,
-                    **paired_by_query(
-                        per_query[name], per_query[first], ev.group_by, names, ev.bootstrap, ev.seed
-                    ),
-                }
-                for name in rest
-            ]
-        if ev.compare_to:
-            if isinstance(per_query, list):  # (every query's values: memory grows with them)
-                here = by_model(_read_tables(per_query, cfg.output.storage), [first])[first]
-            else:
-                here = per_query[first]
-            out["compared"] += [
-                compare(
-                    here,
-                    ev.group_by,
-                    names,
-                    earlier[path],
-                    path,
-                    cfg.output.storage,
-                    ev.bootstrap,
-                    ev.seed,
-                )
-                for path in ev.compare_to
-            ]
+        out["per_query"], out["compared"] = _comparisons(cfg, measured, output, run_id, earlier)
     out["seconds"] = round(time.monotonic() - started, 3)
     for name, view in views:
         log.info("evaluation of %s: %s", view.model.name, _headline(sections[name]))
     return out
 
 
+def _comparisons(
+    cfg: JobConfig,
+    measured: _Measured,
+    output: Location,
+    run_id: str,
+    earlier: dict[str, dict[str, Any]],
+) -> tuple[str | list[str], list[dict[str, Any]]]:
+    """Where a ranking's per-query metrics are, and its comparisons: each later model against
+    the first (from the per-query tables, or past the bootstrap's limit from the moments),
+    then each earlier run of evaluate.compare_to against the first."""
+    ev = cfg.evaluate
+    names = metrics.ranking_names(ev.at_k)
+    first, *rest = [name for name, _ in cfg.model_views()]
+    per_query = measured.per_query
+    if measured.files is not None:  # past the limit: the writers' files stay where they are
+        where: str | list[str] = measured.files
+        compared = [{"model": n, "baseline": first, **measured.paired[n]} for n in rest]
+        if ev.compare_to:  # (every query's values of the first: memory grows with them)
+            per_query = by_model(_read_tables(measured.files, cfg.output.storage), [first])
+    else:
+        where = _write_per_query(output, run_id, per_query)
+        compared = [
+            {
+                "model": name,
+                "baseline": first,
+                **paired_by_query(
+                    per_query[name], per_query[first], ev.group_by, names, ev.bootstrap, ev.seed
+                ),
+            }
+            for name in rest
+        ]
+    compared += [
+        compare(
+            per_query[first],
+            ev.group_by,
+            names,
+            earlier[path],
+            path,
+            cfg.output.storage,
+            ev.bootstrap,
+            ev.seed,
+        )
+        for path in ev.compare_to
+    ]
+    return where, compared
+
+
 @dataclass
 class _Measured:
     """Each model's figures before the comparisons: the run's counts (``out``), the figures by
-    model (None: no row to measure), a ranking's per-query tables by model (or, past the
-    bootstrap's limit, the per-query files' paths) and, there, each later model's paired
-    figures against the first from the moments."""
+    model (None: no row to measure) and a ranking's per-query tables by model; past the
+    bootstrap's limit instead the writers' per-query files and each later model's paired
+    figures against the first, from the moments."""
 
     out: dict[str, Any]
     sections: dict[str, dict[str, Any]] | None = None
-    per_query: dict[str, pa.Table] | list[str] = field(default_factory=dict)
+    per_query: dict[str, pa.Table] = field(default_factory=dict)
+    files: list[str] | None = None
     paired: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -196,7 +209,7 @@ def _streamed(cfg: JobConfig, run: RunMetrics) -> _Measured:
         return _Measured(out, sections, per_query)
     sections = {name: streamed.summary_of(total, name, ev.at_k) for name in names}
     paired = {name: streamed.paired_of(total, name, ev.at_k) for name in names[1:]}
-    return _Measured(out, sections, paths, paired)
+    return _Measured(out, sections, files=paths, paired=paired)
 
 
 def _counts(cfg: JobConfig, rows: int, without_gold: int) -> dict[str, Any]:
