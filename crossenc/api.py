@@ -91,6 +91,11 @@ def scorer(config: JobConfig | dict[str, Any]) -> Callable[[ray.data.Dataset], r
     if cfg.models:  # several: each described and checked, its own columns (score_<name>)
         infos = {name: describe_view(view) for name, view in cfg.model_views()[1:]}
         models = build_model_set(cfg, {next(iter(cfg.models)): info, **infos})
+    if cfg.task == "mine":
+        raise ConfigError(
+            "task mine chooses each query's negatives in a job's output writers, from whole "
+            "input files; a scorer gives the teacher's scores of any pairs: use task score"
+        )
     if cfg.task == "rerank" and cfg.rerank.within_files:
         raise ConfigError(
             "rerank.within_files applies to the job's input files; a scorer ranks across its "

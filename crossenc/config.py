@@ -300,6 +300,105 @@ class EvaluateConfig(_Strict):
         return self
 
 
+class MineConfig(_Strict):
+    """Hard negatives from a candidate log (task: mine), as sentence-transformers'
+    ``mine_hard_negatives(cross_encoder=...)`` chooses them once its cross-encoder has rescored
+    the candidates; the teacher is the model (several models: the mean of their scores)."""
+
+    group_by: str | None = Field(
+        None, description="The column whose values are queries (None: input.text_a itself)."
+    )
+    positive: str = Field(
+        "positive",
+        description="The column marking a query's positives: bool, or an integer grade (see "
+        "relevant_from).",
+    )
+    relevant_from: int = Field(
+        1, ge=1, description="An integer grade at least this marks a positive."
+    )
+    retriever_score: str | None = Field(
+        None,
+        description="The retriever's score of each candidate, higher is closer: the candidate "
+        "pool is then the retriever's best range_max + (the query's positives), as "
+        "sentence-transformers retrieves range_max + max_positives; None: every candidate.",
+    )
+    range_min: int = Field(
+        0, ge=0, description="Skip the best range_min candidates by the teacher's score."
+    )
+    range_max: int | None = Field(
+        None, ge=1, description="Consider the best range_max candidates (None: all of them)."
+    )
+    max_score: float | None = Field(None, description="Drop candidates scored above it.")
+    min_score: float | None = Field(None, description="Drop candidates scored below it.")
+    absolute_margin: float | None = Field(
+        None,
+        description="Drop candidates scored above (the query's lowest positive score - margin): "
+        "likely false negatives.",
+    )
+    relative_margin: float | None = Field(
+        None,
+        description="Drop candidates scored above p - |p| * margin, p being the query's lowest "
+        "positive score (0.05: NV-Retriever's TopK-PercPos 95%).",
+    )
+    num_negatives: int | None = Field(
+        3,
+        ge=1,
+        description="Negatives per query (None: every candidate the filters and range leave; "
+        "not with n-tuple).",
+    )
+    sampling_strategy: Literal["top", "random"] = Field(
+        "top", description="top: the best-scored negatives; random: a seeded sample of them."
+    )
+    include_positives: bool = Field(
+        False,
+        description="Positives may be chosen as candidates (a full ranking for a reranking "
+        "evaluation set); output_format n-tuple only.",
+    )
+    output_format: Literal["triplet", "n-tuple", "labeled-pair", "labeled-list", "distill"] = Field(
+        "triplet",
+        description="triplet: (query, positive, negative) rows; n-tuple: (query, positive, "
+        "negative_1..n), queries with fewer negatives left out; labeled-pair: (query, "
+        "passage, label); labeled-list: (query, [passages], [labels]); distill: (query, "
+        "positive, negative, score_pos, score_neg, margin), what MarginMSE reads.",
+    )
+    output_scores: bool = Field(
+        False,
+        description="Add the teacher's scores (triplet, n-tuple: scores [positive, negatives]; "
+        "labeled-*: score(s) in place of label(s)); raw logits unless model.activation says "
+        "otherwise (task mine reads activation auto as identity).",
+    )
+    seed: int = Field(0, description="Seed of sampling_strategy random.")
+    within_files: bool | None = Field(
+        None,
+        description="Every query's rows sit in one input file: each output writer mines a "
+        "file's queries once its rows are all there. None: decided from the query column's "
+        "min/max in the Parquet footers.",
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> MineConfig:
+        if self.range_max is not None and self.range_min >= self.range_max:
+            raise ValueError(
+                f"mine.range_min ({self.range_min}) must be below mine.range_max ({self.range_max})"
+            )
+        if self.num_negatives is None and self.output_format == "n-tuple":
+            raise ValueError(
+                "mine.output_format n-tuple has num_negatives columns: set mine.num_negatives"
+            )
+        room = None if self.range_max is None else self.range_max - self.range_min
+        if room is not None and self.num_negatives is not None and self.num_negatives > room:
+            raise ValueError(
+                f"mine.num_negatives {self.num_negatives} does not fit between range_min "
+                f"{self.range_min} and range_max {self.range_max}"
+            )
+        if self.include_positives and self.output_format != "n-tuple":
+            raise ValueError(
+                "mine.include_positives keeps the ranking order of a query's candidates, which "
+                f"output_format {self.output_format} does not hold: use output_format n-tuple"
+            )
+        return self
+
+
 class DriftConfig(_Strict):
     """How far this run may move from the output.compare_to run before it counts as drift."""
 
@@ -663,14 +762,16 @@ class JobConfig(_Strict):
         "distinct tokenizer; every replica holds every model. The first is the baseline of "
         "task evaluate's comparison. Leave model out when set.",
     )
-    task: Literal["score", "classify", "rerank", "evaluate"] = Field(
+    task: Literal["score", "classify", "rerank", "evaluate", "mine"] = Field(
         "score",
         description="score: one score column; classify: labels; rerank: ranks in groups; "
-        "evaluate: scores and metrics against the input's gold labels (see evaluate).",
+        "evaluate: scores and metrics against the input's gold labels (see evaluate); mine: "
+        "every candidate scored, and hard negatives chosen per query (see mine).",
     )
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    mine: MineConfig = Field(default_factory=MineConfig)
     output: OutputConfig
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     quality_gate: QualityGateConfig = Field(
@@ -725,10 +826,28 @@ class JobConfig(_Strict):
         ]
 
     @model_validator(mode="after")
+    def _teacher_logits(self) -> JobConfig:
+        # task mine: a teacher's raw logits are what MarginMSE distils (activation auto)
+        if self.task != "mine":
+            return self
+        if self.models:
+            models = {
+                n: m.model_copy(update={"activation": "identity"}) if m.activation == "auto" else m
+                for n, m in self.models.items()
+            }
+            object.__setattr__(self, "models", models)
+            object.__setattr__(self, "model", next(iter(models.values())))
+        elif self.model.activation == "auto":
+            logits = self.model.model_copy(update={"activation": "identity"})
+            object.__setattr__(self, "model", logits)
+        return self
+
+    @model_validator(mode="after")
     def _evaluate_sees_every_row(self) -> JobConfig:
-        if self.task == "evaluate" and self.output.incremental == "skip":
+        if self.task in ("evaluate", "mine") and self.output.incremental == "skip":
+            done = "computes its metrics" if self.task == "evaluate" else "mines its negatives"
             raise ValueError(
-                "task evaluate computes its metrics over the rows written, and output.incremental "
+                f"task {self.task} {done} over the rows written, and output.incremental "
                 "skip leaves reused rows out: use output.incremental true"
             )
         return self
@@ -754,6 +873,8 @@ class JobConfig(_Strict):
             return self.rerank.group_by
         if self.task == "evaluate" and self.evaluate.kind == "rerank":
             return self.evaluate.group_by
+        if self.task == "mine":
+            return self.mine.group_by or self.input.text_a
         return None
 
     def carried_columns(self) -> list[str]:
@@ -766,6 +887,10 @@ class JobConfig(_Strict):
             cols.append(self.evaluate.gold)
             if self.evaluate.kind == "rerank":
                 cols.append(self.evaluate.group_by)
+        if self.task == "mine":  # the training set's texts, and what chooses among them
+            cols += [self.input.text_a, self.input.text_b]
+            cols += [c for c in (self.mine.group_by, self.mine.positive) if c]
+            cols += [self.mine.retriever_score] if self.mine.retriever_score else []
         return list(dict.fromkeys(cols))
 
     def needed_columns(self) -> list[str]:
@@ -818,6 +943,8 @@ class JobConfig(_Strict):
             relevant["evaluate"] = self.evaluate.model_dump(
                 mode="json", include={"kind", "gold", "group_by"}
             )
+        if self.task == "mine":  # what it chooses (within_files: where, not what)
+            relevant["mine"] = self.mine.model_dump(mode="json", exclude={"within_files"})
         if self.output.incremental:  # the output's columns (pair_hash) and rows (skip) differ
             relevant["incremental"] = self.output.incremental
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

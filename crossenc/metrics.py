@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crossenc.evaluation.streamed import add as add_moments
+from crossenc.mining.negatives import add_counts
 from crossenc.models.tokenize import ERROR, TRUNCATED
 from crossenc.tasks.base import LABEL, SCORE
 
@@ -310,6 +311,9 @@ class RunMetrics:
         # files' per-query metrics are (crossenc.evaluation.streamed)
         self.evaluation: dict[str, Any] | None = None
         self.per_query_files: list[str] = []
+        # task mine: what choosing the negatives found, and the files of mined rows
+        self.mining: dict[str, Any] | None = None
+        self.mined_files: list[str] = []
         self.tokens: Counter[int] = Counter()
         self.labels: Counter[str] = Counter()
         self.truncated = 0
@@ -335,6 +339,10 @@ class RunMetrics:
         if record.get("evaluation"):  # every part's, taken-over ones too: each query once
             self.evaluation = add_moments(self.evaluation, record["evaluation"])
             self.per_query_files.append(record["evaluation"]["per_query"])
+        if record.get("mining"):  # every part's, taken-over ones too: each query once
+            found = dict(record["mining"])
+            self.mined_files.append(found.pop("file"))
+            self.mining = add_counts(self.mining, found)
         self.truncated += record.get("truncated", 0)
         for col, part in record.get("scores", {}).items():
             self.scores.setdefault(col, _ScoreStats()).add(part, self._rng)

@@ -22,8 +22,17 @@ PRESETS = {  # preset -> (matching tiny model, its text columns)
     "qnli": (("electra", 1), ("question", "sentence")),
     "nli-labels": (("deberta-v2", 3), ("premise", "hypothesis")),
     "evaluate-rerank": (("bert", 1), ("query", "passage")),
+    "mine-hard-negatives": (("bert", 1), ("query", "passage")),
 }
-GOLD = {"evaluate-rerank": ["--set", "evaluate.gold=pair_id"]}  # write_pairs' int64 column
+GOLD = {  # write_pairs' int64 column as the gold grade, positive flag and retriever score
+    "evaluate-rerank": ["--set", "evaluate.gold=pair_id"],
+    "mine-hard-negatives": [
+        "--set",
+        "mine.positive=pair_id",
+        "--set",
+        "mine.retriever_score=pair_id",
+    ],
+}
 
 
 def _args(command, preset, model, data, out, *extra):

@@ -183,6 +183,10 @@ def _key_naming(cfg: JobConfig, column: str) -> str:
         keys.setdefault(cfg.evaluate.gold, "evaluate.gold")
         if cfg.evaluate.kind == "rerank":
             keys.setdefault(cfg.evaluate.group_by, "evaluate.group_by")
+    if cfg.task == "mine":
+        for key in ("group_by", "positive", "retriever_score"):
+            if getattr(cfg.mine, key):
+                keys.setdefault(getattr(cfg.mine, key), f"mine.{key}")
     return keys.get(column, "input.keep")
 
 
@@ -218,9 +222,29 @@ def schema_problem(
             f"gold column {gold!r} has type {schema.field(gold).type}, which evaluate.kind "
             f"{cfg.evaluate.kind} cannot read as gold labels (evaluate.gold)"
         )
+    if cfg.task == "mine":
+        problem = _mine_columns_problem(schema, cfg)
+        if problem:
+            return problem
     for col, kind in (reference or {}).items():
         if schema.field(col).type != kind:
             return f"column {col!r} has type {schema.field(col).type}, other files {kind}"
+    return None
+
+
+def _mine_columns_problem(schema: pa.Schema, cfg: JobConfig) -> str | None:
+    """Why task mine cannot read this schema's positive flags or retriever scores, or None."""
+    flag = schema.field(cfg.mine.positive).type
+    if not (pa.types.is_boolean(flag) or pa.types.is_integer(flag)):
+        return (
+            f"column {cfg.mine.positive!r} has type {flag}: mine.positive needs bool or integer "
+            "grades (mine.relevant_from)"
+        )
+    if cfg.mine.retriever_score:
+        kind = schema.field(cfg.mine.retriever_score).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            name = cfg.mine.retriever_score
+            return f"column {name!r} has type {kind}: mine.retriever_score needs numbers"
     return None
 
 
@@ -418,6 +442,8 @@ def plan_job(cfg: JobConfig) -> JobPlan:
                 "in one file"
             )
     measured = cfg.task == "evaluate" and evaluate_within_files(cfg, files, reference)
+    if cfg.task == "mine":
+        check_mine_within_files(cfg, files)
     seconds = time.monotonic() - started
     sizes = list(pending.items())
     if pending:
@@ -472,6 +498,21 @@ def evaluate_within_files(
         "every query sits in one file)"
     )
     return False
+
+
+def check_mine_within_files(cfg: JobConfig, files: tuple[InputFile, ...]) -> None:
+    """Task mine chooses each query's negatives where its file's rows are written: refuse an
+    input whose queries may span files (the footers' min/max of the query column overlap)."""
+    if cfg.mine.within_files or (cfg.mine.within_files is None and groups_within_files(files)):
+        log.info("mine: every query sits in one input file: mined as each file is written")
+        return
+    column = cfg.group_column()
+    raise ConfigError(
+        f"task mine chooses a query's negatives among all its candidates, and the input's "
+        f"files may split a query ({column!r}: their min/max in the Parquet footers overlap, "
+        "or are missing): write the candidate log sorted by query (one query in one file), or "
+        "set mine.within_files=true if every query already sits in one file"
+    )
 
 
 def describe_view(view: JobConfig) -> ModelInfo:

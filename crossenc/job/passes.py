@@ -22,6 +22,7 @@ from crossenc.job.match import EarlierScores
 from crossenc.job.prepare import Prepared
 from crossenc.job.progress import ScoredRows
 from crossenc.job.takeover import TakeOver
+from crossenc.mining.negatives import mine_spec
 from crossenc.models.several import build_model_set, named
 from crossenc.output.parts import (
     PartStats,
@@ -63,7 +64,7 @@ def score_pass(
         and rows <= min(files.max_rows, WHOLE_INPUT_RANK_ROWS)
     )
     within = cfg.task == "rerank" and (plan.rerank_within_files or whole)
-    measured = plan.evaluate_within_files
+    measured = plan.evaluate_within_files or cfg.task == "mine"  # held until a file is whole
     options = WriterOptions(
         max_rows=files.max_rows,
         max_bytes=int(files.max_mib * 2**20),
@@ -75,7 +76,8 @@ def score_pass(
         ),
         rank_whole_input=whole,
         several_models=len(cfg.models) > 1,
-        evaluate=file_evaluation(cfg, plan) if measured else None,
+        evaluate=file_evaluation(cfg, plan) if plan.evaluate_within_files else None,
+        mine=mine_spec(cfg) if cfg.task == "mine" else None,
     )
     shuffled = cfg.task == "rerank" and not within  # its rows reach the driver at the end
     counter = ScoredRows(on_scored) if shuffled and on_scored is not None else None

@@ -23,6 +23,7 @@ from crossenc.job.clock import Clock
 from crossenc.job.evaluation import leaderboard_lines, summary_row
 from crossenc.job.verify import Verdict
 from crossenc.metrics import RunMetrics
+from crossenc.mining.negatives import FOLDER, MineCounts
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ def summary_table(summary: dict[str, Any]) -> str:
     if drift:
         verdict = "DRIFT: " + "; ".join(drift["reasons"]) if drift["drifted"] else "no drift"
         lines.append((f"vs {drift['compare_to']}", verdict))
+    lines += mining_lines(summary.get("mining"))
     evaluation = summary.get("evaluation")
     if evaluation:
         lines.append(summary_row(evaluation))
@@ -237,6 +239,39 @@ def summary_table(summary: dict[str, Any]) -> str:
     if evaluation:
         text += "\n" + "\n".join(leaderboard_lines(evaluation))
     return text
+
+
+def mining_summary(cfg: JobConfig, metrics: RunMetrics) -> dict[str, Any]:
+    """task mine's section: what choosing the negatives found (queries without a positive,
+    queries given fewer negatives than asked, candidates each filter dropped: the false
+    negatives a margin caught) and the mined rows' files, the data files' twins under
+    ``_mined/`` (the commit removes any other)."""
+    found = metrics.mining or MineCounts().as_dict()
+    files = list(dict.fromkeys(metrics.mined_files))
+    mine = cfg.mine
+    return {
+        "output_format": mine.output_format,
+        "num_negatives": mine.num_negatives,
+        "teacher": [name or cfg.model.name for name, _ in cfg.model_views()],
+        **found,
+        "folder": f"{cfg.output.path.rstrip('/')}/{FOLDER}",
+        "files": files,
+    }
+
+
+def mining_lines(mining: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """task mine's lines of the terminal summary."""
+    if not mining:
+        return []
+    dropped = ", ".join(f"{k} {v}" for k, v in mining["dropped"].items() if v) or "none"
+    return [
+        ("queries mined", mining["queries"]),
+        ("queries without a positive", mining["without_positive"]),
+        (f"queries with < {mining['num_negatives']} negatives", mining["short"]),
+        ("candidates dropped (filters)", dropped),
+        (f"{mining['output_format']} rows ({mining['negatives']} negatives)", mining["rows"]),
+        ("mined rows in", f"{mining['folder']} ({len(mining['files'])} files)"),
+    ]
 
 
 def summarise(
@@ -283,6 +318,8 @@ def summarise(
     )
     summary["phases"] = clock.phases
     summary["gate"] = gate
+    if cfg.task == "mine":
+        summary["mining"] = mining_summary(cfg, metrics)
     if verdict is not None:
         summary["reuse"] = verdict.summary()
     if previous is not None:

@@ -37,6 +37,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from crossenc.config import ConfigError, OutputConfig
 from crossenc.errors import ConcurrentRunError, output_errors
+from crossenc.mining.negatives import FOLDER as MINED_FOLDER
 from crossenc.output.journal import read_journal
 from crossenc.output.parts import PartStats, run_of
 from crossenc.storage import Location, resolve
@@ -445,6 +446,25 @@ def _listing(loc: Location) -> list[str]:
         return []
 
 
+def remove_stale_twins(
+    loc: Location, keep: set[str], mine: str, runs: set[str] | None = None
+) -> None:
+    """task mine's ``_mined/`` folder under ``loc``: remove the twins of data files the commit
+    of run ``mine`` does not keep (``keep``: paths) of the runs in ``runs`` (None: every run
+    that started no later than ``mine``): a killed writer's, a replaced run's."""
+    folder = Location(loc.uri, loc.fs, loc.join(MINED_FOLDER))
+    kept = {p.rsplit("/", 1)[-1] for p in keep}
+    stale = []
+    for path in _listing(folder):
+        name = path.rsplit("/", 1)[-1]
+        run = run_of(name)
+        if run is None or name in kept:
+            continue
+        if (runs is None and run <= mine) or (runs is not None and run in runs):
+            stale.append(path)
+    _remove(folder, stale)
+
+
 @output_errors
 def cleanup(out: OutputConfig, manifest: dict[str, Any], previous: dict[str, Any] | None) -> None:
     """Remove what the committed run replaced: the previous run's files, files of runs that
@@ -473,6 +493,7 @@ def cleanup(out: OutputConfig, manifest: dict[str, Any], previous: dict[str, Any
             if run is not None and run <= mine and (only is None or run in only):
                 bucket.append(path)
     _remove(loc, sorted({p for p in doomed if p not in keep and p != loc.join(MANIFEST)}))
+    remove_stale_twins(loc, keep, mine)
     _remove(dead, sorted({p for p in doomed_dead if p not in keep_dead}))
     for run in staged:
         if run <= mine:

@@ -43,6 +43,7 @@ from crossenc.output.commit import (
     _remove_tree,
     manifest_files,
     outrun,
+    remove_stale_twins,
     staged_runs,
     staging_dir,
 )
@@ -412,6 +413,7 @@ class TableCommitter(ABC):
                     if run_of(p.rsplit("/", 1)[-1]) in resumed and p not in kept
                 ]
                 _remove(loc, sorted(leftovers))
+        remove_stale_twins(self.loc, kept, manifest.run_id, resumed | {manifest.run_id})
         for run in sorted(resumed | {manifest.run_id}):
             _remove_tree(self.loc, staging_dir(self.loc, run))
 

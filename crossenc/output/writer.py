@@ -44,6 +44,8 @@ from crossenc.metrics import (
     merge_part_metrics,
     part_metrics,
 )
+from crossenc.mining.negatives import FOLDER as MINED_FOLDER
+from crossenc.mining.negatives import MineSpec, add_counts, mine_rows
 from crossenc.models.tokenize import ERROR, IDS, ROW, SOURCE, TRUNCATED, TYPE_IDS
 from crossenc.output.parts import PartStats, in_ranges, merge_ranges, part_file_name, row_ranges
 from crossenc.storage import Location, resolve, retried_requests
@@ -71,12 +73,13 @@ class WriterOptions:
     several_models: bool = False  # models: a dead letter keeps the scores other models gave
     # evaluate.within_files: measure each input file's queries once its rows are all here
     evaluate: FileEvaluation | None = None
+    mine: MineSpec | None = None  # task mine: choose each input file's queries' negatives
 
     @property
     def holds_files(self) -> bool:
-        """Whether an input file's rows are held until all of them are here (a rerank or an
-        evaluation within files): a partial file cannot be written."""
-        return self.rerank_by is not None or self.evaluate is not None
+        """Whether an input file's rows are held until all of them are here (a rerank, an
+        evaluation or a mining within files): a partial file cannot be written."""
+        return self.rerank_by is not None or self.evaluate is not None or self.mine is not None
 
 
 class _Sink:
@@ -148,6 +151,8 @@ class _Piece:
     input_rows: int = -1
     evaluation: dict[str, Any] | None = None  # evaluate.within_files: the queries' moments
     per_query: list[pa.Table] = field(default_factory=list)  # and their per-query metrics
+    mining: dict[str, Any] | None = None  # task mine: what choosing its negatives found
+    mined: list[pa.Table] = field(default_factory=list)  # and the rows it chose
 
 
 def visible_columns(columns: list[str]) -> list[str]:
@@ -264,7 +269,7 @@ class RollingWriter:
             return None
         table = pa.concat_tables(self.held.pop(source))
         del self.held_rows[source]
-        if self.options.rerank_by is None:  # an evaluation within files: measured in _add
+        if self.options.rerank_by is None:  # an evaluation or mining: done in _add
             return table
         return rank_within(table, self.options.rerank_by, self.options.top_k)
 
@@ -297,6 +302,10 @@ class RollingWriter:
             table, measured, without = per_query_of(good, spec)
             piece.evaluation = add(piece.evaluation, moments(table, spec, measured, without))
             piece.per_query.append(table)
+        if self.options.mine is not None and good.num_rows:
+            mined, found = mine_rows(good, self.options.mine)
+            piece.mining = add_counts(piece.mining, found.as_dict())
+            piece.mined.append(mined)
         if good.num_rows:
             good = with_partition_values(good.select(visible_columns(rows.column_names)), self.out)
             if self.data is None:
@@ -335,7 +344,7 @@ class RollingWriter:
         with storage_errors("output", self.out.path, self.out.storage):
             data = self.data.close() if self.data is not None else None
             dead = self.dead.close() if self.dead is not None else None
-            measured = self._write_per_query(data)
+            measured = self._write_per_query(data) | self._write_mined(data)
         size = self.data.size if self.data is not None else -1
         first = next(iter(self.pieces.values()))  # the writes' retries count once, here
         first.metrics.append({"store_retries": retried_requests() - self.retried})
@@ -378,6 +387,22 @@ class RollingWriter:
             source: {"evaluation": {**piece.evaluation, "per_query": where}}
             for source, piece in self.pieces.items()
             if piece.evaluation is not None
+        }
+
+    def _write_mined(self, data: str | None) -> dict[str, dict[str, Any]]:
+        """task mine: the rows chosen from the input files in the file being closed, written as
+        ``_mined/<its name>`` under the output (the data file's twin: the commit keeps the
+        twins of the files it commits); per input file, its metrics record's ``mining`` entry
+        (the counts, and that file)."""
+        tables = [t for piece in self.pieces.values() for t in piece.mined]
+        if data is None or not tables:
+            return {}
+        name = data.rsplit("/", 1)[-1]
+        where = self.loc.write_table(f"{MINED_FOLDER}/{name}", pa.concat_tables(tables))
+        return {
+            source: {"mining": {**piece.mining, "file": where}}
+            for source, piece in self.pieces.items()
+            if piece.mining is not None
         }
 
     def flush(self) -> list[PartStats]:

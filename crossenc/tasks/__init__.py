@@ -10,11 +10,12 @@ from crossenc.models.tokenize import check_chunking
 from crossenc.tasks.base import Task
 from crossenc.tasks.classify import ClassifyTask
 from crossenc.tasks.evaluate import EvaluateTask
+from crossenc.tasks.mine import MineTask
 from crossenc.tasks.rerank import RerankTask
 from crossenc.tasks.score import ScoreTask
 
 TASKS: dict[str, type[Task]] = {
-    t.name: t for t in (ScoreTask, ClassifyTask, RerankTask, EvaluateTask)
+    t.name: t for t in (ScoreTask, ClassifyTask, RerankTask, EvaluateTask, MineTask)
 }
 
 

@@ -2,7 +2,7 @@
 to output columns), its per-group post-processing, and what it needs from the model and input.
 
 A task is chosen by ``task:`` in the config (:func:`crossenc.tasks.task_for`): ``score``,
-``classify``, ``rerank`` and ``evaluate``, a module each; ``mine`` comes next as one more.
+``classify``, ``rerank``, ``evaluate`` and ``mine``, a module each.
 """
 
 from __future__ import annotations
