@@ -46,6 +46,10 @@ Evaluate mode (``--mode evaluate``): two models evaluated over a labelled log in
 against a run per model and against sentence-transformers' CrossEncoderRerankingEvaluator,
 whole processes (see :mod:`bench.evaluate`).
 
+Mine mode (``--mode mine``): hard negatives mined from 10^4 and 10^5 candidate pairs by
+crossenc's task mine and by sentence-transformers' mine_hard_negatives, wall time and peak
+memory of each, whole processes (see :mod:`bench.mine`).
+
 Memory mode (``--mode memory``): the full job with a tiny model on 10^5 and 10^6 rows, reporting
 the peak memory of the driver and every Ray process it started (see :class:`TreeMemory`).
 """
@@ -61,7 +65,6 @@ import resource
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -69,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import cpu_model, versions
+from bench.machine import TreeMemory, cpu_model, versions
 from bench.models import TINY_BERT, build_bert, build_bert_base
 
 MINILM_FLOPS = (21.2e6, 9.2e3)  # useful FLOPs per pair of L real tokens: a*L + b*L^2
@@ -91,96 +94,6 @@ def matmul_peak(threads: int, seconds: float = 2.0) -> float:
             a @ b
             best = max(best, 2 * n**3 / (time.perf_counter() - t))
     return best
-
-
-class TreeMemory:
-    """Samples the memory of this process and all its descendants; keeps the peak.
-
-    A sample is the sum of every process's private resident memory (``RssAnon`` in
-    /proc/PID/status) plus the shared memory in use machine-wide above its level at the start
-    (``Shmem`` in /proc/meminfo: Ray's object store), so shared pages count once. Both are
-    counters the kernel keeps: reading them costs microseconds and takes no lock on the
-    processes' memory maps (reading smaps_rollup every 0.25 s slowed the job by 17%).
-    """
-
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self.at_peak: dict[str, float] = {}
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._shmem_start = self._shmem()
-
-    @staticmethod
-    def _children() -> dict[int, list[int]]:
-        kids: dict[int, list[int]] = {}
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                    kids.setdefault(ppid, []).append(int(d.name))
-        return kids
-
-    @staticmethod
-    def _field(path: str, name: str) -> int:
-        with contextlib.suppress(OSError):
-            for line in Path(path).read_text().splitlines():
-                if line.startswith(name):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def _shmem(self) -> int:
-        return self._field("/proc/meminfo", "Shmem:")
-
-    def sample(self) -> int:
-        """Private memory of the process tree plus shared memory in use since the start; keeps
-        the parts of the largest sample seen in ``at_peak``."""
-        kids, todo, driver, workers = self._children(), [os.getpid()], 0, 0
-        private_by_pid: dict[int, int] = {}
-        while todo:
-            pid = todo.pop()
-            todo.extend(kids.get(pid, []))
-            private = self._field(f"/proc/{pid}/status", "RssAnon:")
-            private_by_pid[pid] = private
-            if pid == os.getpid():
-                driver = private
-            else:
-                workers += private
-        shared = max(0, self._shmem() - self._shmem_start)
-        total = driver + workers + shared
-        if total > self.peak:
-            mib = 2**20
-            self.at_peak = {
-                "driver_private_mib": round(driver / mib, 1),
-                "ray_processes_private_mib": round(workers / mib, 1),
-                "shared_object_store_mib": round(shared / mib, 1),
-                "processes": len(private_by_pid),
-                "largest_processes_mib": {
-                    f"{pid} {_process_name(pid)}": round(n / mib, 1)
-                    for pid, n in sorted(private_by_pid.items(), key=lambda kv: -kv[1])[:6]
-                },
-            }
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.sample())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.sample())
-
-
-def _process_name(pid: int) -> str:
-    """A process's title (Ray names its workers after their task, e.g. ``ray::IDLE``)."""
-    with contextlib.suppress(OSError):
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        return cmd.strip()[:60]
-    return "?"
 
 
 def _useful_flops(lengths: np.ndarray, coef: tuple[float, float]) -> float:
@@ -698,6 +611,7 @@ def main(argv: list[str] | None = None) -> None:
             "incremental",
             "peer",
             "evaluate",
+            "mine",
         ),
         default="throughput",
     )
@@ -746,6 +660,18 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=[10_000, 100_000],
         help="evaluate mode: labelled pairs",
+    )
+    p.add_argument(
+        "--mine-pairs",
+        type=int,
+        nargs="+",
+        default=[10_000, 100_000],
+        help="mine mode: candidate pairs (10 a query)",
+    )
+    p.add_argument(
+        "--mine-multi-process",
+        action="store_true",
+        help="mine mode: mine_hard_negatives(use_multi_process=True)",
     )
     p.add_argument(
         "--oob-pairs", type=int, nargs="+", default=[2400, 20_000], help="oob mode sizes"
@@ -839,6 +765,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench.evaluate import evaluate
 
             res = evaluate(args)
+        elif args.mode == "mine":
+            from bench.mine import mine
+
+            res = mine(args)
         elif args.mode == "oob":
             from bench.oob import oob
 
