@@ -804,7 +804,6 @@ class JobConfig(_Strict):
             raise ValueError("set model or models, not both (with models, model is the first)")
         left_out = {
             "rerank": self.task == "rerank",
-            "output.incremental": bool(self.output.incremental),
             "model.long_text chunk": any(m.long_text == "chunk" for m in self.models.values()),
         }
         for what, used in left_out.items():

@@ -110,14 +110,14 @@ def metric_columns(
 
 
 def model_busy_columns(
-    names: list[str], busy_seconds: list[float], valid: np.ndarray
+    names: list[str], busy_seconds: list[float], scored: list[np.ndarray]
 ) -> dict[str, pa.Array]:
-    """Several models: each one's busy seconds for the block, shared out over its scored rows
-    as :data:`BUSY` is (per-model throughput: the model cards' docs/s)."""
-    scored = max(int(valid.sum()), 1)
+    """Several models: each one's busy seconds for the block, shared out over the rows it
+    scored (``scored``: each one's mask; output.incremental reuses some models' scores) as
+    :data:`BUSY` is (per-model throughput: the model cards' docs/s)."""
     return {
-        f"{MODEL_BUSY}{name}": pa.array(np.where(valid, busy / scored, 0.0))
-        for name, busy in zip(names, busy_seconds, strict=True)
+        f"{MODEL_BUSY}{name}": pa.array(np.where(rows, busy / max(int(rows.sum()), 1), 0.0))
+        for name, busy, rows in zip(names, busy_seconds, scored, strict=True)
     }
 
 
@@ -171,7 +171,10 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
     models = [c for c in ran.column_names if c.startswith(MODEL_BUSY)]
     if models:
         out["models"] = {
-            c[len(MODEL_BUSY) :]: [ran.num_rows, float(pc.sum(ran.column(c)).as_py() or 0.0)]
+            c[len(MODEL_BUSY) :]: [
+                int(pc.sum(pc.greater(ran.column(c), 0.0)).as_py() or 0),
+                float(pc.sum(ran.column(c)).as_py() or 0.0),
+            ]
             for c in models
         }
     lengths, counts = np.unique(tokens, return_counts=True)

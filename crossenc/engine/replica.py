@@ -14,7 +14,7 @@ import ray
 from crossenc.config import JobConfig
 from crossenc.engine.scoring import ScoringEngine
 from crossenc.inputs.reuse import REUSE_SCORES, reused_scores
-from crossenc.metrics import metric_columns, model_busy_columns
+from crossenc.metrics import REUSED, metric_columns, model_busy_columns
 from crossenc.models.describe import ModelInfo
 from crossenc.models.load import model_source
 from crossenc.models.several import ModelSet, group_column, lone, named
@@ -26,6 +26,8 @@ from crossenc.models.tokenize import (
     WINDOWS,
 )
 from crossenc.tasks import task_for
+
+MODEL_REUSE = (f"{REUSED}@", f"{REUSE_SCORES}@")  # several models' reuse columns, by name
 
 
 def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -145,14 +147,17 @@ class ScorerReplica:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         valid = pc.is_null(batch.column(ERROR)).to_numpy(zero_copy_only=False)
-        reused, copied = reused_scores(batch)  # output.incremental: scored by an earlier run
-        reused &= valid
-        todo = valid & ~reused
         members = self.models.members
-        tokens = np.where(todo, np.diff(_flat(batch.column(IDS))[1]), 0)  # windows: all theirs
         scores = [np.zeros((batch.num_rows, m.info.num_labels), np.float32) for m in members]
-        if copied is not None:
-            scores[0][reused] = copied[reused]
+        todos = []  # per model, the rows it scores: output.incremental copies the others'
+        for k, member in enumerate(members):
+            reused, copied = reused_scores(batch, member.name if len(members) > 1 else "")
+            reused &= valid
+            if copied is not None:
+                scores[k][reused] = copied[reused]
+            todos.append(valid & ~reused)
+        todo = np.logical_or.reduce(todos)  # rows some model scores
+        tokens = np.where(todo, np.diff(_flat(batch.column(IDS))[1]), 0)  # windows: all theirs
         if todo.any() and not self.engines:
             self._load()
         busy, computed, splits, runs = [0.0] * len(members), 0, 0, ""
@@ -160,7 +165,7 @@ class ScorerReplica:
         scored = [valid.copy() for _ in members]
         for k, member in enumerate(members if self.engines else ()):
             busy[k], tokens_k, splits_k, unfit, longest = self._score_member(
-                k, batch, todo, scores[k]
+                k, batch, todos[k], scores[k]
             )
             computed, splits = computed + tokens_k, splits + splits_k
             runs = runs or self.engines[k].runs
@@ -176,7 +181,9 @@ class ScorerReplica:
             column = batch.schema.get_field_index(ERROR)
             batch = batch.set_column(column, ERROR, pa.array(errors, type=pa.string()))
         dropped = (*self._token_columns(batch), WINDOW_LENGTHS, WINDOWS, REUSE_SCORES)
-        out = batch.drop_columns([c for c in dropped if c in batch.column_names])
+        out = batch.drop_columns(
+            [c for c in batch.column_names if c in dropped or c.startswith(MODEL_REUSE)]
+        )
         columns: dict[str, pa.Array] = {}
         for k, member in enumerate(members):
             # a lone model's rows: written or dead-lettered whole; several models': each keeps
@@ -190,7 +197,7 @@ class ScorerReplica:
             self.replica, sum(busy), tokens, computed, todo, self.load_seconds, runs, splits
         )
         if len(members) > 1:
-            columns |= model_busy_columns([m.name for m in members], busy, todo)
+            columns |= model_busy_columns([m.name for m in members], busy, todos)
         if todo.any():
             self.load_seconds = 0.0
         for name, column in columns.items():

@@ -7,6 +7,7 @@ interrupted run did not write, with bookkeeping per row range, not per row.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from crossenc.inputs.reuse import PAIR_HASH, Reuse, load_reuse, pair_hashes, reu
 from crossenc.metrics import STORE_RETRIES
 from crossenc.models.describe import ModelInfo
 from crossenc.models.several import ModelSet, lone, tokenize_models
-from crossenc.models.tokenize import ROW, SOURCE, tokenize_batch
+from crossenc.models.tokenize import ROW, SOURCE
 from crossenc.storage import resolve, retried_requests
 from crossenc.tasks.base import score_names
 
@@ -140,24 +141,31 @@ def read_tokenized(
             for table in read_row_groups(unit, storage, columns, block_rows, cfg, reference):
                 yield tokenize_models(table, models)
             continue
-        path = unit.column("reuse")[0].as_py() if "reuse" in unit.column_names else None
-        reuse = load_reuse(path, cfg.output) if path else None
+        given = unit.column("reuse")[0].as_py() if "reuse" in unit.column_names else None
+        paths = json.loads(given or "{}")  # model -> its matches in this file
+        reuses = {name: load_reuse(path, cfg.output) for name, path in paths.items() if path}
         for table in read_row_groups(unit, storage, columns, block_rows, cfg, reference):
-            yield reuse_block(table, cfg, info, models.encoders[0], reuse)
+            yield reuse_block(table, cfg, models, reuses)
 
 
 def reuse_block(
-    table: pa.Table,
-    cfg: JobConfig,
-    info: ModelInfo,
-    encoder: dict[str, Any] | None,
-    reuse: Reuse | None,
+    table: pa.Table, cfg: JobConfig, models: ModelSet, reuses: dict[str, Reuse]
 ) -> pa.Table:
     """output.incremental's read slice: hashed (the ``pair_hash`` column), tokenized but for
-    the rows ``reuse`` (the input file's matches, if any) holds, which carry its scores."""
+    the rows every model's matches in ``reuses`` (by short name, a lone model's under "") hold,
+    each model's matched rows carrying its scores (several models: its own columns,
+    :func:`crossenc.inputs.reuse.model_column`; ``_reused``: every model's)."""
     hashes = pair_hashes(table.column(cfg.input.text_a), table.column(cfg.input.text_b))
-    empty = Reuse.empty(len(score_names(info)))
-    hit, index = reuse_for(reuse or empty, table.column(ROW).to_numpy())
-    out = tokenize_batch(table, cfg, info, encoder, skip=hit)
-    out = out.append_column(PAIR_HASH, hashes)
-    return with_reuse(out, hit, index, reuse or empty)
+    positions = table.column(ROW).to_numpy()
+    found = []
+    for member in models.members:
+        reuse = reuses.get(member.name) or Reuse.empty(len(score_names(member.info)))
+        found.append((member.name, reuse, *reuse_for(reuse, positions)))
+    every = np.logical_and.reduce([hit for _, _, hit, _ in found])
+    out = tokenize_models(table, models, skip=every).append_column(PAIR_HASH, hashes)
+    _, reuse, _, index = found[0]
+    out = with_reuse(out, every, index, reuse)  # truncated and windows: the first model's
+    if len(found) > 1:
+        for name, reuse, hit, index in found:
+            out = with_reuse(out, hit, index, reuse, name)
+    return out

@@ -27,6 +27,12 @@ PAIR_HASH = "pair_hash"  # an output column: BLAKE2b-128 of the two texts
 REUSE_SCORES = "_reuse_scores"  # internal: those scores (a fixed-size list per row)
 
 
+def model_column(column: str, name: str) -> str:
+    """Several models: a model's own reuse column (``_reused@<name>``, ``_reuse_scores@<name>``);
+    unchanged for a lone model (name "")."""
+    return f"{column}@{name}" if name else column
+
+
 ORDER = "_order"  # a match's earlier run (its index in EarlierRuns.runs)
 
 
@@ -120,16 +126,22 @@ def reuse_for(reuse: Reuse, positions: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return hit, np.where(hit, at, -1)
 
 
-def with_reuse(table: pa.Table, hit: np.ndarray, index: np.ndarray, reuse: Reuse) -> pa.Table:
-    """A tokenized block with its matched rows' reused scores (``_reused``, ``_reuse_scores``),
-    ``truncated`` and windows in place of the ones tokenizing left them."""
+def with_reuse(
+    table: pa.Table, hit: np.ndarray, index: np.ndarray, reuse: Reuse, name: str = ""
+) -> pa.Table:
+    """A tokenized block with its matched rows' reused scores (``_reused``, ``_reuse_scores``;
+    of model ``name``, several models: :func:`model_column`), ``truncated`` and windows in place
+    of the ones tokenizing left them."""
     width = reuse.scores.shape[1]
     scores = np.zeros((table.num_rows, width), dtype=np.float32)
     scores[hit] = reuse.scores[index[hit]]
-    table = table.append_column(REUSED, pa.array(hit))
+    table = table.append_column(model_column(REUSED, name), pa.array(hit))
     table = table.append_column(
-        REUSE_SCORES, pa.FixedSizeListArray.from_arrays(pa.array(scores.ravel()), width)
+        model_column(REUSE_SCORES, name),
+        pa.FixedSizeListArray.from_arrays(pa.array(scores.ravel()), width),
     )
+    if name:  # several models: a row's truncated flag is its tokenizing's (or the first's)
+        return table
     truncated = table.column(TRUNCATED).to_numpy(zero_copy_only=False).copy()
     truncated[hit] = reuse.truncated[index[hit]]
     table = table.set_column(
@@ -144,11 +156,12 @@ def with_reuse(table: pa.Table, hit: np.ndarray, index: np.ndarray, reuse: Reuse
     return table
 
 
-def reused_scores(batch: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
-    """A scorer's block: which rows reuse scores, and those scores (rows x outputs)."""
-    if REUSED not in batch.column_names:
+def reused_scores(batch: pa.Table, name: str = "") -> tuple[np.ndarray, np.ndarray | None]:
+    """A scorer's block: which rows reuse model ``name``'s scores (a lone model's: ""), and
+    those scores (rows x outputs)."""
+    if model_column(REUSED, name) not in batch.column_names:
         return np.zeros(batch.num_rows, dtype=bool), None
-    hit = batch.column(REUSED).to_numpy(zero_copy_only=False).astype(bool)
-    column = batch.column(REUSE_SCORES).combine_chunks()
+    hit = batch.column(model_column(REUSED, name)).to_numpy(zero_copy_only=False).astype(bool)
+    column = batch.column(model_column(REUSE_SCORES, name)).combine_chunks()
     values = column.values.to_numpy(zero_copy_only=False)
     return hit, values.reshape(batch.num_rows, column.type.list_size)

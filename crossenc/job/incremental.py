@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from crossenc.config import ConfigError, JobConfig, OutputConfig, StorageConfig
 from crossenc.inputs.reuse import ORDER, PAIR_HASH, REUSE_SCORES, pair_hashes
 from crossenc.models.describe import ModelInfo
+from crossenc.models.several import named
 from crossenc.models.tokenize import ROW, SOURCE, TRUNCATED, WINDOWS
 from crossenc.storage import resolve
 from crossenc.tasks.base import score_names
@@ -50,6 +51,7 @@ from crossenc.tasks.base import score_names
 log = logging.getLogger(__name__)
 
 SCORING_KEY = "scoring_key"  # the manifest's (a table commit's) key
+SCORING_KEYS = "scoring_keys"  # several models: each one's key, by short name
 STACK = "stack"  # the manifest's versions of the packages that made its scores
 _BUCKET, _SIDE = "_bucket", "_side"
 MATCH_ROWS_PER_PARTITION = 2_000_000  # rows (both sides) per partition of the match shuffle
@@ -75,6 +77,21 @@ class EarlierRuns:
     rows: int = 0  # rows their files hold (their manifests' counts)
     other_keys: list[str] = field(default_factory=list)  # runs found with another scoring key
     stacks: list[dict[str, str]] = field(default_factory=list)  # per run (order): its stack
+    # per run (order): the short name its columns carry the matched model's scores under
+    # (score_<name>; "": a lone model's, score)
+    names: list[str] = field(default_factory=list)
+
+
+def model_of(manifest: dict[str, Any], key: str) -> str | None:
+    """Under which short name a committed run's files hold the scores of scoring key ``key``:
+    "" for a lone model's run with that key, a model's name for a run of several models, None
+    when no model of the run has it."""
+    if manifest.get(SCORING_KEY) == key:
+        return ""
+    for name, theirs in (manifest.get(SCORING_KEYS) or {}).items():
+        if theirs == key:
+            return name
+    return None
 
 
 def earlier_runs(cfg: JobConfig, key: str) -> EarlierRuns:
@@ -84,7 +101,7 @@ def earlier_runs(cfg: JobConfig, key: str) -> EarlierRuns:
     from crossenc.output.committers import committer_at, committer_for
 
     out = cfg.output
-    found: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    found: dict[str, tuple[dict[str, Any], list[str], str]] = {}
     other: list[str] = []
     sources = out.reuse_from or [None]
     for ref in sources:
@@ -99,17 +116,19 @@ def earlier_runs(cfg: JobConfig, key: str) -> EarlierRuns:
                     "or table an earlier run wrote (a first night: leave reuse_from out)"
                 )
         for run in runs:
-            if run.manifest.get(SCORING_KEY) != key:
+            name = model_of(run.manifest, key)
+            if name is None:
                 other.append(run.run_id)
             elif run.files:
-                found[run.run_id] = (run.manifest, run.files)
+                found[run.run_id] = (run.manifest, run.files, name)
     chosen = sorted(found)  # run ids sort by their start time
     if not out.reuse_from and out.incremental is True:
         chosen = chosen[-1:]
     earlier = EarlierRuns(runs=chosen, other_keys=sorted(set(other) - set(found)))
     for order, run in enumerate(chosen):
-        manifest, files = found[run]
+        manifest, files, name = found[run]
         earlier.files += [(f, order) for f in files]
+        earlier.names.append(name)
         earlier.rows += int(manifest.get("rows_written") or 0)
         earlier.stacks.append(dict(manifest.get(STACK) or {}))  # {}: recorded none
     return earlier
@@ -180,15 +199,19 @@ def hash_units(units: pa.Table, cfg: JobConfig, schema: pa.Schema, partitions: i
 def read_earlier(
     files: pa.Table, storage: StorageConfig, names: list[str], schema: pa.Schema, partitions: int
 ) -> pa.Table:
-    """The match's right side: an earlier run's data file, its hashes and scores."""
+    """The match's right side: an earlier run's data file, its hashes and scores (a file of
+    several models: the scores under its ``model`` column's name, score_<name>)."""
     from crossenc.errors import storage_errors
 
     tables = []
-    scores = score_names_of(names)
-    for uri, order in zip(files["path"].to_pylist(), files["order"].to_pylist(), strict=True):
+    models = files["model"].to_pylist() if "model" in files.column_names else [""] * len(files)
+    paths, orders = files["path"].to_pylist(), files["order"].to_pylist()
+    for uri, order, model in zip(paths, orders, models, strict=True):
+        scores = [named(c, model) for c in score_names_of(names)]
         loc = resolve(uri, storage)
+        read = [PAIR_HASH, *scores, *(c for c in names if c in (TRUNCATED, WINDOWS))]
         with storage_errors("output.reuse_from", uri, storage):
-            table = pq.read_table(loc.path, columns=[PAIR_HASH, *names], filesystem=loc.arrow_fs)
+            table = pq.read_table(loc.path, columns=read, filesystem=loc.arrow_fs)
         table = table.filter(pc.is_valid(table.column(PAIR_HASH)))
         if not table.num_rows:
             continue
@@ -239,13 +262,15 @@ def match_partition(group: pa.Table) -> pa.Table:
     return pa.table(out)
 
 
-def reuse_path(staging: str, source: str) -> str:
-    """Where the match leaves an input file's matches: ``<staging>/reuse/<hash of path>``."""
+def reuse_path(staging: str, source: str, model: str = "") -> str:
+    """Where the match leaves an input file's matches: ``<staging>/reuse/<hash of path>``
+    (several models: ``<staging>/reuse/<model>/<hash of path>``)."""
     name = hashlib.blake2b(source.encode(), digest_size=12).hexdigest()
-    return f"{staging.rstrip('/')}/reuse/{name}.parquet"
+    folder = f"reuse/{model}" if model else "reuse"
+    return f"{staging.rstrip('/')}/{folder}/{name}.parquet"
 
 
-def write_matches(group: pa.Table, out: OutputConfig, staging: str) -> pa.Table:
+def write_matches(group: pa.Table, out: OutputConfig, staging: str, model: str = "") -> pa.Table:
     """One input file's matches, sorted by row, to its file in the staging folder; returns
     (input file, rows matched)."""
     from crossenc.errors import storage_errors
@@ -253,7 +278,7 @@ def write_matches(group: pa.Table, out: OutputConfig, staging: str) -> pa.Table:
     source = group.column(SOURCE)[0].as_py()
     table = group.sort_by(ROW).drop_columns([SOURCE])
     loc = resolve(out.path, out.storage)
-    path = reuse_path(staging, source)
+    path = reuse_path(staging, source, model)
     with storage_errors("output", out.path, out.storage):
         loc.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with loc.fs.open(path, "wb") as f:
@@ -268,24 +293,28 @@ def match(
     earlier: EarlierRuns,
     staging: str,
     todo_rows: int,
+    model: str = "",
 ) -> dict[str, int]:
     """Run the match (see the module docstring) over the units' rows; returns, per input
-    file with matches, how many of its rows were matched (its file: :func:`reuse_path`)."""
+    file with matches, how many of its rows were matched (its file: :func:`reuse_path`;
+    ``model``: several models' short name of the model matched)."""
     started = time.monotonic()
     names = reuse_columns(cfg, info)
     schema = _match_schema(len(score_names_of(names)), WINDOWS in names)
     partitions = (todo_rows + earlier.rows) // MATCH_ROWS_PER_PARTITION + 1
     if partitions == 1:
-        where, matched = "in the driver", _match_here(cfg, units, earlier, names, schema, staging)
+        where = "in the driver"
+        matched = _match_here(cfg, units, earlier, names, schema, staging, model)
     else:
         partitions = min(1000, partitions)
         where = f"over {partitions} partitions"
-        matched = _match_on_ray(cfg, units, earlier, names, schema, staging, partitions)
+        matched = _match_on_ray(cfg, units, earlier, names, schema, staging, partitions, model)
     log.info(
-        "incremental: %d of %d rows to score were scored by %d earlier run(s) (%d files, "
+        "incremental: %d of %d rows to score were scored%s by %d earlier run(s) (%d files, "
         "%d rows); matched in %.1f s %s",
         sum(matched.values()),
         todo_rows,
+        f" by model {model}" if model else "",
         len(earlier.runs),
         len(earlier.files),
         earlier.rows,
@@ -302,6 +331,7 @@ def _match_here(
     names: list[str],
     schema: pa.Schema,
     staging: str,
+    model: str = "",
 ) -> dict[str, int]:
     """The match of a small run in this process: the same steps as :func:`_match_on_ray`, one
     partition, each input file's units and each earlier file read on a thread pool."""
@@ -313,7 +343,8 @@ def _match_here(
         return hash_units(pa.Table.from_pylist(file_units), cfg, schema, 1)
 
     def right(path_order: tuple[str, int]) -> pa.Table:
-        files = pa.table({"path": [path_order[0]], "order": [path_order[1]]})
+        path, order = path_order
+        files = pa.table({"path": [path], "order": [order], "model": [earlier.names[order]]})
         return read_earlier(files, cfg.output.storage, names, schema, 1)
 
     with ThreadPoolExecutor(MATCH_IO_THREADS, thread_name_prefix="match") as pool:
@@ -325,7 +356,7 @@ def _match_here(
         sources = found.column(SOURCE).to_numpy(zero_copy_only=False)
         cuts = [0, *np.flatnonzero(sources[1:] != sources[:-1]) + 1, len(sources)]
         groups = [found.slice(lo, hi - lo) for lo, hi in zip(cuts, cuts[1:], strict=False)]
-        written = pool.map(lambda g: write_matches(g, cfg.output, staging), groups)
+        written = pool.map(lambda g: write_matches(g, cfg.output, staging, model), groups)
         return {t.column(SOURCE)[0].as_py(): t.column("rows")[0].as_py() for t in written}
 
 
@@ -337,6 +368,7 @@ def _match_on_ray(
     schema: pa.Schema,
     staging: str,
     partitions: int,
+    model: str = "",
 ) -> dict[str, int]:
     """The match on Ray Data: both sides hash-partitioned (a shuffle), matched per partition,
     then shuffled by input file into one file of matches each."""
@@ -352,7 +384,7 @@ def _match_on_ray(
         batch_format="pyarrow",
         num_cpus=TOKENIZE_CPUS,
     )
-    files = [{"path": p, "order": o} for p, o in earlier.files]
+    files = [{"path": p, "order": o, "model": earlier.names[o]} for p, o in earlier.files]
     right = ray.data.from_items(files, override_num_blocks=max(1, min(len(files), 1000)))
     right = right.map_batches(
         read_earlier,
@@ -369,7 +401,9 @@ def _match_on_ray(
     ds = left.union(right).groupby(_BUCKET, num_partitions=partitions)
     ds = ds.map_groups(match_partition, batch_format="pyarrow")
     ds = ds.groupby(SOURCE, num_partitions=partitions).map_groups(
-        write_matches, fn_kwargs={"out": cfg.output, "staging": staging}, batch_format="pyarrow"
+        write_matches,
+        fn_kwargs={"out": cfg.output, "staging": staging, "model": model},
+        batch_format="pyarrow",
     )
     return {row[SOURCE]: int(row["rows"]) for row in ds.iter_rows()}
 
@@ -381,11 +415,12 @@ class Matches:
 
     rows: dict[str, int]
     staging: str
+    model: str = ""  # several models: the model whose scores these are
 
     @property
     def paths(self) -> dict[str, str]:
         """Per input file with matches, the file of its matches."""
-        return {source: reuse_path(self.staging, source) for source in self.rows}
+        return {source: reuse_path(self.staging, source, self.model) for source in self.rows}
 
     def covers(self, todo: dict[str, list[list[int]]]) -> bool:
         """True when every row of the todo ranges (per input file) was matched."""

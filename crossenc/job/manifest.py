@@ -21,8 +21,10 @@ def build_manifest(
     kept: list[PartStats],
     key: str,
     stack: dict[str, str],
+    keys: dict[str, str] | None = None,
 ) -> Manifest:
-    """The run's manifest; its file lists are filled by the commit from the parts."""
+    """The run's manifest; its file lists are filled by the commit from the parts. ``key``:
+    output.incremental's scoring key; ``keys``: several models', each one's by short name."""
     plan, record = run.plan, run.record
     return Manifest(
         run_id=record.run_id,
@@ -41,6 +43,7 @@ def build_manifest(
         resumed_from=sorted({p.run_id for p in kept}),
         summary=summary,
         scoring_key=key,
+        scoring_keys=keys or {},
         rows_reused=counts.reused,
         rows_skipped_reused=counts.skipped_reused,
         stack=stack,

@@ -17,8 +17,7 @@ from crossenc.inputs.read import pending_units, read_units
 from crossenc.job.accounting import Ledger, rows_in, todo_ranges
 from crossenc.job.cluster import ensure_ray
 from crossenc.job.dataflow import build_dataset
-from crossenc.job.incremental import Matches
-from crossenc.job.match import EarlierScores
+from crossenc.job.match import EarlierScores, Reuses
 from crossenc.job.prepare import Prepared
 from crossenc.job.progress import ScoredRows
 from crossenc.job.takeover import TakeOver
@@ -44,7 +43,7 @@ def score_pass(
     attempt: int,
     on_parts: Any,
     on_progress: Any,
-    reuse: Matches | None = None,
+    reuse: Reuses | None = None,
     on_scored: Any = None,
 ) -> None:
     """One pass of the pipeline over the todo ranges: writers started, the stream consumed,
@@ -87,9 +86,8 @@ def score_pass(
     try:
         units = read_units(plan.files, todo) + pending_units([p for p, _ in plan.pending])
         if cfg.output.incremental:
-            paths = reuse.paths if reuse else {}
             for unit in units:
-                unit["reuse"] = paths.get(str(unit["file"]), "")
+                unit["reuse"] = reuse.unit_paths(str(unit["file"])) if reuse else ""
         ds = build_dataset(
             cfg,
             units,
@@ -135,7 +133,7 @@ def score_passes(
     pending: Any,
     on_parts: Any,
     on_progress: Any,
-    reuse: Matches | None = None,
+    reuse: Reuses | None = None,
     on_scored: Any = None,
 ) -> tuple[JobPlan, dict[str, list[list[int]]]]:
     """Score the todo ranges; while rows are missing (a writer died with its open file), score

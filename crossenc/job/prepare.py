@@ -4,7 +4,7 @@ starts; and the run's record (its id, config and model fingerprints, the commit 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from crossenc.config import ConfigError, JobConfig
@@ -32,6 +32,8 @@ class Prepared:
     output: Location  # output.path on its store
     staging: str  # the run's staging folder there (its journal, its matches)
     compared: dict[str, dict[str, Any]]  # evaluate.compare_to: each run's evaluation section
+    # models: each one's fingerprint by short name (a lone model's: record.model, under "")
+    fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def prepare(cfg: JobConfig, plan: JobPlan | None = None) -> Prepared:
@@ -55,8 +57,11 @@ def prepare(cfg: JobConfig, plan: JobPlan | None = None) -> Prepared:
     fingerprint, digest = fingerprint_and_digest(cfg.model, plan.info)
     plan = replace(plan, info=replace(plan.info, digest=digest))  # the replicas' export key
     others = []
-    for (name, view), (_, info) in zip(cfg.model_views()[1:], plan.others, strict=True):
-        others.append((name, replace(info, digest=fingerprint_and_digest(view.model, info)[1])))
+    views = cfg.model_views()
+    fingerprints = {views[0][0]: fingerprint}
+    for (name, view), (_, info) in zip(views[1:], plan.others, strict=True):
+        fingerprints[name], digest_of = fingerprint_and_digest(view.model, info)
+        others.append((name, replace(info, digest=digest_of)))
     plan = replace(plan, others=tuple(others))
     record = RunRecord(
         new_run_id(),
@@ -75,7 +80,17 @@ def prepare(cfg: JobConfig, plan: JobPlan | None = None) -> Prepared:
     output = resolve(cfg.output.path, cfg.output.storage)
     staging = staging_dir(output, record.run_id)
     return Prepared(
-        committer, base, committed, previous, plan, record, pending, output, staging, compared
+        committer,
+        base,
+        committed,
+        previous,
+        plan,
+        record,
+        pending,
+        output,
+        staging,
+        compared,
+        fingerprints,
     )
 
 

@@ -79,12 +79,14 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         clock,
         staged_at,
         run.previous,
-        earlier.verdict,
+        earlier.verdicts or earlier.verdict,
         checked,
     )
     if evaluation is not None:
         summary["evaluation"] = with_leaderboard(evaluation, summary)
-    manifest = build_manifest(cfg, run, counts, summary, taken.kept, earlier.key, stack)
+    manifest = build_manifest(
+        cfg, run, counts, summary, taken.kept, earlier.key, stack, earlier.keys
+    )
     seconds = commit_run(run, manifest, ledger.parts, summary, clock, staged_at)
     if cfg.output.report:
         from crossenc.job.report import write_report  # (matplotlib: only when asked for)

@@ -283,7 +283,7 @@ def summarise(
     clock: Clock,
     staged_at: float,
     previous: dict[str, Any] | None = None,
-    verdict: Verdict | None = None,
+    verdict: Verdict | dict[str, Verdict] | None = None,
     gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Phase 6: the run summary (``files``: input files, skipped ones), with the phases' seconds,
@@ -320,7 +320,9 @@ def summarise(
     summary["gate"] = gate
     if cfg.task == "mine":
         summary["mining"] = mining_summary(cfg, metrics)
-    if verdict is not None:
+    if isinstance(verdict, dict):  # several models: each one's check
+        summary["reuse"] = {"models": {n: v.summary() for n, v in verdict.items()}}
+    elif verdict is not None:
         summary["reuse"] = verdict.summary()
     if previous is not None:
         drift = cfg.output.drift

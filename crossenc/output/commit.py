@@ -88,6 +88,7 @@ class Manifest:
     generation: int = 0
     layout: str = LAYOUT
     scoring_key: str = ""  # output.incremental: runs with the same key share scores
+    scoring_keys: dict[str, str] = field(default_factory=dict)  # several models: each one's
     rows_reused: int = 0  # rows whose scores were copied from earlier runs
     rows_skipped_reused: int = 0  # of those, not written (output.incremental skip)
     # the versions of the packages that made the scores (crossenc.versions.stack_versions):

@@ -26,6 +26,7 @@ from crossenc.job.incremental import match_partition
 from crossenc.job.result import summary_lines
 from crossenc.job.run_job import run_job
 from crossenc.models.describe import describe_model, model_fingerprint
+from crossenc.models.several import lone
 from crossenc.models.tokenize import ROW, SOURCE, TRUNCATED
 from crossenc.output.commit import read_manifest, staged_runs, staging_dir
 from crossenc.output.committers import committer_for
@@ -392,10 +393,10 @@ def test_a_replica_started_without_its_model_loads_it_for_a_row_to_score(nights,
         return Reuse(rows, scores[rows], np.zeros(len(rows), bool), None)
 
     replica = ScorerReplica(cfg, info, load=False)
-    copied = replica(reuse_block(block, cfg, info, None, reusing(np.arange(8))))
+    copied = replica(reuse_block(block, cfg, lone(cfg, info), {"": reusing(np.arange(8))}))
     assert replica.engine is None  # every row reused: nothing loaded
     assert copied["score"].to_pylist() == scores.ravel().tolist()
-    mixed = replica(reuse_block(block, cfg, info, None, reusing(np.arange(7))))
+    mixed = replica(reuse_block(block, cfg, lone(cfg, info), {"": reusing(np.arange(7))}))
     assert replica.engine is not None  # row 7 needed the model
     assert mixed["score"].to_pylist()[:7] == scores.ravel()[:7].tolist()
     assert 0 < mixed["score"][7].as_py() < 1 and mixed["score"][7].as_py() not in scores

@@ -40,8 +40,6 @@ def test_config_refuses_what_takes_one_model(tmp_path, models):
     assert one.fingerprint() != cfg.fingerprint()
     with pytest.raises(ValueError, match="rerank takes one model; models names 2 "):
         several_config(tmp_path / "in", tmp_path / "out", paths, task="rerank")
-    with pytest.raises(ValueError, match="output.incremental takes one model"):
-        several_config(tmp_path / "in", tmp_path / "out", paths, output={"incremental": True})
     with pytest.raises(ValueError, match="models.Big: a model's short name"):
         several_config(tmp_path / "in", tmp_path / "out", {"Big": paths["a"]})
     data = cfg.model_dump(mode="json")
@@ -107,6 +105,38 @@ def test_one_pass_scores_as_each_models_own_run(ray_local, models, tmp_path, pai
     (line,) = [line for line in summary_lines(result) if line.startswith("model electra ")]
     rate, busy = electra["docs_per_second_per_replica"], electra["busy_seconds"]
     assert line.endswith(f"300 rows, {rate} docs/s per replica, busy {busy} s")
+
+
+@pytest.mark.slow
+def test_each_model_reuses_its_own_earlier_scores(ray_local, models, tmp_path, pairs_dir):
+    paths = {"bert": models[("bert", 1)], "electra": models[("electra", 1)]}
+    order = [("qid", "ascending"), ("doc_id", "ascending")]
+    out = tmp_path / "nightly"
+    incremental = {"incremental": True, "mode": "overwrite"}
+    run_job(job_config(pairs_dir, out, paths["bert"], output=incremental))  # last night: bert
+    bert_alone = read_output(out).sort_by(order)
+
+    # tonight electra joins: bert's scores are taken from last night, electra scores every row
+    cfg = several_config(pairs_dir, out, paths, output=incremental)
+    both = run_job(cfg)
+    assert both.rows_reused == 0  # no row had every model's scores
+    rows = {m["model"]: m["rows"] for m in both.summary["models"]}
+    assert rows == {"bert": 0, "electra": 300}
+    scored = read_output(out).sort_by(order)
+    assert scored.column("score_bert").to_pylist() == bert_alone.column("score").to_pylist()
+    run_job(job_config(pairs_dir, tmp_path / "electra", paths["electra"]))
+    electra = read_output(tmp_path / "electra").sort_by(order).column("score").to_numpy()
+    np.testing.assert_allclose(scored.column("score_electra").to_numpy(), electra, atol=1e-6)
+
+    # the next night: both models' scores are there, no model is loaded
+    again = run_job(cfg)
+    assert again.rows_reused == 300 and again.summary["rows"]["new"] == 0
+    assert read_output(out).sort_by(order).equals(scored)
+
+    # a lone model's run finds its scores in the several models' run (score_electra)
+    alone = run_job(job_config(pairs_dir, out, paths["electra"], output=incremental))
+    assert alone.rows_reused == 300
+    np.testing.assert_allclose(read_output(out).sort_by(order).column("score"), electra, atol=1e-6)
 
 
 def test_a_row_one_model_cannot_fit_keeps_the_others_score(ray_local, models, tmp_path):
