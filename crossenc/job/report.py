@@ -84,6 +84,7 @@ def render_report(summary: dict[str, Any]) -> str:
         "<h2>Labels</h2>",
         _label_figure(summary),
         *_evaluation_section(summary.get("evaluation")),
+        *_mining_section(summary.get("mining")),
         "<h2>Drift</h2>",
         _drift_section(summary.get("drift")),
         "<h2>Throughput</h2>",
@@ -416,6 +417,17 @@ def _label_figure(summary: dict[str, Any]) -> str:
         fontsize="small",
     )
     return _figure_html("label-distribution", caption, "distribution of predicted labels", fig)
+
+
+def _mining_section(mining: dict[str, Any] | None) -> list[str]:
+    """task mine: the summary's counts (queries without a positive or short of negatives, the
+    candidates each filter dropped) and where the mined rows are."""
+    if not mining:
+        return []
+    from crossenc.job.summary import mining_lines
+
+    rows = [[_esc(name), _esc(str(value))] for name, value in mining_lines(mining)]
+    return ["<h2>Training data (task mine)</h2>", _table(["", "count"], rows, "mining", text=2)]
 
 
 def _evaluation_section(evaluation: dict[str, Any] | None) -> list[str]:

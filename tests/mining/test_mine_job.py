@@ -23,9 +23,12 @@ from tests.helpers import duckdb_readers, job_config, read_input, read_output, s
 MINE = {"num_negatives": 2, "range_max": 6, "retriever_score": "retriever", "relative_margin": 0.1}
 
 
-def candidate_log(folder: Path, rows: int, seed: int, files: int = 3) -> pa.Table:
+def candidate_log(
+    folder: Path, rows: int, seed: int, files: int = 3, empty: int | None = None
+) -> pa.Table:
     """write_pairs' rows as a candidate log: two positives in most queries, none in query 3, a
-    retriever score; each query's rows in one of ``files`` files (sorted by query)."""
+    retriever score; each query's rows in one of ``files`` files (sorted by query); row
+    ``empty``'s passage left empty (a dead letter)."""
     write_pairs(folder / "raw", rows, files=1, seed=seed, queries_per_group=10)
     table = read_input(folder / "raw").sort_by([("qid", "ascending"), ("doc_id", "ascending")])
     rng = np.random.default_rng(seed)
@@ -35,6 +38,12 @@ def candidate_log(folder: Path, rows: int, seed: int, files: int = 3) -> pa.Tabl
     positive = (rank < 2) & (qid != 3)
     table = table.append_column("positive", pa.array(positive))
     table = table.append_column("retriever", pa.array(rng.random(len(qid))))
+    if empty is not None:
+        passages = table.column("passage").to_pylist()
+        passages[empty] = ""
+        table = table.set_column(
+            table.schema.get_field_index("passage"), "passage", pa.array(passages)
+        )
     queries = np.unique(qid)
     for i, chunk in enumerate(np.array_split(queries, files)):
         part = table.filter(pa.compute.is_in(table.column("qid"), pa.array(chunk)))
@@ -49,7 +58,7 @@ def _rows(table: pa.Table) -> list[tuple]:
 
 @pytest.mark.slow
 def test_a_mined_log_matches_mining_its_scored_rows(ray_local, models, tmp_path):
-    candidate_log(tmp_path, 240, seed=5)
+    candidate_log(tmp_path, 240, seed=5, empty=57)  # a candidate of query 5: a dead letter
     mine = {**MINE, "group_by": "qid", "output_scores": True}
     cfg = job_config(
         tmp_path / "in",
@@ -58,11 +67,14 @@ def test_a_mined_log_matches_mining_its_scored_rows(ray_local, models, tmp_path)
         task="mine",
         mine=mine,
         input={"keep": ["doc_id"]},
+        output={"report": str(tmp_path / "report.html")},
     )
     assert cfg.model.activation == "identity"  # a teacher's raw logits by default
     result = run(cfg)
     scored = read_output(tmp_path / "out")
-    assert scored.num_rows == 240 and scored.column("score").null_count == 0
+    assert scored.num_rows == 239 and scored.column("score").null_count == 0
+    (dead,) = read_output(tmp_path / "out" / "_dead_letter").to_pylist()
+    assert dead["qid"] == 5 and "passage" in dead["reason"]
     assert {"qid", "positive", "retriever"} <= set(scored.column_names)
 
     mining = result.summary["mining"]
@@ -79,6 +91,8 @@ def test_a_mined_log_matches_mining_its_scored_rows(ray_local, models, tmp_path)
     assert mining["rows"] == mined.num_rows == counts.rows > 0
     assert mining["dropped"] == counts.dropped and counts.dropped["relative_margin"] > 0
     assert mining["short"] == counts.short
+    page = (tmp_path / "report.html").read_text()
+    assert "Training data (task mine)" in page and "queries without a positive" in page
 
     duck = duckdb_readers()  # the training set, read as a user's reader reads a folder
     (n,) = duck.sql(f"select count(*) from '{tmp_path / 'out' / FOLDER}/*.parquet'").fetchone()
@@ -149,3 +163,43 @@ def run(cfg):
     from crossenc.job.run_job import run_job
 
     return run_job(cfg)
+
+
+@pytest.mark.slow
+def test_a_mine_resumes_and_a_later_night_reuses_the_teachers_scores(
+    ray_local, models, tmp_path, monkeypatch
+):
+    from crossenc.testing.failpoints import FailpointError
+
+    candidate_log(tmp_path, 120, seed=8, files=2)
+    mine = {**MINE, "group_by": "qid", "output_format": "labeled-list", "output_scores": True}
+    cfg = job_config(
+        tmp_path / "in",
+        tmp_path / "out",
+        models[("bert", 1)],
+        task="mine",
+        mine=mine,
+        output={"incremental": True},
+    )
+    monkeypatch.setenv("CROSSENC_FAILPOINT", "commit.before_record:raise")
+    with pytest.raises(FailpointError):
+        run(cfg)  # killed before its commit: its files staged, none committed
+    monkeypatch.delenv("CROSSENC_FAILPOINT")
+    resumed = run(
+        cfg.model_copy(update={"output": cfg.output.model_copy(update={"mode": "resume"})})
+    )
+    assert resumed.rows_resumed == 120 and resumed.rows_scored == 0
+    first = pq.read_table(sorted((tmp_path / "out" / FOLDER).glob("*.parquet")))
+    assert resumed.summary["mining"]["rows"] == first.num_rows > 0
+    assert len(resumed.summary["mining"]["files"]) == len(
+        list((tmp_path / "out").glob("*.parquet"))
+    )
+
+    # the next night: the same candidates, scored by the same teacher before, are not scored
+    night = cfg.model_copy(update={"output": cfg.output.model_copy(update={"mode": "overwrite"})})
+    again = run(night)
+    assert again.rows_reused == 120 and again.summary["rows"]["new"] == 0
+    second = pq.read_table(sorted((tmp_path / "out" / FOLDER).glob("*.parquet")))
+    assert _rows(second) == _rows(first)
+    names = {p.name for p in (tmp_path / "out" / FOLDER).glob("*.parquet")}
+    assert names == {p.name for p in (tmp_path / "out").glob("*.parquet")}  # no stale twin
