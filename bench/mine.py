@@ -74,6 +74,9 @@ def _data(folder: Path, queries: int, seed: int) -> None:
     table = make_pairs(queries * 2, seed, passages_per_query=2).sort_by("pair_id")
     qid = table.column("qid").to_numpy()
     first = np.r_[True, qid[1:] != qid[:-1]]
+    _, once = np.unique(table.column("query").to_numpy(zero_copy_only=False), return_index=True)
+    first &= np.isin(np.arange(len(qid)), once)  # a query text once (mine_hard_negatives
+    # merges a text's rows into one query, and the log would have to as well)
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(
         table.filter(pa.array(first)).select(["query", "passage"]), folder / "dataset.parquet"
@@ -93,7 +96,7 @@ def _candidate_log(folder: Path, cache: Path) -> int:
     (q_file,) = cache.glob("query_embeddings_*.npy")
     (c_file,) = cache.glob("corpus_embeddings_*.npy")
     asked, docs = torch.from_numpy(np.load(q_file)), torch.from_numpy(np.load(c_file))
-    positive = dict(zip(dataset["query"], dataset["passage"], strict=True))
+    positive = dict(zip(dataset["query"], dataset["passage"], strict=True))  # (texts unique)
     rows: dict[str, list[Any]] = {
         "qid": [],
         "query": [],
