@@ -74,6 +74,6 @@ def test_ray_job_submit_runs_the_job(ray_head, models, pairs_dir, tmp_path):
     proc = submit(url, env, "--config", str(config), "--set", "task=reranking")
     assert proc.returncode != 0
     said = proc.stdout + proc.stderr
-    assert "task: Input should be 'score', 'classify', 'rerank' or 'evaluate'" in said
+    assert "task: Input should be 'score', 'classify', 'rerank', 'evaluate' or 'mine'" in said
     # the entrypoint's exit code (2: config error) reaches the submitter in the status message
     assert "failed with exit code 2" in proc.stdout + proc.stderr
