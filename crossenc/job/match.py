@@ -13,7 +13,7 @@ from crossenc.config import JobConfig
 from crossenc.inputs.plan import JobPlan
 from crossenc.inputs.read import pending_units, read_units
 from crossenc.job.clock import Clock
-from crossenc.job.incremental import Matches, earlier_runs, match
+from crossenc.job.incremental import Matches, earlier_runs, match, reuse_path
 from crossenc.job.prepare import Prepared
 from crossenc.job.takeover import TakeOver
 from crossenc.job.verify import Verdict, check_reuse
@@ -41,9 +41,16 @@ class Reuses:
     models: list[str]  # every model of the run (one absent from by_model reuses nothing)
 
     def unit_paths(self, source: str) -> str:
-        """An input file's matches, per model: what a read unit carries (JSON)."""
-        paths = {name: m.paths.get(source, "") for name, m in self.by_model.items()}
-        return json.dumps({name: path for name, path in paths.items() if path})
+        """An input file's matches, per model: what a read unit carries (JSON). (Built for
+        this file alone: ``Matches.paths`` hashes every file's path, and a run has a unit per
+        row group.)"""
+        return json.dumps(
+            {
+                name: reuse_path(m.staging, source, m.model)
+                for name, m in self.by_model.items()
+                if source in m.rows
+            }
+        )
 
     def covers(self, todo: dict[str, list[list[int]]]) -> bool:
         """True when every model matched every row of the todo ranges."""
