@@ -237,7 +237,12 @@ class RerankConfig(_Strict):
     """Ranking within groups (task: rerank)."""
 
     group_by: str = Field("qid", description="Column whose equal values form one group.")
-    top_k: int | None = Field(None, ge=1, description="Write only the best k rows of each group.")
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        description="Write only the best k rows of each group (several models: the rows any "
+        "model ranks in its best k).",
+    )
     within_files: bool | None = Field(
         None,
         description="Every group's rows sit in one input file: rank inside each file as it is "
@@ -803,7 +808,6 @@ class JobConfig(_Strict):
         if self.model != next(iter(self.models.values())):
             raise ValueError("set model or models, not both (with models, model is the first)")
         left_out = {
-            "rerank": self.task == "rerank",
             "model.long_text chunk": any(m.long_text == "chunk" for m in self.models.values()),
         }
         for what, used in left_out.items():

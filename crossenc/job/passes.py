@@ -74,7 +74,7 @@ def score_pass(
             {f.path: f.rows for f in plan.files if f.path in todo} if within or measured else {}
         ),
         rank_whole_input=whole,
-        several_models=len(cfg.models) > 1,
+        models=tuple(name for name, _ in cfg.model_views()),
         evaluate=file_evaluation(cfg, plan) if plan.evaluate_within_files else None,
         mine=mine_spec(cfg) if cfg.task == "mine" else None,
     )

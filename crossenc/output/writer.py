@@ -70,10 +70,15 @@ class WriterOptions:
     # rank across every input file at once (one writer holding the whole input's scored rows,
     # a small input): groups may span files, and no shuffle is needed
     rank_whole_input: bool = False
-    several_models: bool = False  # models: a dead letter keeps the scores other models gave
+    models: tuple[str, ...] = ("",)  # the models' short names (a lone model's: "")
     # evaluate.within_files: measure each input file's queries once its rows are all here
     evaluate: FileEvaluation | None = None
     mine: MineSpec | None = None  # task mine: choose each input file's queries' negatives
+
+    @property
+    def several_models(self) -> bool:
+        """models: each has its own columns, and a dead letter keeps the others' scores."""
+        return len(self.models) > 1
 
     @property
     def holds_files(self) -> bool:
@@ -162,13 +167,15 @@ def visible_columns(columns: list[str]) -> list[str]:
 
 
 def dead_columns(columns: list[str], several: bool = False) -> list[str]:
-    """The columns a dead-letter file holds (the reason is appended): no scores, but for
-    ``several`` models' (the scores of the models that could score the row)."""
+    """The columns a dead-letter file holds (the reason is appended): no scores or ranks, but
+    for ``several`` models' scores (of the models that could score the row)."""
     outputs = (SCORE, LABEL, RANK, TRUNCATED)
     return [
         c
         for c in visible_columns(columns)
-        if c not in outputs and (several or not c.startswith(f"{SCORE}_"))
+        if c not in outputs
+        and not c.startswith(f"{RANK}_")
+        and (several or not c.startswith(f"{SCORE}_"))
     ]
 
 
@@ -271,7 +278,7 @@ class RollingWriter:
         del self.held_rows[source]
         if self.options.rerank_by is None:  # an evaluation or mining: done in _add
             return table
-        return rank_within(table, self.options.rerank_by, self.options.top_k)
+        return rank_within(table, self.options.rerank_by, self.options.top_k, self.options.models)
 
     def _add(self, source: str, rows: pa.Table) -> None:
         piece = self.pieces.setdefault(source, _Piece())

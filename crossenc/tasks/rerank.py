@@ -1,5 +1,7 @@
 """task: rerank. Each pair's score and its rank within its ``rerank.group_by`` group (1 = best),
-rows past ``rerank.top_k`` kept out of the output."""
+rows past ``rerank.top_k`` kept out of the output. Several models (``models:``): each model's
+rank of its own scores (``rank_<name>`` beside ``score_<name>``), and a row is kept while any
+model puts it in its top k."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crossenc.models.several import named
 from crossenc.models.tokenize import ERROR
 from crossenc.tasks.base import DROPPED, RANK, SCORE, Task
 
 
 class RerankTask(Task):
-    """A score and a rank within the group per pair."""
+    """A score and a rank within the group per pair (per model, with several)."""
 
     name = "rerank"
     added = (RANK,)
@@ -23,45 +26,35 @@ class RerankTask(Task):
         return self.cfg.rerank.group_by
 
     def post_group(self, group: pa.Table) -> pa.Table:
-        """Rank one group's scored rows (see :func:`rank_group`)."""
-        return rank_group(group, self.cfg.rerank.top_k)
+        """Rank one group's scored rows (see :func:`rank_within`)."""
+        names = tuple(name for name, _ in self.cfg.model_views())
+        return rank_within(group, self.cfg.rerank.group_by, self.cfg.rerank.top_k, names)
 
 
-def rank_group(group: pa.Table, top_k: int | None) -> pa.Table:
-    """Rank one group's scored rows (1 = best score); rows beyond top_k are marked dropped.
-
-    Unscorable rows (with an error) keep a null rank and pass through to the dead letters.
-    """
-    n = group.num_rows
-    scores = group.column(SCORE).to_numpy(zero_copy_only=False)
-    ok = pc.is_null(group.column(ERROR)).to_numpy(zero_copy_only=False)
-    rank = np.zeros(n, dtype=np.int64)
-    ok_idx = np.flatnonzero(ok)
-    order = ok_idx[np.argsort(-scores[ok_idx], kind="stable")]
-    rank[order] = np.arange(1, len(order) + 1)
-    dropped = ok & (rank > top_k) if top_k is not None else np.zeros(n, dtype=bool)
-    group = group.append_column(RANK, pa.array(rank, mask=~ok))
-    return group.append_column(DROPPED, pa.array(dropped))
-
-
-def rank_within(table: pa.Table, group_by: str, top_k: int | None) -> pa.Table:
-    """:func:`rank_group` for every group of a table at once (vectorised): the rank of each
-    scored row within its ``group_by`` group (a null key is a group of its own), and rows past
-    top_k marked dropped."""
+def rank_within(
+    table: pa.Table, group_by: str, top_k: int | None, models: tuple[str, ...] = ("",)
+) -> pa.Table:
+    """The rank of each scored row within its ``group_by`` group (1 = best score; a null key
+    is a group of its own; ties keep the rows' order), for a whole table at once (vectorised):
+    the column ``rank``, or with several ``models`` (short names) ``rank_<name>`` of each
+    model's ``score_<name>``. Rows past top_k in every model's ranking are marked dropped;
+    unscorable rows (with an error) keep a null rank and pass through to the dead letters."""
     n = table.num_rows
     keys = table.column(group_by).combine_chunks()
     codes = pc.dictionary_encode(keys, null_encoding="encode").indices.to_numpy(
         zero_copy_only=False
     )
-    scores = table.column(SCORE).to_numpy(zero_copy_only=False)
     ok = pc.is_null(table.column(ERROR)).to_numpy(zero_copy_only=False)
     idx = np.flatnonzero(ok)
-    order = idx[np.lexsort((-scores[idx], codes[idx]))]  # by group, best score first (stable)
-    sorted_codes = codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-    sizes = np.diff(np.r_[starts, len(order)])
-    rank = np.zeros(n, dtype=np.int64)
-    rank[order] = np.arange(len(order)) - np.repeat(starts, sizes) + 1
-    dropped = ok & (rank > top_k) if top_k is not None else np.zeros(n, dtype=bool)
-    table = table.append_column(RANK, pa.array(rank, mask=~ok))
-    return table.append_column(DROPPED, pa.array(dropped))
+    kept = np.zeros(n, dtype=bool)
+    for model in models:
+        scores = table.column(named(SCORE, model)).to_numpy(zero_copy_only=False)
+        order = idx[np.lexsort((-scores[idx], codes[idx]))]  # by group, best first (stable)
+        sorted_codes = codes[order]
+        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+        sizes = np.diff(np.r_[starts, len(order)])
+        rank = np.zeros(n, dtype=np.int64)
+        rank[order] = np.arange(len(order)) - np.repeat(starts, sizes) + 1
+        kept |= rank <= top_k if top_k is not None else ok
+        table = table.append_column(named(RANK, model), pa.array(rank, mask=~ok))
+    return table.append_column(DROPPED, pa.array(ok & ~kept))

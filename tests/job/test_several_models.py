@@ -38,8 +38,10 @@ def test_config_refuses_what_takes_one_model(tmp_path, models):
     assert again.models == cfg.models and again.fingerprint() == cfg.fingerprint()
     one = job_config(tmp_path / "in", tmp_path / "out", paths["a"])
     assert one.fingerprint() != cfg.fingerprint()
-    with pytest.raises(ValueError, match="rerank takes one model; models names 2 "):
-        several_config(tmp_path / "in", tmp_path / "out", paths, task="rerank")
+    chunked = several_config(tmp_path / "in", tmp_path / "out", paths).model_dump(mode="json")
+    chunked["models"]["b"]["long_text"] = "chunk"
+    with pytest.raises(ValueError, match="model.long_text chunk takes one model; models names 2 "):
+        build_config(chunked)
     with pytest.raises(ValueError, match="models.Big: a model's short name"):
         several_config(tmp_path / "in", tmp_path / "out", {"Big": paths["a"]})
     data = cfg.model_dump(mode="json")
@@ -167,6 +169,56 @@ def test_a_row_one_model_cannot_fit_keeps_the_others_score(ray_local, models, tm
     assert "score_bert" in kept and "score_bert" not in dead_columns(out.column_names)
 
 
+def _check_ranks(out: pa.Table, names: list[str], top_k: int, group_rows: int) -> int:
+    """Each model's ranks in ``out`` (a rerank's kept rows) are its own scores' order within
+    the group, its best top_k are all there, and every row is in some model's top_k; returns
+    the rows left out (groups of ``group_rows``)."""
+    left_out = 0
+    for qid in pc.unique(out.column("qid")).to_pylist():
+        group = out.filter(pc.equal(out.column("qid"), qid))
+        ranks = {n: group.column(f"rank_{n}").to_numpy() for n in names}
+        for name in names:
+            scores = group.column(f"score_{name}").to_numpy()
+            assert set(range(1, top_k + 1)) <= set(ranks[name])  # its whole top k is kept
+            order = np.argsort(ranks[name])
+            assert (np.diff(scores[order]) <= 0).all()  # best score first
+            assert len(set(ranks[name])) == group.num_rows and ranks[name].max() <= group_rows
+        assert (np.minimum.reduce(list(ranks.values())) <= top_k).all()
+        left_out += group_rows - group.num_rows
+    return left_out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("within_files", [None, False])
+def test_rerank_with_two_models_ranks_by_each(ray_local, models, tmp_path, pairs_dir, within_files):
+    paths = {"bert": models[("bert", 1)], "electra": models[("electra", 1)]}
+    runtime = {"writers": 2} if within_files is False else {}  # False: a shuffle
+    rerank = {"top_k": 3, "within_files": within_files}
+    cfg = several_config(
+        pairs_dir, tmp_path / "out", paths, task="rerank", rerank=rerank, runtime=runtime
+    )
+    result = run_job(cfg)
+    out = read_output(tmp_path / "out")
+    assert {"score_bert", "rank_bert", "score_electra", "rank_electra"} <= set(out.column_names)
+    assert "rank" not in out.column_names and "score" not in out.column_names
+    left_out = _check_ranks(out, ["bert", "electra"], top_k=3, group_rows=10)
+    assert out.num_rows + left_out == 300 and 90 < out.num_rows < 300  # the models differ
+    assert result.rows_written == out.num_rows
+    alone = run_job(
+        job_config(pairs_dir, tmp_path / "bert", paths["bert"], task="rerank", rerank=rerank)
+    )
+    bert = read_output(tmp_path / "bert")
+    top = out.filter(pc.less_equal(out.column("rank_bert"), 3)).sort_by([("qid", "ascending")])
+    assert alone.rows_written == 90
+    got = top.select(["qid", "doc_id", "rank_bert"]).sort_by(
+        [("qid", "ascending"), ("rank_bert", "ascending")]
+    )
+    want = bert.select(["qid", "doc_id", "rank"]).sort_by(
+        [("qid", "ascending"), ("rank", "ascending")]
+    )
+    assert got.column("doc_id").to_pylist() == want.column("doc_id").to_pylist()
+
+
 @pytest.mark.slow
 def test_evaluation_of_two_models_in_one_pass(ray_local, models, tmp_path):
     from tests.evaluation.test_evaluate_job import labelled
@@ -250,6 +302,15 @@ def test_the_scorer_api_takes_several_models(ray_local, models, tmp_path):
     for name in paths:
         assert out[f"score_{name}"].isna().tolist() == [False, False, True, False, False, False]
     assert not np.allclose(out["score_bert"].iloc[[0, 1]], out["score_electra"].iloc[[0, 1]])
+
+    ranked = several_config(
+        tmp_path / "in", tmp_path / "out", paths, task="rerank", rerank={"top_k": 2}
+    )
+    rows = [dict(r, qid=i // 3) for i, r in enumerate(rows)]  # 2 groups of 3, one row dead
+    out = pa.Table.from_pandas(scorer(ranked)(ray.data.from_items(rows)).to_pandas())
+    good = out.filter(pc.is_null(out.column("reason")))
+    assert out.num_rows == good.num_rows + 1  # the dead row, with its reason
+    assert good.num_rows + _check_ranks(good, list(paths), top_k=2, group_rows=3) == 6
 
     mixed = several_config(
         tmp_path / "in",

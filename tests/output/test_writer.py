@@ -17,8 +17,7 @@ from crossenc.job.accounting import usable_parts
 from crossenc.metrics import SAMPLE, merge_part_metrics, metric_columns, part_metrics
 from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
 from crossenc.output.writer import RollingWriter, WriterOptions
-from crossenc.tasks.base import DROPPED, RANK
-from crossenc.tasks.rerank import rank_group
+from crossenc.tasks.base import RANK, SCORE
 
 
 def _block(source: str, start: int, n: int, qid_every: int = 4, bad: tuple = ()) -> pa.Table:
@@ -86,10 +85,10 @@ def test_in_file_rerank_holds_a_file_until_complete_and_ranks_as_the_shuffle(tmp
     (part,) = writer.flush()
     whole = pa.concat_tables(blocks)
     want: dict[int, int] = {}
-    for q in range(5):  # what the shuffle path does, one group at a time
-        ranked = rank_group(whole.filter(pc.equal(whole["qid"], q)), top_k=2)
-        keep = pc.and_(pc.is_null(ranked[ERROR]), pc.invert(ranked[DROPPED]))
-        want |= _ranks(ranked.filter(keep))
+    for q in range(5):  # each group's scored rows, best first; the best 2 kept
+        group = whole.filter(pc.and_(pc.equal(whole["qid"], q), pc.is_null(whole[ERROR])))
+        order = np.argsort(-group[SCORE].to_numpy(), kind="stable")[:2]
+        want |= {group["pair_id"][int(i)].as_py(): r + 1 for r, i in enumerate(order)}
     assert _ranks(pq.read_table(part.file)) == want
     assert part.rows == 10 and part.dead_rows == 1 and part.dropped_rows == 9
 
