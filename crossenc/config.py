@@ -376,8 +376,9 @@ class MineConfig(_Strict):
     within_files: bool | None = Field(
         None,
         description="Every query's rows sit in one input file: each output writer mines a "
-        "file's queries once its rows are all there. None: decided from the query column's "
-        "min/max in the Parquet footers.",
+        "file's queries once its rows are all there (streaming, memory flat, resumable). None: "
+        "decided from the query column's min/max in the Parquet footers; false: a shuffle "
+        "of the whole input by query (memory grows with it, no resume).",
     )
 
     @model_validator(mode="after")

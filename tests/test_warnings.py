@@ -58,7 +58,7 @@ def test_the_jobs_pipeline_is_built_without_a_deprecated_call(
         new_run_id(),
         [object()],
         WriterOptions(),
-        rerank_shuffle=task == "rerank",
+        group_shuffle=task == "rerank",
     )
     names, ops = [], [ds._logical_plan.dag]  # (the stages are lazy: built, not run)
     while ops:

@@ -82,6 +82,7 @@ class JobPlan:
     info: ModelInfo
     skipped: tuple[BadFile, ...] = ()
     rerank_within_files: bool = False  # rank inside each file as it is written, no shuffle
+    mine_within_files: bool = False  # mine each file's queries as it is written, no shuffle
     evaluate_within_files: bool = False  # measure each file's queries in its writer
     inspect_seconds: float = 0.0  # listing and footers
     pending: tuple[tuple[str, int], ...] = ()  # (path, bytes) of files whose footers are unread
@@ -417,33 +418,9 @@ def plan_job(cfg: JobConfig) -> JobPlan:
     # needs each file's row count.
     sample = None if cfg.group_column() is not None else cfg.input.inspect_files
     files, skipped, pending, reference, sampled = inspect_start(cfg, sample)
-    within = False
-    if cfg.task == "rerank":
-        within = cfg.rerank.within_files
-        if within is None:
-            within = groups_within_files(files)
-            if within:
-                log.info(
-                    "rerank: no group spans two input files (footer statistics of %r): "
-                    "ranking inside each file, no shuffle",
-                    cfg.rerank.group_by,
-                )
-            else:
-                log.info(
-                    "rerank: groups may span input files: ranking after a shuffle of the whole "
-                    "input (memory grows with it; set rerank.within_files=true if every group "
-                    "sits in one file)"
-                )
-        if cfg.output.mode == "resume" and not within:
-            raise ConfigError(
-                "output.mode resume is not available for a rerank whose groups span input "
-                "files (ranks then span the whole dataset): run again with "
-                "output.mode=overwrite, or set rerank.within_files=true if every group sits "
-                "in one file"
-            )
+    within = cfg.task == "rerank" and grouped_within_files(cfg, files, cfg.rerank.within_files)
     measured = cfg.task == "evaluate" and evaluate_within_files(cfg, files, reference)
-    if cfg.task == "mine":
-        check_mine_within_files(cfg, files)
+    mined = cfg.task == "mine" and grouped_within_files(cfg, files, cfg.mine.within_files)
     seconds = time.monotonic() - started
     sizes = list(pending.items())
     if pending:
@@ -458,6 +435,7 @@ def plan_job(cfg: JobConfig) -> JobPlan:
         info,
         skipped,
         rerank_within_files=within,
+        mine_within_files=mined,
         evaluate_within_files=measured,
         inspect_seconds=seconds,
         pending=tuple(sorted(sizes)),
@@ -500,19 +478,47 @@ def evaluate_within_files(
     return False
 
 
-def check_mine_within_files(cfg: JobConfig, files: tuple[InputFile, ...]) -> None:
-    """Task mine chooses each query's negatives where its file's rows are written: refuse an
-    input whose queries may span files (the footers' min/max of the query column overlap)."""
-    if cfg.mine.within_files or (cfg.mine.within_files is None and groups_within_files(files)):
-        log.info("mine: every query sits in one input file: mined as each file is written")
-        return
-    column = cfg.group_column()
-    raise ConfigError(
-        f"task mine chooses a query's negatives among all its candidates, and the input's "
-        f"files may split a query ({column!r}: their min/max in the Parquet footers overlap, "
-        "or are missing): write the candidate log sorted by query (one query in one file), or "
-        "set mine.within_files=true if every query already sits in one file"
-    )
+GROUPS = {  # a task's group, groups, what it does with them, and why they need each other
+    "rerank": ("group", "groups", "ranking", "ranks then span the whole dataset"),
+    "mine": ("query", "queries", "mining", "a query's negatives are chosen among all its rows"),
+}
+
+
+def grouped_within_files(cfg: JobConfig, files: tuple[InputFile, ...], within: bool | None) -> bool:
+    """Whether a rerank's groups (task mine: its queries) each sit in one input file, so the
+    writers handle each file's as it is written, with no shuffle: ``within`` (rerank.within_files,
+    mine.within_files), or where None the footers' min/max of the group column (files whose
+    ranges do not overlap). A shuffle cannot resume: refused with output.mode resume."""
+    task = cfg.task
+    group, groups, doing, why = GROUPS[task]
+    if within is None:
+        within = groups_within_files(files)
+        if within:
+            log.info(
+                "%s: no %s spans two input files (footer statistics of %r): %s inside each "
+                "file, no shuffle",
+                task,
+                group,
+                cfg.group_column(),
+                doing,
+            )
+        else:
+            log.info(
+                "%s: %s may span input files: %s after a shuffle of the whole input (memory "
+                "grows with it; set %s.within_files=true if every %s sits in one file)",
+                task,
+                groups,
+                doing,
+                task,
+                group,
+            )
+    if cfg.output.mode == "resume" and not within:
+        raise ConfigError(
+            f"output.mode resume is not available for a {task} whose {groups} span input files "
+            f"({why}): run again with output.mode=overwrite, or set {task}.within_files=true if "
+            f"every {group} sits in one file"
+        )
+    return within
 
 
 def describe_view(view: JobConfig) -> ModelInfo:

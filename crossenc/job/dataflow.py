@@ -1,5 +1,5 @@
 """The Ray Data dataflow of a score pass: read and tokenize row groups → score on the replicas →
-(rerank: group and rank) → hand blocks to the writers."""
+(a rerank or mining whose groups span files: shuffle by group) → hand blocks to the writers."""
 
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ def scoring_stages(
     models: ModelSet | None = None,
 ) -> ray.data.Dataset:
     """Tokenize (unless ``tokenized``: the rows hold the token columns already, as the job's
-    read tasks leave them), score on the replicas, and (with ``rank_partitions``) rank each
-    rerank group after a shuffle into that many partitions: the stages the job and
+    read tasks leave them), score on the replicas, and (with ``rank_partitions``) shuffle the
+    rows into that many partitions by group, where the task post-processes each group (a
+    rerank ranks it; task mine counts each query's rows): the stages the job and
     :func:`crossenc.scorer` share. Rows keep the carried columns and gain the score columns,
     ``truncated`` and the internal ones (the error, metrics; see
     :data:`crossenc.output.writer.INTERNAL`). ``load_model`` false: the replicas load the model
@@ -89,7 +90,7 @@ def build_dataset(
     run_id: str,
     writers: list[Any],
     options: WriterOptions,
-    rerank_shuffle: bool = False,
+    group_shuffle: bool = False,
     reference: dict[str, Any] | None = None,
     load_model: bool = True,
     counter: Any = None,
@@ -97,6 +98,7 @@ def build_dataset(
 ) -> ray.data.Dataset:
     """The lazy Ray Data pipeline; executing it hands scored rows to the writers and yields
     one progress row per block (rows handed over, and the parts of files that closed);
+    ``group_shuffle``: a rerank's or mining's groups span files (shuffled by the group column);
     ``counter`` and ``models``: see :func:`scoring_stages`."""
     rt = cfg.runtime
     models = models or build_model_set(cfg, {"": info})
@@ -120,7 +122,7 @@ def build_dataset(
     )
     rows = sum(max(int(u["end"]) - int(u["start"]), 0) for u in units)  # type: ignore[call-overload]
     partitions = max(1, min(200, rows // rt.block_rows + 1))
-    ranks = partitions if rerank_shuffle else None
+    ranks = partitions if group_shuffle else None
     ds = scoring_stages(
         ds, cfg, info, ranks, tokenized=True, load_model=load_model, counter=counter, models=models
     )

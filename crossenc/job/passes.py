@@ -32,7 +32,7 @@ from crossenc.tasks.base import SCORE
 log = logging.getLogger(__name__)
 
 
-WHOLE_INPUT_RANK_ROWS = 1_000_000  # a rerank this small is ranked in its one writer, no shuffle
+WHOLE_INPUT_ROWS = 1_000_000  # a rerank (mine) this small is handled in its one writer, no shuffle
 
 
 def score_pass(
@@ -55,21 +55,24 @@ def score_pass(
     files = cfg.output.files
     count = cfg.runtime.writers or cfg.runtime.replicas
     rows = rows_in(todo)
-    # A small rerank whose groups span files: its one writer ranks the whole input, no shuffle.
+    # A rerank (task mine) handles each group (query) once its rows are all in one writer:
+    # those of each input file where no group spans files; where they may, a small input's
+    # in its one writer, else those of each group after a shuffle.
+    grouped = cfg.task in ("rerank", "mine")
+    in_files = plan.rerank_within_files or plan.mine_within_files
     whole = (
-        cfg.task == "rerank"
-        and not plan.rerank_within_files
-        and count == 1
-        and rows <= min(files.max_rows, WHOLE_INPUT_RANK_ROWS)
+        grouped and not in_files and count == 1 and rows <= min(files.max_rows, WHOLE_INPUT_ROWS)
     )
-    within = cfg.task == "rerank" and (plan.rerank_within_files or whole)
-    measured = plan.evaluate_within_files or cfg.task == "mine"  # held until a file is whole
+    within = grouped and (in_files or whole)
+    ranked = cfg.task == "rerank" and within
+    measured = plan.evaluate_within_files  # held until a file is whole
+    shuffled = grouped and not within  # its rows reach the writers only at the end
     options = WriterOptions(
         max_rows=files.max_rows,
         max_bytes=int(files.max_mib * 2**20),
         max_seconds=files.max_seconds,
-        rerank_by=cfg.rerank.group_by if within else None,
-        top_k=cfg.rerank.top_k if within else None,
+        rerank_by=cfg.rerank.group_by if ranked else None,
+        top_k=cfg.rerank.top_k if ranked else None,
         expected_rows=(
             {f.path: f.rows for f in plan.files if f.path in todo} if within or measured else {}
         ),
@@ -77,8 +80,8 @@ def score_pass(
         models=tuple(name for name, _ in cfg.model_views()),
         evaluate=file_evaluation(cfg, plan) if plan.evaluate_within_files else None,
         mine=mine_spec(cfg) if cfg.task == "mine" else None,
+        hold_groups=cfg.group_column() if cfg.task == "mine" and shuffled else None,
     )
-    shuffled = cfg.task == "rerank" and not within  # its rows reach the driver at the end
     counter = ScoredRows(on_scored) if shuffled and on_scored is not None else None
     actor = writer_actor()
     prefix = f"r{attempt}" if attempt else ""

@@ -49,11 +49,11 @@ from crossenc.mining.negatives import MineSpec, add_counts, mine_rows
 from crossenc.models.tokenize import ERROR, IDS, ROW, SOURCE, TRUNCATED, TYPE_IDS
 from crossenc.output.parts import PartStats, in_ranges, merge_ranges, part_file_name, row_ranges
 from crossenc.storage import Location, resolve, retried_requests
-from crossenc.tasks.base import DROPPED, LABEL, RANK, SCORE
+from crossenc.tasks.base import DROPPED, GROUP_ROWS, LABEL, RANK, SCORE
 from crossenc.tasks.rerank import rank_within
 from crossenc.testing.failpoints import failpoint
 
-INTERNAL = (ERROR, DROPPED, REUSED, IDS, TYPE_IDS, SOURCE, ROW, *METRIC_COLUMNS)
+INTERNAL = (ERROR, DROPPED, GROUP_ROWS, REUSED, IDS, TYPE_IDS, SOURCE, ROW, *METRIC_COLUMNS)
 ROW_GROUP_ROWS = 128 * 1024  # rows buffered before a row group is written
 
 
@@ -74,6 +74,9 @@ class WriterOptions:
     # evaluate.within_files: measure each input file's queries once its rows are all here
     evaluate: FileEvaluation | None = None
     mine: MineSpec | None = None  # task mine: choose each input file's queries' negatives
+    # task mine after a shuffle: hold each query's rows (of this column) until all are here;
+    # every row of one query reaches one writer (:func:`writer_index`)
+    hold_groups: str | None = None
 
     @property
     def several_models(self) -> bool:
@@ -84,7 +87,8 @@ class WriterOptions:
     def holds_files(self) -> bool:
         """Whether an input file's rows are held until all of them are here (a rerank, an
         evaluation or a mining within files): a partial file cannot be written."""
-        return self.rerank_by is not None or self.evaluate is not None or self.mine is not None
+        held = (self.rerank_by, self.evaluate, self.mine, self.hold_groups)
+        return any(x is not None for x in held)
 
 
 class _Sink:
@@ -208,6 +212,7 @@ class RollingWriter:
         self.seen: dict[str, list[list[int]]] = {}  # rows taken so far, per input file
         self.held: dict[str, list[pa.Table]] = {}  # in-file rerank: rows waiting for their file
         self.held_rows: dict[str, int] = {}
+        self.held_groups: pa.Table | None = None  # hold_groups: rows of incomplete queries
         self.whole_input_rows = sum(self.options.expected_rows.values())  # rank_whole_input
         self._reset()
 
@@ -234,12 +239,14 @@ class RollingWriter:
             if rows.num_rows == 0:
                 continue
             if self.options.holds_files:
-                ranked = self._hold(source, rows)
-                if ranked is None:
+                hold_groups = self.options.hold_groups is not None
+                whole = self._hold_groups(rows) if hold_groups else self._hold(source, rows)
+                if whole is None:
                     continue
-                for ranked_source, ranked_rows in by_source(ranked):
-                    # a ranked file is never split: a resume takes it whole
-                    self._add(ranked_source, ranked_rows)
+                mined = self._mine(whole)
+                for i, (whole_source, whole_rows) in enumerate(by_source(whole)):
+                    # a held file is never split: a resume takes it whole
+                    self._add(whole_source, whole_rows, mined if i == 0 else None)
                 if self._full():
                     closed += self.close_file()
                 continue
@@ -280,7 +287,35 @@ class RollingWriter:
             return table
         return rank_within(table, self.options.rerank_by, self.options.top_k, self.options.models)
 
-    def _add(self, source: str, rows: pa.Table) -> None:
+    def _hold_groups(self, rows: pa.Table) -> pa.Table | None:
+        """Task mine after a shuffle: keep the rows until every row of their query is here
+        (each carries its query's row count), then hand over the whole queries."""
+        key = self.options.hold_groups
+        assert key is not None
+        held = rows if self.held_groups is None else pa.concat_tables([self.held_groups, rows])
+        counts = held.group_by(key).aggregate([(GROUP_ROWS, "count"), (GROUP_ROWS, "max")])
+        whole = pc.equal(counts[f"{GROUP_ROWS}_count"], counts[f"{GROUP_ROWS}_max"])
+        done = pc.is_in(held.column(key), value_set=counts[key].filter(whole), skip_nulls=False)
+        rest = held.filter(pc.invert(done))
+        self.held_groups = rest if rest.num_rows else None
+        ready = held.filter(done)
+        return ready if ready.num_rows else None
+
+    def _mine(self, whole: pa.Table) -> tuple[pa.Table, dict[str, Any]] | None:
+        """Task mine: the negatives chosen among whole queries' scored rows, and the counts."""
+        if self.options.mine is None:
+            return None
+        good = whole.filter(pc.is_null(whole.column(ERROR)))
+        if not good.num_rows:
+            return None
+        mined, found = mine_rows(good, self.options.mine)
+        return mined, found.as_dict()
+
+    def _add(
+        self, source: str, rows: pa.Table, mined: tuple[pa.Table, dict[str, Any]] | None = None
+    ) -> None:
+        """Write one input file's rows (``mined``: negatives chosen among whole queries, some of
+        whose rows these are, recorded with this file's part)."""
         piece = self.pieces.setdefault(source, _Piece())
         positions = rows.column(ROW).to_numpy()
         piece.ranges = merge_ranges(piece.ranges + row_ranges(positions))
@@ -309,10 +344,9 @@ class RollingWriter:
             table, measured, without = per_query_of(good, spec)
             piece.evaluation = add(piece.evaluation, moments(table, spec, measured, without))
             piece.per_query.append(table)
-        if self.options.mine is not None and good.num_rows:
-            mined, found = mine_rows(good, self.options.mine)
-            piece.mining = add_counts(piece.mining, found.as_dict())
-            piece.mined.append(mined)
+        if mined is not None:
+            piece.mining = add_counts(piece.mining, mined[1])
+            piece.mined.append(mined[0])
         if good.num_rows:
             good = with_partition_values(good.select(visible_columns(rows.column_names)), self.out)
             if self.data is None:
@@ -440,6 +474,25 @@ def writer_for(source: str, writers: list[Any]) -> Any:
     return writers[zlib.crc32(source.encode()) % len(writers)]
 
 
+def by_writer(
+    batch: pa.Table, writers: list[Any], options: WriterOptions
+) -> list[tuple[Any, pa.Table]]:
+    """A block's rows split by the writer that takes them: an input file's rows go to one
+    writer, or with ``options.hold_groups`` (mining after a shuffle) a query's rows do."""
+    if options.hold_groups is None:
+        return [(writer_for(source, writers), rows) for source, rows in by_source(batch)]
+    keys = pc.dictionary_encode(batch.column(options.hold_groups).combine_chunks())
+    index = np.array(
+        [zlib.crc32(repr(k).encode()) % len(writers) for k in keys.dictionary.to_pylist()],
+        dtype=np.int64,
+    )
+    codes = pc.fill_null(keys.indices, 0).to_numpy(zero_copy_only=False)
+    to = index[codes] if len(index) else np.zeros(batch.num_rows, dtype=np.int64)
+    if keys.null_count:  # the rows without a query: one group, one writer
+        to = np.where(keys.is_null().to_numpy(zero_copy_only=False), 0, to)
+    return [(writers[w], batch.filter(pa.array(to == w))) for w in np.unique(to).tolist()]
+
+
 PROGRESS_SCHEMA = pa.schema(
     [("accounted", pa.int64()), ("t", pa.float64()), ("parts", pa.string())]
 )
@@ -454,7 +507,7 @@ def write_block(
     import ray
 
     calls = [
-        (rows, writer_for(source, writers).append.remote(rows)) for source, rows in by_source(batch)
+        (rows, writer.append.remote(rows)) for writer, rows in by_writer(batch, writers, options)
     ]
     parts: list[PartStats] = []
     for rows, ref in calls:

@@ -19,6 +19,7 @@ SCORE = "score"
 LABEL = "label"
 RANK = "rank"
 DROPPED = "_dropped"  # internal: a row the task keeps out of the output (rerank's top_k)
+GROUP_ROWS = "_group_rows"  # internal: the rows of the row's group, after a shuffle (task mine)
 
 
 def score_names(info: ModelInfo) -> list[str]:

@@ -1,10 +1,13 @@
 """task: mine. Every candidate's teacher score, written as task score writes it (with the query,
 positive flag and retriever score carried along), and each query's hard negatives, chosen by the
-output writers once a file's rows are all there (:mod:`crossenc.mining.negatives`)."""
+output writers once a query's rows are all there (:mod:`crossenc.mining.negatives`): a file's
+queries when each sits in one file, else each query after a shuffle by query."""
 
 from __future__ import annotations
 
-from crossenc.tasks.base import Task
+import pyarrow as pa
+
+from crossenc.tasks.base import GROUP_ROWS, Task
 
 
 class MineTask(Task):
@@ -16,3 +19,8 @@ class MineTask(Task):
     def group_by(self) -> str | None:
         """The query column (mine.group_by, else input.text_a)."""
         return self.cfg.group_column()
+
+    def post_group(self, group: pa.Table) -> pa.Table:
+        """One query's rows after the shuffle, each told how many they are: the writer that
+        takes them (every row of a query goes to one) mines the query once all are there."""
+        return group.append_column(GROUP_ROWS, pa.array([group.num_rows] * group.num_rows))

@@ -50,7 +50,7 @@ def test_small_budget_reaches_the_executor_and_every_row_lands(
     assert not plan.rerank_within_files  # the sample's groups span files: a shuffle
     units = read_units(plan.files)
     ds = build_dataset(
-        cfg, units, plan.info, new_run_id(), [], WriterOptions(), rerank_shuffle=task == "rerank"
+        cfg, units, plan.info, new_run_id(), [], WriterOptions(), group_shuffle=task == "rerank"
     )
     assert ds.context.execution_options.resource_limits.object_store_memory == 64 * MIB
     result = run_job(cfg, plan)

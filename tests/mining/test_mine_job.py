@@ -1,7 +1,7 @@
 """task mine as a job: every candidate scored and written, each input file's queries mined by
 the writer that writes it, the mined rows in ``_mined/`` as the twins of the committed data
 files, the counts in the summary; several teachers averaged; a log whose queries span files
-refused before anything runs."""
+mined after a shuffle (or, small, in one writer)."""
 
 from __future__ import annotations
 
@@ -124,18 +124,57 @@ def test_several_teachers_mine_by_their_mean_score(ray_local, models, tmp_path):
         assert row["score"] == pytest.approx(by_pair[(row["query"], row["passage"])], abs=1e-6)
 
 
-def test_a_log_whose_queries_span_files_is_refused(models, tmp_path):
+def _mixed_log(tmp_path: Path, rows: int, seed: int) -> None:
+    """A candidate log in two files, every query's rows in both (every other row)."""
+    table = candidate_log(tmp_path, rows, seed=seed, files=1)
+    (tmp_path / "mixed").mkdir()
+    order = np.arange(table.num_rows)
+    for i in range(2):
+        pq.write_table(table.take(order[i::2]), tmp_path / "mixed" / f"part-{i}.parquet")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("writers", [1, 2])  # 1: the whole input in one writer; 2: a shuffle
+def test_a_log_whose_queries_span_files_is_mined_whole(ray_local, models, tmp_path, writers):
     from crossenc.inputs.plan import plan_job
 
-    table = candidate_log(tmp_path, 60, seed=7, files=1)
-    (tmp_path / "mixed").mkdir()
-    rows = np.arange(table.num_rows)
-    for i in range(2):  # every other row: each query in both files
-        pq.write_table(table.take(rows[i::2]), tmp_path / "mixed" / f"part-{i}.parquet")
+    _mixed_log(tmp_path, 120, seed=7)
+    mine = {**MINE, "group_by": "qid", "output_format": "n-tuple", "output_scores": True}
     cfg = job_config(
-        tmp_path / "mixed", tmp_path / "out", models[("bert", 1)], task="mine", mine=MINE
+        tmp_path / "mixed",
+        tmp_path / "out",
+        models[("bert", 1)],
+        task="mine",
+        mine=mine,
+        runtime={"writers": writers},
     )
-    with pytest.raises(ConfigError, match="mine.within_files"):
+    assert not plan_job(cfg).mine_within_files
+    result = run(cfg)
+    scored = read_output(tmp_path / "out")
+    assert scored.num_rows == 120
+    twins = sorted((tmp_path / "out" / FOLDER).glob("*.parquet"))
+    assert [p.name for p in twins] == sorted(p.name for p in (tmp_path / "out").glob("*.parquet"))
+    assert len(twins) == writers  # (the shuffle: each writer's queries in its own file)
+    mined = pq.read_table(twins)
+    want, counts = mine_rows(scored, mine_spec(cfg))  # each query mined among all its rows
+    assert _rows(mined) == _rows(want) and mined.num_rows == counts.rows > 0
+    assert result.summary["mining"]["queries"] == counts.queries == 12
+    assert result.summary["mining"]["dropped"] == counts.dropped
+
+
+def test_a_shuffled_mining_cannot_resume_and_a_bad_positive_is_refused(models, tmp_path):
+    from crossenc.inputs.plan import plan_job
+
+    _mixed_log(tmp_path, 60, seed=7)
+    cfg = job_config(
+        tmp_path / "mixed",
+        tmp_path / "out",
+        models[("bert", 1)],
+        task="mine",
+        mine=MINE,
+        output={"mode": "resume"},
+    )
+    with pytest.raises(ConfigError, match="resume is not available for a mine whose queries"):
         plan_job(cfg)
     bad = job_config(
         tmp_path / "in",

@@ -16,8 +16,8 @@ from crossenc.inputs.plan import InputFile
 from crossenc.job.accounting import usable_parts
 from crossenc.metrics import SAMPLE, merge_part_metrics, metric_columns, part_metrics
 from crossenc.models.tokenize import ERROR, ROW, SOURCE, TRUNCATED
-from crossenc.output.writer import RollingWriter, WriterOptions
-from crossenc.tasks.base import RANK, SCORE
+from crossenc.output.writer import RollingWriter, WriterOptions, by_writer
+from crossenc.tasks.base import GROUP_ROWS, RANK, SCORE
 
 
 def _block(source: str, start: int, n: int, qid_every: int = 4, bad: tuple = ()) -> pa.Table:
@@ -91,6 +91,38 @@ def test_in_file_rerank_holds_a_file_until_complete_and_ranks_as_the_shuffle(tmp
         want |= {group["pair_id"][int(i)].as_py(): r + 1 for r, i in enumerate(order)}
     assert _ranks(pq.read_table(part.file)) == want
     assert part.rows == 10 and part.dead_rows == 1 and part.dropped_rows == 9
+
+
+def test_held_groups_are_written_once_each_query_is_whole_and_routed_to_one_writer(tmp_path):
+    out = OutputConfig(path=str(tmp_path / "out"))
+    options = WriterOptions(hold_groups="qid")
+    writer = RollingWriter(out, "20261201T000000000-0000abcd", "w0", options)
+
+    def shuffled(block: pa.Table) -> pa.Table:  # as after the shuffle: each row's group size
+        return block.append_column(GROUP_ROWS, pa.array([4] * block.num_rows))
+
+    a, b = shuffled(_block("a.parquet", 0, 6)), shuffled(_block("b.parquet", 6, 6))
+    # query 1 = rows 4..7: two in a.parquet, two in b.parquet; first a's, then b's
+    assert writer.append(a) == [] and writer.held_groups.num_rows == 2  # query 1 waits
+    assert sorted(p.input_file for p in writer.flush()) == ["a.parquet"]  # query 0
+    writer.append(b.slice(0, 3))  # query 1 whole now; query 2 (rows 8..11) not yet
+    parts = writer.flush()
+    assert {p.input_file: p.rows for p in parts} == {"a.parquet": 2, "b.parquet": 2}
+    assert writer.held_groups.num_rows == 1
+    writer.append(b.slice(3))
+    (part,) = writer.flush()
+    assert sorted(pq.read_table(part.file)["pair_id"].to_pylist()) == [8, 9, 10, 11]
+    assert GROUP_ROWS not in pq.read_table(part.file).column_names
+
+    writers = ["w0", "w1", "w2"]
+    batch = _block("c.parquet", 0, 400, qid_every=3)
+    routed = by_writer(batch, writers, options)
+    assert sum(t.num_rows for _, t in routed) == 400 and len(routed) == 3
+    seen = [set(t["qid"].to_pylist()) for _, t in routed]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    again = dict(by_writer(batch.slice(100, 50), writers, options))  # the same writer, later
+    for w, t in again.items():
+        assert set(t["qid"].to_pylist()) <= seen[writers.index(w)]
 
 
 def test_merged_metrics_keep_exact_counts():
