@@ -480,9 +480,13 @@ def _ensure_ray(cores: int) -> None:
 
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):  # join a cluster already up (the suite's, in CPU mode)
+        ray.init(logging_level=logging.WARNING)
+    else:
         ray.init(num_cpus=cores, include_dashboard=False, logging_level=logging.WARNING)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def _tokenizer_per_core(pairs: list[tuple[str, str]]) -> float:

@@ -227,9 +227,10 @@ def score_on_a_terminal(models, pairs_dir, tmp_path_factory) -> CommandRun:
     return CommandRun(proc.returncode, terminal, stdout, out)
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def ray_head():
-    """A Ray head on 127.0.0.1 with its own ports, temp dir and auth token; stopped afterwards."""
+    """A Ray head on 127.0.0.1 with its own ports, temp dir and auth token, for the tests that
+    need a real head (``ray job submit``, the doctor's cluster check); stopped at the end."""
     dash = free_port()
     env = {
         **os.environ,

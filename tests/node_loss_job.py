@@ -18,7 +18,17 @@ from tests.helpers import job_config
 
 
 def main(inp: str, out: str, model: str) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # A lost node is noticed after health checks fail: every 0.5 s, 3 in a row (Ray's own
+    # fault-tolerance tests shorten them so; the defaults take ~15 s).
+    checks = {
+        "health_check_initial_delay_ms": 0,
+        "health_check_period_ms": 500,
+        "health_check_timeout_ms": 500,
+        "health_check_failure_threshold": 3,
+    }
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": checks}
+    )
     doomed = cluster.add_node(num_cpus=1, resources={"scorer": 1})
     cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address)

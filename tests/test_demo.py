@@ -16,12 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_demo_script_runs_the_msmarco_preset(minilm, tmp_path):
+def test_demo_script_runs_the_msmarco_preset(ray_local, minilm, tmp_path):
     # the offline model the script would build (it keeps one already there): the session's
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "model").symlink_to(minilm)
     env = {**os.environ, "MODEL": "offline", "ROWS": "400", "OUT": str(tmp_path / "demo")}
-    env.pop("RAY_ADDRESS", None)
+    # the job joins the suite's Ray, as on a cluster (a fresh machine's own Ray is started by
+    # the ``crossenc score`` run of tests/job/test_progress.py)
+    env["RAY_ADDRESS"] = ray_local.get_runtime_context().gcs_address
     proc = subprocess.run(
         ["scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
