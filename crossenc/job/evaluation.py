@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from crossenc.config import ConfigError, JobConfig, StorageConfig
+from crossenc.config import ConfigError, JobConfig, RuntimeConfig, StorageConfig
 from crossenc.evaluation import metrics, streamed
 from crossenc.evaluation.compare import compare, paired_by_query
 from crossenc.evaluation.streamed import FOLDER, by_model, stacked
@@ -334,13 +334,16 @@ HEADLINE = {  # the model cards' columns per kind: sentence-transformers' tables
 }
 
 
-def with_leaderboard(evaluation: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+def with_leaderboard(
+    evaluation: dict[str, Any], summary: dict[str, Any], runtime: RuntimeConfig
+) -> dict[str, Any]:
     """The evaluation with its leaderboard rows, laid out as the model cards lay theirs out:
     the model, the kind's headline metrics and docs/s (rows a second per replica while it
-    scored, and over the whole score phase), measured in this run, a row per model of the run
-    (several models: docs/s per replica is each model's own time; the score phase's is the
-    pass's, every model's rows scored together); then the row of each run of
-    ``evaluate.compare_to``, as that run measured it."""
+    scored, the same per GPU of a replica (``runtime.gpus_per_replica``) or per core of a CPU
+    replica (its torch threads), and over the whole score phase), measured in this run, a row
+    per model of the run (several models: docs/s per replica is each model's own time; the
+    score phase's is the pass's, every model's rows scored together); then the row of each run
+    of ``evaluate.compare_to``, as that run measured it."""
     k = evaluation.get("at_k", 10)
     names = [n.format(k=k) for n in HEADLINE[evaluation["kind"]]]
     replicas = summary.get("replicas") or []
@@ -349,17 +352,20 @@ def with_leaderboard(evaluation: dict[str, Any], summary: dict[str, Any]) -> dic
     score_seconds = (summary.get("phases") or {}).get("score") or 0
     phase = round(rows / score_seconds, 1) if score_seconds else None
     own = {m["model"]: m["docs_per_second_per_replica"] for m in summary.get("models") or []}
-    board = [
-        {
-            "model": m.get("name") or m["model"],
-            **{n: m["metrics"][n] for n in names if n in m["metrics"]},
-            "docs_per_second_per_replica": (
-                own.get(m["name"]) if "name" in m else round(rows / busy, 1) if busy else None
-            ),
-            "docs_per_second_score_phase": phase,
-        }
-        for m in evaluation.get("models") or [evaluation]
-    ]
+    gpus = runtime.gpus_per_replica
+    per, units = ("gpu", gpus) if gpus else ("core", runtime.cpu_threads())
+    board = []
+    for m in evaluation.get("models") or [evaluation]:
+        rate = own.get(m["name"]) if "name" in m else round(rows / busy, 1) if busy else None
+        board.append(
+            {
+                "model": m.get("name") or m["model"],
+                **{n: m["metrics"][n] for n in names if n in m["metrics"]},
+                "docs_per_second_per_replica": rate,
+                f"docs_per_second_per_{per}": round(rate / units, 1) if rate else None,
+                "docs_per_second_score_phase": phase,
+            }
+        )
     earlier = [c["leaderboard"] for c in evaluation.get("compared") or [] if c.get("leaderboard")]
     return {**evaluation, "leaderboard": [*board, *earlier]}
 

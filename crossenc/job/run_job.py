@@ -83,7 +83,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
         checked,
     )
     if evaluation is not None:
-        summary["evaluation"] = with_leaderboard(evaluation, summary)
+        summary["evaluation"] = with_leaderboard(evaluation, summary, cfg.runtime)
     manifest = build_manifest(
         cfg, run, counts, summary, taken.kept, earlier.key, stack, earlier.keys
     )

@@ -19,6 +19,7 @@ from sentence_transformers.cross_encoder.evaluation import (
 )
 
 from crossenc.config import ConfigError
+from crossenc.job.cluster import for_this_machine
 from crossenc.job.report import render_report
 from crossenc.job.result import summary_lines
 from crossenc.job.run_job import run_job
@@ -89,6 +90,9 @@ def test_reranking_equals_sentence_transformers(ray_local, models, tmp_path):
     board = got["leaderboard"][0]
     assert board["model"] == str(model) and board["ndcg@5"] == got["metrics"]["ndcg@5"]
     assert board["docs_per_second_score_phase"] > 0 and board["docs_per_second_per_replica"] > 0
+    threads = for_this_machine(cfg).runtime.cpu_threads()  # a CPU replica's cores
+    per_core = board["docs_per_second_per_replica"] / threads
+    assert board["docs_per_second_per_core"] == pytest.approx(per_core, abs=0.051)
     committed = json.loads((tmp_path / "out" / SUMMARY).read_text())
     assert committed["evaluation"]["metrics"] == got["metrics"]
     assert committed["phases"]["evaluate"] >= 0
