@@ -364,7 +364,8 @@ class MineConfig(_Strict):
         description="triplet: (query, positive, negative) rows; n-tuple: (query, positive, "
         "negative_1..n), queries with fewer negatives left out; labeled-pair: (query, "
         "passage, label); labeled-list: (query, [passages], [labels]); distill: (query, "
-        "positive, negative, score_pos, score_neg, margin), what MarginMSE reads.",
+        "positive, negative, score_pos, score_neg, margin), what MarginMSE reads (several "
+        "teachers: each one's score_pos_<name>, score_neg_<name>, margin_<name> too).",
     )
     output_scores: bool = Field(
         False,

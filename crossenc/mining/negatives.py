@@ -32,6 +32,7 @@ from crossenc.tasks.base import SCORE
 
 FOLDER = "_mined"  # beside the output's rows: one file of mined rows per data file
 FILTERS = ("absolute_margin", "relative_margin", "max_score", "min_score")
+DISTILL = ("score_pos", "score_neg", "margin")  # the distill layout's scores (+ _<teacher>)
 
 
 @dataclass(frozen=True)
@@ -205,21 +206,34 @@ def mine_rows(table: pa.Table, spec: MineSpec) -> tuple[pa.Table, MineCounts]:
         counts.short += int(m.num_negatives is not None and len(negatives) < m.num_negatives)
         chosen.append(_Query(anchors[rows[0]], rows[positive[rows]], negatives))
     passages = table.column(spec.passage).to_pylist()
-    out = _formatted(chosen, passages, scores, spec)
+    teachers = {  # several teachers: each one's own scores, for the distill layout
+        c.removeprefix(f"{SCORE}_"): table.column(c).to_numpy(zero_copy_only=False)
+        for c in spec.scores
+        if len(spec.scores) > 1
+    }
+    out = _formatted(chosen, passages, scores, spec, teachers)
     counts.rows = out.num_rows
     return out, counts
 
 
 def _formatted(
-    chosen: list[_Query], passages: list[str], scores: np.ndarray, spec: MineSpec
+    chosen: list[_Query],
+    passages: list[str],
+    scores: np.ndarray,
+    spec: MineSpec,
+    teachers: dict[str, np.ndarray] | None = None,
 ) -> pa.Table:
-    """The chosen queries in the rows of ``output_format`` (see :class:`MineConfig`)."""
+    """The chosen queries in the rows of ``output_format`` (see :class:`MineConfig`); the
+    distill layout adds each of several ``teachers``' own scores (by short name)."""
+    teachers = teachers or {}
     m, q, p = spec.mine, spec.query, spec.passage
     with_scores = m.output_scores
     cols: dict[str, list[Any]] = {q: [], p: []}
     if m.output_format in ("triplet", "distill"):  # a row per (positive, negative)
         distill = m.output_format == "distill"
-        added = ["score_pos", "score_neg", "margin"] if distill else ["scores"] * with_scores
+        by = {"": scores, **teachers} if distill else {}
+        added = [f"{c}{f'_{t}' if t else ''}" for t in by for c in DISTILL]
+        added += ["scores"] * (with_scores and not distill)
         for name in ("negative", *added):
             cols[name] = []
         for c in chosen:
@@ -228,11 +242,12 @@ def _formatted(
                     cols[q].append(c.anchor)
                     cols[p].append(passages[i])
                     cols["negative"].append(passages[j])
-                    if distill:
-                        cols["score_pos"].append(scores[i])
-                        cols["score_neg"].append(scores[j])
-                        cols["margin"].append(scores[i] - scores[j])
-                    elif with_scores:
+                    for t, s in by.items():  # (distill) the mean's, then each teacher's
+                        end = f"_{t}" if t else ""
+                        cols[f"score_pos{end}"].append(s[i])
+                        cols[f"score_neg{end}"].append(s[j])
+                        cols[f"margin{end}"].append(s[i] - s[j])
+                    if with_scores and not distill:
                         cols["scores"].append([scores[i], scores[j]])
     elif m.output_format == "n-tuple":
         assert m.num_negatives is not None  # (the config's check)
@@ -278,12 +293,12 @@ def _type(name: str, spec: MineSpec) -> pa.DataType:
     listed = spec.mine.output_format == "labeled-list"
     types = {
         "scores": pa.list_(pa.float32()),
-        "score": pa.float32(),
-        "score_pos": pa.float32(),
-        "score_neg": pa.float32(),
-        "margin": pa.float32(),
         "label": pa.int8(),
         "labels": pa.list_(pa.int8()),
         spec.passage: pa.list_(pa.string()) if listed else pa.string(),
     }
-    return types.get(name, pa.string())
+    if name in types or name in (spec.query, "negative"):
+        return types.get(name, pa.string())
+    if name == "score" or name.startswith(DISTILL):  # (distill: score_pos_<teacher>...)
+        return pa.float32()
+    return pa.string()  # negative_<k>

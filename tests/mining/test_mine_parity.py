@@ -218,3 +218,39 @@ def test_distill_rows_are_every_negative_with_its_margin(candidate_log: pa.Table
         assert d["margin"] == pytest.approx(d["score_pos"] - d["score_neg"])
     with pytest.raises(ValueError, match="set mine.num_negatives"):
         MineConfig(num_negatives=None, output_format="n-tuple")
+
+
+def test_distill_rows_of_two_teachers_carry_each_ones_scores(candidate_log: pa.Table) -> None:
+    rng = np.random.default_rng(3)
+    a = np.asarray(candidate_log.column("score"), dtype=np.float32)
+    b = (a + rng.normal(0, 0.5, len(a))).astype(np.float32)  # a second teacher, disagreeing
+    log = candidate_log.append_column("score_a", pa.array(a)).append_column("score_b", pa.array(b))
+    mine = MineConfig(
+        retriever_score="retriever", range_max=RANGE_MAX, num_negatives=3, output_format="distill"
+    )
+    spec = MineSpec(mine, "query", "query", "passage", ("score_a", "score_b"))
+    rows = mine_rows(log, spec)[0].to_pylist()
+    assert list(rows[0]) == [
+        "query",
+        "passage",
+        "negative",
+        *("score_pos", "score_neg", "margin"),
+        *("score_pos_a", "score_neg_a", "margin_a", "score_pos_b", "score_neg_b", "margin_b"),
+    ]
+    by_pair = {
+        (q, p): (x, y)
+        for q, p, x, y in zip(
+            log.column("query").to_pylist(), log.column("passage").to_pylist(), a, b, strict=True
+        )
+    }
+    for r in rows:
+        (pa_, pb), (na, nb) = (
+            by_pair[(r["query"], r["passage"])],
+            by_pair[(r["query"], r["negative"])],
+        )
+        assert (r["score_pos_a"], r["score_neg_a"], r["score_pos_b"]) == pytest.approx(
+            (pa_, na, pb)
+        )
+        assert r["margin_b"] == pytest.approx(pb - nb)
+        assert r["score_pos"] == pytest.approx((pa_ + pb) / 2)  # the teacher: their mean
+        assert r["margin"] == pytest.approx((pa_ + pb) / 2 - (na + nb) / 2)
