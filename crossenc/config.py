@@ -639,6 +639,14 @@ class RuntimeConfig(_Strict):
         description="Scorer actors, each holding one model replica (unset, on crossenc's own "
         "in-process Ray: one per 8 cores).",
     )
+    model_pools: Literal["shared", "per_model"] = Field(
+        "shared",
+        description="models: shared, each replica holds every model and scores a block with "
+        "each in turn; per_model, a pool of runtime.replicas actors per model, one after the "
+        "other on the same read, for models that do not fit one replica's memory together "
+        "(on GPUs each actor reserves gpus_per_replica and cpus_per_replica; on CPUs the pools "
+        "share cpus_per_replica).",
+    )
     gpus_per_replica: float = Field(0, ge=0, description="GPUs per scorer (1 on GPU clusters).")
     cpus_per_replica: float = Field(1, gt=0, description="CPUs reserved per scorer actor.")
     resources_per_replica: dict[str, float] = Field(

@@ -58,6 +58,10 @@ METRIC_COLUMNS = (REPLICA, BUSY, TOKENS, COMPUTED, LOAD, RUNS, OOM, STORE_RETRIE
 MODEL_BUSY = "_busy_s@"  # + a model's short name: its share of BUSY (several models)
 
 
+MODEL_ERRORS = "_model_errors"  # runtime.model_pools per_model: why a pool's model could not
+# score a row, handed down the pools; the last pool makes it the row's dead-letter reason
+
+
 SAMPLE = 512  # scores kept per part for quantiles
 
 
@@ -150,24 +154,29 @@ def part_metrics(rows: pa.Table, seed: int = 0) -> dict[str, Any]:
     ran = scored
     if REUSED in scored.column_names:
         ran = scored.filter(pc.invert(scored.column(REUSED)))
-    replicas = ran.column(REPLICA).combine_chunks().dictionary_decode().to_numpy(False)
-    busy = ran.column(BUSY).to_numpy()
+    # one set of metric columns per pool of replicas the rows went through (model_pools
+    # per_model: the earlier pools' named <column>#<pool>)
+    pools = [""] + [c[len(REPLICA) :] for c in ran.column_names if c.startswith(f"{REPLICA}#")]
+    for pool in pools:
+        replicas = ran.column(REPLICA + pool).combine_chunks().dictionary_decode().to_numpy(False)
+        busy = ran.column(BUSY + pool).to_numpy()
+        counted = ran.column(TOKENS + pool).to_numpy()
+        computed = ran.column(COMPUTED + pool).to_numpy()
+        load = ran.column(LOAD + pool).to_numpy()  # metric_columns writes it beside REPLICA
+        runs = ran.column(RUNS + pool).combine_chunks().dictionary_decode().to_numpy(False)
+        oom = ran.column(OOM + pool).to_numpy()
+        for name in np.unique(replicas):
+            sel = replicas == name
+            out["runs"][str(name)] = str(runs[np.argmax(sel)])
+            out["replicas"][str(name)] = [
+                int(sel.sum()),
+                float(busy[sel].sum()),
+                int(counted[sel].sum()),
+                float(computed[sel].sum()),
+                float(load[sel].sum()),
+                int(oom[sel].sum()),
+            ]
     tokens = ran.column(TOKENS).to_numpy()
-    computed = ran.column(COMPUTED).to_numpy()
-    load = ran.column(LOAD).to_numpy()  # metric_columns writes it and RUNS beside REPLICA
-    runs = ran.column(RUNS).combine_chunks().dictionary_decode().to_numpy(False)
-    oom = ran.column(OOM).to_numpy()
-    for name in np.unique(replicas):
-        sel = replicas == name
-        out["runs"][str(name)] = str(runs[np.argmax(sel)])
-        out["replicas"][str(name)] = [
-            int(sel.sum()),
-            float(busy[sel].sum()),
-            int(tokens[sel].sum()),
-            float(computed[sel].sum()),
-            float(load[sel].sum()),
-            int(oom[sel].sum()),
-        ]
     models = [c for c in ran.column_names if c.startswith(MODEL_BUSY)]
     if models:
         out["models"] = {

@@ -14,7 +14,7 @@ import ray
 from crossenc.config import JobConfig
 from crossenc.engine.scoring import ScoringEngine
 from crossenc.inputs.reuse import REUSE_SCORES, reused_scores
-from crossenc.metrics import REUSED, metric_columns, model_busy_columns
+from crossenc.metrics import MODEL_ERRORS, REUSED, metric_columns, model_busy_columns
 from crossenc.models.describe import ModelInfo
 from crossenc.models.load import model_source
 from crossenc.models.several import ModelSet, group_column, lone, named
@@ -47,7 +47,13 @@ class ScorerReplica:
     row): :meth:`crossenc.engine.scoring.ScoringEngine.score_flat`, or ``score_windows_flat`` for
     model.long_text chunk's rows of windows. With several models (``models``), each scores the
     block in turn from its tokenizer group's ids and adds its own named columns; a row one model
-    cannot score is dead-lettered with that model's name, the others' scores kept."""
+    cannot score is dead-lettered with that model's name, the others' scores kept.
+
+    With ``runtime.model_pools: per_model`` each model has a pool of its own, one after the
+    other in the dataflow: a replica of pool ``pool`` holds that model only, adds its columns
+    and hands the rows on (token ids kept, its metric columns named ``<column>#<pool>``, the
+    reasons its model failed rows in :data:`MODEL_ERRORS`); the last pool's finishes the rows
+    as a replica of every model would."""
 
     def __init__(
         self,
@@ -56,33 +62,39 @@ class ScorerReplica:
         load: bool = True,
         counter: Any = None,
         models: ModelSet | None = None,
+        pool: int | None = None,
     ) -> None:
         """``load`` false: the models are loaded when a row to score first arrives (a night
         whose every row output.incremental matched loads none). ``counter``: an actor told the
         rows of every block scored (:class:`crossenc.job.progress.ScoredRows`), for runs whose
         rows reach the driver only after a shuffle. ``models``: the run's models (default: the
-        lone model of ``cfg``)."""
+        lone model of ``cfg``). ``pool``: the one model this replica holds (its index in
+        ``models``), None for all of them."""
         self.cfg, self.info = cfg, info
         self.models = models or lone(cfg, info)
         self.tasks = [task_for(m.cfg) for m in self.models.members]
         self.counter = counter
         self.replica = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
-        self.engines: list[ScoringEngine] = []
+        self.pool = pool
+        self.held = range(len(self.models.members)) if pool is None else range(pool, pool + 1)
+        self.last = pool is None or pool == len(self.models.members) - 1
+        self.engines: dict[int, ScoringEngine] = {}  # by the model's index in ``models``
         self.load_seconds = 0.0  # reported with the first rows scored
         if load:
             self._load()
 
     @property
     def engine(self) -> ScoringEngine | None:
-        """The first model's engine (None until loaded)."""
-        return self.engines[0] if self.engines else None
+        """The first held model's engine (None until loaded)."""
+        return next(iter(self.engines.values()), None)
 
-    def _load(self) -> list[ScoringEngine]:
+    def _load(self) -> dict[int, ScoringEngine]:
         started = time.perf_counter()
-        for member in self.models.members:
+        for k in self.held:
+            member = self.models.members[k]
             rt = member.cfg.runtime
             source = model_source(member.cfg.model, rt.cache_dir)  # s3: to this node
-            self.engines.append(ScoringEngine(member.cfg.model, member.info, rt, source))
+            self.engines[k] = ScoringEngine(member.cfg.model, member.info, rt, source)
         self.load_seconds = time.perf_counter() - started
         return self.engines
 
@@ -148,22 +160,27 @@ class ScorerReplica:
     def __call__(self, batch: pa.Table) -> pa.Table:
         valid = pc.is_null(batch.column(ERROR)).to_numpy(zero_copy_only=False)
         members = self.models.members
-        scores = [np.zeros((batch.num_rows, m.info.num_labels), np.float32) for m in members]
-        todos = []  # per model, the rows it scores: output.incremental copies the others'
-        for k, member in enumerate(members):
-            reused, copied = reused_scores(batch, member.name if len(members) > 1 else "")
+        several = len(members) > 1
+        scores = {
+            k: np.zeros((batch.num_rows, members[k].info.num_labels), np.float32) for k in self.held
+        }
+        todos = {}  # per held model, the rows it scores: output.incremental copies the others'
+        for k in self.held:
+            reused, copied = reused_scores(batch, members[k].name if several else "")
             reused &= valid
             if copied is not None:
                 scores[k][reused] = copied[reused]
-            todos.append(valid & ~reused)
-        todo = np.logical_or.reduce(todos)  # rows some model scores
-        tokens = np.where(todo, np.diff(_flat(batch.column(IDS))[1]), 0)  # windows: all theirs
+            todos[k] = valid & ~reused
+        todo = np.logical_or.reduce(list(todos.values()))  # rows some model here scores
+        ids = group_column(IDS, members[self.held[0]].group)
+        tokens = np.where(todo, np.diff(_flat(batch.column(ids))[1]), 0)  # windows: all theirs
         if todo.any() and not self.engines:
             self._load()
-        busy, computed, splits, runs = [0.0] * len(members), 0, 0, ""
-        failed: dict[int, list[str]] = {}  # row -> why models could not score it
-        scored = [valid.copy() for _ in members]
-        for k, member in enumerate(members if self.engines else ()):
+        busy, computed, splits, runs = dict.fromkeys(self.held, 0.0), 0, 0, ""
+        failed = self._earlier_failures(batch)  # row -> why models could not score it
+        scored = {k: valid.copy() for k in self.held}
+        for k in self.held if self.engines else ():
+            member = members[k]
             busy[k], tokens_k, splits_k, unfit, longest = self._score_member(
                 k, batch, todos[k], scores[k]
             )
@@ -174,39 +191,63 @@ class ScorerReplica:
                 why = f"out_of_memory:{int(longest[i])}_tokens"
                 reason = f"{member.name}: {why}" if member.name else why
                 failed.setdefault(int(i), []).append(reason)
-        if failed:  # dead letters, with every model that failed them named
+        if failed and self.last:  # dead letters, with every model that failed them named
             errors = batch.column(ERROR).to_pylist()
             for i, reasons in failed.items():
                 errors[i], valid[i] = "; ".join(reasons), False
             column = batch.schema.get_field_index(ERROR)
             batch = batch.set_column(column, ERROR, pa.array(errors, type=pa.string()))
-        dropped = (*self._token_columns(batch), WINDOW_LENGTHS, WINDOWS, REUSE_SCORES)
-        out = batch.drop_columns(
-            [c for c in batch.column_names if c in dropped or c.startswith(MODEL_REUSE)]
-        )
+        out = batch.drop_columns([c for c in batch.column_names if self._done_with(c)])
         columns: dict[str, pa.Array] = {}
-        for k, member in enumerate(members):
+        for k in self.held:
             # a lone model's rows: written or dead-lettered whole; several models': each keeps
             # the scores of the rows it scored (a dead letter carries the others')
-            ok = valid if len(members) == 1 else scored[k]
-            made = self.tasks[k].score_columns(scores[k], ok, member.info)
-            columns |= {named(c, member.name): v for c, v in made.items()}
-        if WINDOWS in batch.column_names:
+            ok = scored[k] if several else valid
+            made = self.tasks[k].score_columns(scores[k], ok, members[k].info)
+            columns |= {named(c, members[k].name): v for c, v in made.items()}
+        if WINDOWS in batch.column_names and self.last:  # (chunk: one model only)
             columns[WINDOWS] = batch.column(WINDOWS)
-        columns |= metric_columns(
-            self.replica, sum(busy), tokens, computed, todo, self.load_seconds, runs, splits
+        metrics = metric_columns(
+            self.replica,
+            sum(busy.values()),
+            tokens,
+            computed,
+            todo,
+            self.load_seconds,
+            runs,
+            splits,
         )
-        if len(members) > 1:
-            columns |= model_busy_columns([m.name for m in members], busy, todos)
+        columns |= metrics if self.last else {f"{c}#{self.pool}": v for c, v in metrics.items()}
+        if several:
+            names = [members[k].name for k in self.held]
+            columns |= model_busy_columns(names, list(busy.values()), list(todos.values()))
+        if not self.last and failed:
+            reasons = ["; ".join(failed[i]) if i in failed else None for i in range(batch.num_rows)]
+            columns[MODEL_ERRORS] = pa.array(reasons, type=pa.string())
         if todo.any():
             self.load_seconds = 0.0
         for name, column in columns.items():
             out = out.append_column(name, column)
         assert out.num_rows == batch.num_rows, "scorer must keep every row"
-        if self.counter is not None:
+        if self.counter is not None and self.last:
             self.counter.add.remote(out.num_rows)  # fire and forget
         return out
 
-    def _token_columns(self, batch: pa.Table) -> list[str]:
+    def _earlier_failures(self, batch: pa.Table) -> dict[int, list[str]]:
+        """The reasons earlier pools' models could not score rows (model_pools per_model)."""
+        if MODEL_ERRORS not in batch.column_names:
+            return {}
+        reasons = batch.column(MODEL_ERRORS).to_pylist()
+        return {i: [r] for i, r in enumerate(reasons) if r is not None}
+
+    def _done_with(self, column: str) -> bool:
+        """Whether the rows leave this replica without ``column``: the token ids, windows and
+        reused scores once the last model has read them, and an earlier pool's reasons."""
+        if column == MODEL_ERRORS:
+            return True
+        dropped = (*self._token_columns_of(), WINDOW_LENGTHS, WINDOWS, REUSE_SCORES)
+        return self.last and (column in dropped or column.startswith(MODEL_REUSE))
+
+    def _token_columns_of(self) -> list[str]:
         groups = range(len(self.models.encoders))
         return [group_column(c, g) for c in (IDS, TYPE_IDS) for g in groups]

@@ -59,22 +59,30 @@ def scoring_stages(
             batch_format="pyarrow",
             num_cpus=TOKENIZE_CPUS,
         )
-    ds = ds.map_batches(
-        ScorerReplica,
-        fn_constructor_kwargs={
-            "cfg": cfg,
-            "info": info,
-            "load": load_model,
-            "counter": counter,
-            "models": models,
-        },
-        batch_size=rt.block_rows,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=rt.replicas),
-        num_cpus=rt.cpus_per_replica,
-        num_gpus=rt.gpus_per_replica,
-        resources=rt.resources_per_replica or None,
-    )  # Ray restarts a dead scorer and retries its batch (max_restarts=-1 by default)
+    # one pool of replicas holding every model, or (model_pools per_model) a pool per model
+    per_model = rt.model_pools == "per_model" and len(models.members) > 1
+    pools = range(len(models.members)) if per_model else (None,)
+    # on CPUs the pools share the reservation one replica of every model would make (their
+    # models take turns at the cores as a shared replica's would); on GPUs, each its own
+    cpus = rt.cpus_per_replica / (1 if rt.gpus_per_replica else len(pools))
+    for pool in pools:
+        ds = ds.map_batches(
+            ScorerReplica,
+            fn_constructor_kwargs={
+                "cfg": cfg,
+                "info": info,
+                "load": load_model,
+                "counter": counter,
+                "models": models,
+                "pool": pool,
+            },
+            batch_size=rt.block_rows,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=rt.replicas),
+            num_cpus=cpus,
+            num_gpus=rt.gpus_per_replica,
+            resources=rt.resources_per_replica or None,
+        )  # Ray restarts a dead scorer and retries its batch (max_restarts=-1 by default)
     if rank_partitions:
         task = task_for(cfg)
         ds = ds.groupby(task.group_by, num_partitions=rank_partitions).map_groups(

@@ -349,9 +349,11 @@ def with_leaderboard(
     replicas = summary.get("replicas") or []
     rows = sum(r["rows"] for r in replicas)
     busy = sum(r["busy_seconds"] for r in replicas)
+    models = summary.get("models") or []
+    passed = max(m["rows"] for m in models) if models else rows  # (a pool per model: each's)
     score_seconds = (summary.get("phases") or {}).get("score") or 0
-    phase = round(rows / score_seconds, 1) if score_seconds else None
-    own = {m["model"]: m["docs_per_second_per_replica"] for m in summary.get("models") or []}
+    phase = round(passed / score_seconds, 1) if score_seconds else None
+    own = {m["model"]: m["docs_per_second_per_replica"] for m in models}
     gpus = runtime.gpus_per_replica
     per, units = ("gpu", gpus) if gpus else ("core", runtime.cpu_threads())
     board = []

@@ -40,6 +40,7 @@ from crossenc.evaluation.streamed import FileEvaluation, add, moments, per_query
 from crossenc.metrics import (
     METRIC_COLUMNS,
     MODEL_BUSY,
+    MODEL_ERRORS,
     REUSED,
     merge_part_metrics,
     part_metrics,
@@ -53,7 +54,18 @@ from crossenc.tasks.base import DROPPED, GROUP_ROWS, LABEL, RANK, SCORE
 from crossenc.tasks.rerank import rank_within
 from crossenc.testing.failpoints import failpoint
 
-INTERNAL = (ERROR, DROPPED, GROUP_ROWS, REUSED, IDS, TYPE_IDS, SOURCE, ROW, *METRIC_COLUMNS)
+INTERNAL = (
+    ERROR,
+    DROPPED,
+    GROUP_ROWS,
+    REUSED,
+    IDS,
+    TYPE_IDS,
+    SOURCE,
+    ROW,
+    MODEL_ERRORS,
+    *METRIC_COLUMNS,
+)
 ROW_GROUP_ROWS = 128 * 1024  # rows buffered before a row group is written
 
 
@@ -166,8 +178,10 @@ class _Piece:
 
 def visible_columns(columns: list[str]) -> list[str]:
     """The columns an output file holds: every non-internal one, ``truncated`` last."""
-    hidden = (*INTERNAL, TRUNCATED)
-    return [c for c in columns if c not in hidden and not c.startswith(MODEL_BUSY)] + [TRUNCATED]
+    hidden = (*INTERNAL, TRUNCATED)  # (and an earlier pool's metrics: <column>#<pool>)
+    return [
+        c for c in columns if c.split("#")[0] not in hidden and not c.startswith(MODEL_BUSY)
+    ] + [TRUNCATED]
 
 
 def dead_columns(columns: list[str], several: bool = False) -> list[str]:

@@ -219,6 +219,66 @@ def test_rerank_with_two_models_ranks_by_each(ray_local, models, tmp_path, pairs
     assert got.column("doc_id").to_pylist() == want.column("doc_id").to_pylist()
 
 
+def test_a_pool_per_model_hands_on_the_rows_and_the_reasons_a_model_failed(ray_local, models):
+    from crossenc.engine.replica import ScorerReplica
+    from crossenc.metrics import MODEL_ERRORS
+    from crossenc.output.writer import visible_columns
+
+    paths = {"bert": models[("bert", 1)], "electra": models[("electra", 1)]}
+    cfg = several_config("in", "out", paths, runtime={"model_pools": "per_model"})
+    infos = {n: describe_model(v.model, v.runtime.cache_dir) for n, v in cfg.model_views()}
+    models_ = build_model_set(cfg, infos)
+    tokenized = tokenize_models(long_row_block(), models_)
+    first = ScorerReplica(cfg, infos["bert"], models=models_, pool=0)
+    second = ScorerReplica(cfg, infos["bert"], models=models_, pool=1)
+    assert list(first.engines) == [0] and list(second.engines) == [1]  # one model each
+    first.engines[0].runner = LengthRunner(oom_above_tokens=40)  # bert: no room for row 1
+    handed = first(tokenized)
+    assert handed.column(ERROR).to_pylist()[1] is None  # not yet a dead letter
+    assert handed.column(MODEL_ERRORS).to_pylist()[1].startswith("bert: out_of_memory:")
+    assert IDS in handed.column_names and "_replica#0" in handed.column_names
+    assert "score_electra" not in handed.column_names
+    out = second(handed)
+    shared = ScorerReplica(cfg, infos["bert"], models=models_)
+    shared.engines[0].runner = LengthRunner(oom_above_tokens=40)
+    want = shared(tokenized)
+    assert out.column(ERROR).to_pylist() == want.column(ERROR).to_pylist()
+    assert out.column(ERROR).to_pylist()[1].startswith("bert: out_of_memory:")
+    for name in paths:
+        np.testing.assert_allclose(
+            out.column(f"score_{name}").to_numpy(zero_copy_only=False),
+            want.column(f"score_{name}").to_numpy(zero_copy_only=False),
+            atol=1e-6,
+        )
+    assert out.column("score_electra").to_pylist()[1] is not None  # the other model's kept
+    assert MODEL_ERRORS not in out.column_names and IDS not in out.column_names
+    visible = visible_columns(out.column_names)
+    assert not [c for c in visible if c.startswith("_")]  # the pools' metrics are hidden
+
+
+@pytest.mark.slow
+def test_a_pool_per_model_scores_as_one_replica_of_both(ray_local, models, tmp_path, pairs_dir):
+    paths = {"bert": models[("bert", 1)], "electra": models[("electra", 1)]}
+    order = [("qid", "ascending"), ("doc_id", "ascending")]
+    results = {}
+    for pools in ("shared", "per_model"):
+        cfg = several_config(pairs_dir, tmp_path / pools, paths, runtime={"model_pools": pools})
+        results[pools] = run_job(cfg)
+    shared, per_model = (read_output(tmp_path / p).sort_by(order) for p in results)
+    assert per_model.column_names == shared.column_names
+    for name in paths:
+        np.testing.assert_allclose(
+            per_model.column(f"score_{name}").to_numpy(),
+            shared.column(f"score_{name}").to_numpy(),
+            atol=1e-6,
+        )
+    summary = results["per_model"].summary
+    assert [r["rows"] for r in summary["replicas"]] == [300, 300]  # a replica in each pool
+    assert len({r["replica"] for r in summary["replicas"]}) == 2
+    assert {m["model"]: m["rows"] for m in summary["models"]} == {"bert": 300, "electra": 300}
+    assert summary["rows"] == results["shared"].summary["rows"]
+
+
 @pytest.mark.slow
 def test_evaluation_of_two_models_in_one_pass(ray_local, models, tmp_path):
     from tests.evaluation.test_evaluate_job import labelled
