@@ -288,8 +288,10 @@ class EvaluateConfig(_Strict):
         description="kind rerank: every query's rows sit in one input file: each output writer "
         "measures a file's queries once its rows are all there (streaming, memory flat, no "
         "rows read back). None: decided from the query column's min/max in the Parquet footers "
-        "(files whose ranges do not overlap, gold labels of an integer or bool type); false: "
-        "the driver reads the written rows' narrow columns back and measures them.",
+        "(files whose ranges do not overlap, gold labels of an integer or bool type), and "
+        "where queries may span files, each query measured in a writer after a shuffle by query "
+        "(not with output.mode resume); false: the driver reads the written rows' narrow "
+        "columns back and measures them.",
     )
     compare_to: list[str] = Field(
         default_factory=list,

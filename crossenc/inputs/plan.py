@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -83,6 +83,7 @@ class JobPlan:
     skipped: tuple[BadFile, ...] = ()
     rerank_within_files: bool = False  # rank inside each file as it is written, no shuffle
     mine_within_files: bool = False  # mine each file's queries as it is written, no shuffle
+    evaluate_shuffled: bool = False  # measure each query in a writer, after a shuffle by query
     evaluate_within_files: bool = False  # measure each file's queries in its writer
     inspect_seconds: float = 0.0  # listing and footers
     pending: tuple[tuple[str, int], ...] = ()  # (path, bytes) of files whose footers are unread
@@ -419,7 +420,7 @@ def plan_job(cfg: JobConfig) -> JobPlan:
     sample = None if cfg.group_column() is not None else cfg.input.inspect_files
     files, skipped, pending, reference, sampled = inspect_start(cfg, sample)
     within = cfg.task == "rerank" and grouped_within_files(cfg, files, cfg.rerank.within_files)
-    measured = cfg.task == "evaluate" and evaluate_within_files(cfg, files, reference)
+    measured = evaluate_where(cfg, files, reference) if cfg.task == "evaluate" else "driver"
     mined = cfg.task == "mine" and grouped_within_files(cfg, files, cfg.mine.within_files)
     seconds = time.monotonic() - started
     sizes = list(pending.items())
@@ -436,7 +437,8 @@ def plan_job(cfg: JobConfig) -> JobPlan:
         skipped,
         rerank_within_files=within,
         mine_within_files=mined,
-        evaluate_within_files=measured,
+        evaluate_within_files=measured == "files",
+        evaluate_shuffled=measured == "shuffle",
         inspect_seconds=seconds,
         pending=tuple(sorted(sizes)),
         reference=tuple(reference.items()),
@@ -445,15 +447,18 @@ def plan_job(cfg: JobConfig) -> JobPlan:
     )
 
 
-def evaluate_within_files(
+def evaluate_where(
     cfg: JobConfig, files: tuple[InputFile, ...], reference: dict[str, Any]
-) -> bool:
-    """Whether the writers measure each file's queries (evaluate.within_files; None: when
-    the footers show that no query spans two files and the gold labels are integers or bool,
-    whose grades need no check of each value)."""
+) -> Literal["files", "shuffle", "driver"]:
+    """Where a ranking's queries are measured: in the writers, each file's as it is written
+    ("files": evaluate.within_files, or None and the footers show that no query spans two
+    files), or each query's once a shuffle by query has brought its rows to one writer
+    ("shuffle": queries may span files; not with output.mode resume); both need integer or
+    bool grades, which need no check of each value. Else ("driver", and for classify and
+    similarity, or evaluate.within_files false) the driver reads the written rows back."""
     ev = cfg.evaluate
     if ev.kind != "rerank" or ev.within_files is False:
-        return False
+        return "driver"
     gold = reference.get(ev.gold)
     whole = gold is not None and (pa.types.is_integer(gold) or pa.types.is_boolean(gold))
     if ev.within_files:
@@ -462,20 +467,27 @@ def evaluate_within_files(
                 f"evaluate.within_files true needs integer or bool grades in {ev.gold!r} (the "
                 f"footers say {gold}): set it false to have the driver check each grade"
             )
-        return True
+        return "files"
     if whole and groups_within_files(files):
         log.info(
             "evaluate: no query spans two input files (footer statistics of %r): each file's "
             "queries are measured as it is written",
             ev.group_by,
         )
-        return True
+        return "files"
+    if whole and cfg.output.mode != "resume":
+        log.info(
+            "evaluate: queries may span input files (footer statistics of %r): each query is "
+            "measured in a writer after a shuffle by query (set evaluate.within_files=true if "
+            "every query sits in one file)",
+            ev.group_by,
+        )
+        return "shuffle"
     log.info(
-        "evaluate: queries may span input files, or the grades are not integers: the written "
-        "rows are read back and measured in the driver (set evaluate.within_files=true if "
-        "every query sits in one file)"
+        "evaluate: the grades are not integers, or a resume (which a shuffle cannot do): the "
+        "written rows are read back and measured in the driver"
     )
-    return False
+    return "driver"
 
 
 GROUPS = {  # a task's group, groups, what it does with them, and why they need each other

@@ -55,10 +55,10 @@ def score_pass(
     files = cfg.output.files
     count = cfg.runtime.writers or cfg.runtime.replicas
     rows = rows_in(todo)
-    # A rerank (task mine) handles each group (query) once its rows are all in one writer:
-    # those of each input file where no group spans files; where they may, a small input's
-    # in its one writer, else those of each group after a shuffle.
-    grouped = cfg.task in ("rerank", "mine")
+    # A rerank (task mine, an evaluation of rankings) handles each group (query) once its rows
+    # are all in one writer: those of each input file where no group spans files; where they
+    # may, a small input's in its one writer, else those of each group after a shuffle.
+    grouped = cfg.task in ("rerank", "mine") or plan.evaluate_shuffled
     in_files = plan.rerank_within_files or plan.mine_within_files
     whole = (
         grouped and not in_files and count == 1 and rows <= min(files.max_rows, WHOLE_INPUT_ROWS)
@@ -78,9 +78,13 @@ def score_pass(
         ),
         rank_whole_input=whole,
         models=tuple(name for name, _ in cfg.model_views()),
-        evaluate=file_evaluation(cfg, plan) if plan.evaluate_within_files else None,
+        evaluate=(
+            file_evaluation(cfg, plan)
+            if plan.evaluate_within_files or plan.evaluate_shuffled
+            else None
+        ),
         mine=mine_spec(cfg) if cfg.task == "mine" else None,
-        hold_groups=cfg.group_column() if cfg.task == "mine" and shuffled else None,
+        hold_groups=cfg.group_column() if cfg.task != "rerank" and shuffled else None,
     )
     counter = ScoredRows(on_scored) if shuffled and on_scored is not None else None
     actor = writer_actor()

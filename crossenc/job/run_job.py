@@ -67,7 +67,7 @@ def run_job(cfg: JobConfig, plan: JobPlan | None = None) -> RunResult:
             plan.model_infos(cfg),
             run_id,
             run.compared,
-            ledger.metrics if plan.evaluate_within_files else None,
+            ledger.metrics if plan.evaluate_within_files or plan.evaluate_shuffled else None,
         )
         staged_at = clock.lap("evaluate", staged_at)
     summary = summarise(

@@ -176,6 +176,16 @@ class _Piece:
     mined: list[pa.Table] = field(default_factory=list)  # and the rows it chose
 
 
+@dataclass
+class _Found:
+    """What a writer worked out over whole files or queries (see :meth:`RollingWriter._whole`)."""
+
+    mined: pa.Table | None = None
+    mining: dict[str, Any] | None = None
+    per_query: pa.Table | None = None
+    evaluation: dict[str, Any] | None = None
+
+
 def visible_columns(columns: list[str]) -> list[str]:
     """The columns an output file holds: every non-internal one, ``truncated`` last."""
     hidden = (*INTERNAL, TRUNCATED)  # (and an earlier pool's metrics: <column>#<pool>)
@@ -257,10 +267,10 @@ class RollingWriter:
                 whole = self._hold_groups(rows) if hold_groups else self._hold(source, rows)
                 if whole is None:
                     continue
-                mined = self._mine(whole)
+                found = self._whole(whole)
                 for i, (whole_source, whole_rows) in enumerate(by_source(whole)):
                     # a held file is never split: a resume takes it whole
-                    self._add(whole_source, whole_rows, mined if i == 0 else None)
+                    self._add(whole_source, whole_rows, found if i == 0 else None)
                 if self._full():
                     closed += self.close_file()
                 continue
@@ -315,21 +325,37 @@ class RollingWriter:
         ready = held.filter(done)
         return ready if ready.num_rows else None
 
-    def _mine(self, whole: pa.Table) -> tuple[pa.Table, dict[str, Any]] | None:
-        """Task mine: the negatives chosen among whole queries' scored rows, and the counts."""
-        if self.options.mine is None:
+    def _written(self, rows: pa.Table) -> pa.ChunkedArray | pa.Array:
+        """Which rows go to the data file: scored, not past a rerank's top_k, and (incremental
+        skip) not copied from an earlier run."""
+        keep = pc.is_null(rows.column(ERROR))
+        if DROPPED in rows.column_names:
+            keep = pc.and_(keep, pc.invert(rows.column(DROPPED)))
+        if REUSED in rows.column_names and self.out.incremental == "skip":
+            keep = pc.and_(keep, pc.invert(rows.column(REUSED)))
+        return keep
+
+    def _whole(self, whole: pa.Table) -> _Found | None:
+        """What is worked out over whole files or queries as they are written: task mine's
+        negatives (and counts), an evaluation's per-query metrics (and their moments)."""
+        if self.options.mine is None and self.options.evaluate is None:
             return None
-        good = whole.filter(pc.is_null(whole.column(ERROR)))
+        good = whole.filter(self._written(whole))
         if not good.num_rows:
             return None
-        mined, found = mine_rows(good, self.options.mine)
-        return mined, found.as_dict()
+        found = _Found()
+        if self.options.mine is not None:
+            found.mined, counts = mine_rows(good, self.options.mine)
+            found.mining = counts.as_dict()
+        if self.options.evaluate is not None:
+            spec = self.options.evaluate
+            found.per_query, measured, without = per_query_of(good, spec)
+            found.evaluation = moments(found.per_query, spec, measured, without)
+        return found
 
-    def _add(
-        self, source: str, rows: pa.Table, mined: tuple[pa.Table, dict[str, Any]] | None = None
-    ) -> None:
-        """Write one input file's rows (``mined``: negatives chosen among whole queries, some of
-        whose rows these are, recorded with this file's part)."""
+    def _add(self, source: str, rows: pa.Table, found: _Found | None = None) -> None:
+        """Write one input file's rows (``found``: what was worked out over whole files or
+        queries, some of whose rows these are, recorded with this file's part)."""
         piece = self.pieces.setdefault(source, _Piece())
         positions = rows.column(ROW).to_numpy()
         piece.ranges = merge_ranges(piece.ranges + row_ranges(positions))
@@ -339,28 +365,23 @@ class RollingWriter:
         record.pop("t", None)
         piece.metrics.append(record)
         bad = pc.is_valid(rows.column(ERROR))
-        dropped = (
-            rows.column(DROPPED)
-            if DROPPED in rows.column_names
-            else pa.array(np.zeros(rows.num_rows, dtype=bool))
-        )
-        piece.dropped_rows += int(pc.sum(dropped).as_py() or 0)
-        keep = pc.and_(pc.invert(bad), pc.invert(dropped))
+        scored = pc.invert(bad)  # (and not past a rerank's top_k)
+        if DROPPED in rows.column_names:
+            piece.dropped_rows += int(pc.sum(rows.column(DROPPED)).as_py() or 0)
+            scored = pc.and_(scored, pc.invert(rows.column(DROPPED)))
         if REUSED in rows.column_names:  # output.incremental: copied scores (skip: not written)
-            reused = pc.and_(keep, rows.column(REUSED))
-            piece.reused_rows += int(pc.sum(reused).as_py() or 0)
+            reused = int(pc.sum(pc.and_(scored, rows.column(REUSED))).as_py() or 0)
+            piece.reused_rows += reused
             if self.out.incremental == "skip":
-                piece.skipped_rows += int(pc.sum(reused).as_py() or 0)
-                keep = pc.and_(keep, pc.invert(reused))
+                piece.skipped_rows += reused
+        keep = self._written(rows)
         good = rows.filter(keep)
-        if self.options.evaluate is not None and good.num_rows:
-            spec = self.options.evaluate
-            table, measured, without = per_query_of(good, spec)
-            piece.evaluation = add(piece.evaluation, moments(table, spec, measured, without))
-            piece.per_query.append(table)
-        if mined is not None:
-            piece.mining = add_counts(piece.mining, mined[1])
-            piece.mined.append(mined[0])
+        if found is not None and found.evaluation is not None:
+            piece.evaluation = add(piece.evaluation, found.evaluation)
+            piece.per_query.append(found.per_query)
+        if found is not None and found.mining is not None:
+            piece.mining = add_counts(piece.mining, found.mining)
+            piece.mined.append(found.mined)
         if good.num_rows:
             good = with_partition_values(good.select(visible_columns(rows.column_names)), self.out)
             if self.data is None:

@@ -67,5 +67,7 @@ class Task:
         return cols
 
     def post_group(self, group: pa.Table) -> pa.Table:
-        """Per group of :attr:`group_by`: post-process its scored rows (identity by default)."""
-        return group
+        """Per group of :attr:`group_by`, after a shuffle: post-process its scored rows (by
+        default each is told how many they are: the writer that takes them, every row of a
+        group going to one, handles the group once all are there)."""
+        return group.append_column(GROUP_ROWS, pa.array([group.num_rows] * group.num_rows))

@@ -14,6 +14,11 @@ class EvaluateTask(Task):
 
     name = "evaluate"
 
+    @property
+    def group_by(self) -> str | None:
+        """kind rerank: the query column (evaluate.group_by); None for the other kinds."""
+        return self.cfg.group_column()
+
     def columns(self, info: ModelInfo) -> list[str]:
         """The score columns, and ``label`` for a multi-output model."""
         return score_names(info) + ([LABEL] if info.num_labels > 1 else [])

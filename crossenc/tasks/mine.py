@@ -5,9 +5,7 @@ queries when each sits in one file, else each query after a shuffle by query."""
 
 from __future__ import annotations
 
-import pyarrow as pa
-
-from crossenc.tasks.base import GROUP_ROWS, Task
+from crossenc.tasks.base import Task
 
 
 class MineTask(Task):
@@ -19,8 +17,3 @@ class MineTask(Task):
     def group_by(self) -> str | None:
         """The query column (mine.group_by, else input.text_a)."""
         return self.cfg.group_column()
-
-    def post_group(self, group: pa.Table) -> pa.Table:
-        """One query's rows after the shuffle, each told how many they are: the writer that
-        takes them (every row of a query goes to one) mines the query once all are there."""
-        return group.append_column(GROUP_ROWS, pa.array([group.num_rows] * group.num_rows))

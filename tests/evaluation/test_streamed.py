@@ -6,6 +6,7 @@ measured in the driver."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -82,6 +83,52 @@ def file_local_log(folder: Path, rows: int, seed: int) -> pa.Table:
         (folder / "in").mkdir(exist_ok=True)
         pq.write_table(table.slice(lo, hi - lo), folder / "in" / f"part-{i}.parquet")
     return table
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("writers", [1, 2])  # 1: the whole input in one writer; 2: a shuffle
+def test_a_log_whose_queries_span_files_is_measured_per_query_in_the_writers(
+    ray_local, models, tmp_path, monkeypatch, writers
+):
+    from crossenc.inputs.plan import plan_job
+
+    table = file_local_log(tmp_path, 160, seed=6)
+    (tmp_path / "mixed").mkdir()
+    order = np.arange(table.num_rows)
+    for i in range(2):  # every other row: each query in both files
+        pq.write_table(table.take(order[i::2]), tmp_path / "mixed" / f"part-{i}.parquet")
+    paths = {"bert": models[("bert", 1)], "electra": models[("electra", 1)]}
+    evaluate = {"kind": "rerank", "at_k": 5}
+
+    def config(out: str, **sections) -> Any:
+        return several_config(
+            tmp_path / "mixed", tmp_path / out, paths, task="evaluate", **sections
+        )
+
+    driver = run_job(config("driver", evaluate={**evaluate, "within_files": False}))
+    cfg = config("writers", evaluate=evaluate, runtime={"writers": writers})
+    plan = plan_job(cfg)
+    assert plan.evaluate_shuffled and not plan.evaluate_within_files
+    import crossenc.job.evaluation as evaluation
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the rows were read back")
+
+    monkeypatch.setattr(evaluation, "read_columns", refused)
+    got = run_job(cfg).summary["evaluation"]
+    want = driver.summary["evaluation"]
+    assert got["queries"] == want["queries"] == 20 and got["rows"] == 160
+    for theirs, ours in zip(want["models"], got["models"], strict=True):
+        assert ours["metrics"] == pytest.approx(theirs["metrics"], abs=1e-12)
+    pair, theirs = got["compared"][0], want["compared"][0]
+    for name, d in theirs["differences"].items():
+        assert pair["differences"][name]["mean_difference"] == pytest.approx(
+            d["mean_difference"], abs=1e-12
+        )
+    pieces = sorted((tmp_path / "writers" / "_evaluation").glob("*/per_query/*.parquet"))
+    assert pq.read_table(pieces).num_rows == 40  # 20 queries x 2 models, each once
+    resumed = config("again", evaluate=evaluate, output={"mode": "resume"})
+    assert not plan_job(resumed).evaluate_shuffled  # a shuffle cannot resume: read back
 
 
 @pytest.mark.slow
