@@ -143,6 +143,15 @@ def hub_model(monkeypatch: Any, cache: Path, repo_id: str, folder: Path) -> str:
     return repo_id
 
 
+def spread_over_files(table: pa.Table, folder: Path, files: int = 2) -> None:
+    """``table`` written as ``files`` Parquet files in ``folder``, row i in file i % files:
+    every query's rows in each file (queries spanning files)."""
+    folder.mkdir()
+    rows = np.arange(table.num_rows)
+    for i in range(files):
+        pq.write_table(table.take(rows[i::files]), folder / f"part-{i}.parquet")
+
+
 def read_output(path: Path | str) -> pa.Table:
     """Every committed output row (Parquet readers skip _-prefixed paths)."""
     return pads.dataset(str(path), format="parquet").to_table()

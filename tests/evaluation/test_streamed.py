@@ -17,7 +17,7 @@ from scipy.stats import ttest_rel
 from crossenc.evaluation import metrics, streamed
 from crossenc.job.run_job import run_job
 from crossenc.testing import write_pairs, write_parquet_files
-from tests.helpers import job_config, read_input, several_config
+from tests.helpers import job_config, read_input, several_config, spread_over_files
 
 SPEC = streamed.FileEvaluation("qid", "relevance", 5, 1, (("a", "score_a"), ("b", "score_b")))
 
@@ -95,10 +95,7 @@ def test_a_log_whose_queries_span_files_is_measured_per_query_in_the_writers(
     from crossenc.inputs.plan import plan_job
 
     table = file_local_log(tmp_path, 160, seed=6)
-    (tmp_path / "mixed").mkdir()
-    order = np.arange(table.num_rows)
-    for i in range(2):  # every other row: each query in both files
-        pq.write_table(table.take(order[i::2]), tmp_path / "mixed" / f"part-{i}.parquet")
+    spread_over_files(table, tmp_path / "mixed")  # each query in both files
     paths = {"bert": models[("bert", 1)], "electra": models[("electra", 1)]}
     evaluate = {"kind": "rerank", "at_k": 5}
 

@@ -6,6 +6,7 @@ mined after a shuffle (or, small, in one writer)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +19,14 @@ from crossenc.output.commit import remove_stale_twins
 from crossenc.output.parts import part_file_name
 from crossenc.storage import resolve
 from crossenc.testing import write_pairs
-from tests.helpers import duckdb_readers, job_config, read_input, read_output, several_config
+from tests.helpers import (
+    duckdb_readers,
+    job_config,
+    read_input,
+    read_output,
+    several_config,
+    spread_over_files,
+)
 
 MINE = {"num_negatives": 2, "range_max": 6, "retriever_score": "retriever", "relative_margin": 0.1}
 
@@ -60,12 +68,11 @@ def _rows(table: pa.Table) -> list[tuple]:
 def test_a_mined_log_matches_mining_its_scored_rows(ray_local, models, tmp_path):
     candidate_log(tmp_path, 240, seed=5, empty=57)  # a candidate of query 5: a dead letter
     mine = {**MINE, "group_by": "qid", "output_scores": True}
-    cfg = job_config(
+    cfg = mine_config(
+        models,
         tmp_path / "in",
         tmp_path / "out",
-        models[("bert", 1)],
-        task="mine",
-        mine=mine,
+        mine,
         input={"keep": ["doc_id"]},
         output={"report": str(tmp_path / "report.html")},
     )
@@ -126,11 +133,12 @@ def test_several_teachers_mine_by_their_mean_score(ray_local, models, tmp_path):
 
 def _mixed_log(tmp_path: Path, rows: int, seed: int) -> None:
     """A candidate log in two files, every query's rows in both (every other row)."""
-    table = candidate_log(tmp_path, rows, seed=seed, files=1)
-    (tmp_path / "mixed").mkdir()
-    order = np.arange(table.num_rows)
-    for i in range(2):
-        pq.write_table(table.take(order[i::2]), tmp_path / "mixed" / f"part-{i}.parquet")
+    spread_over_files(candidate_log(tmp_path, rows, seed=seed, files=1), tmp_path / "mixed")
+
+
+def mine_config(models: Any, folder: Path, out: Path, mine: dict, **sections: Any) -> Any:
+    """A task mine job over ``folder`` with the seeded tiny BERT as teacher."""
+    return job_config(folder, out, models[("bert", 1)], task="mine", mine=mine, **sections)
 
 
 @pytest.mark.slow
@@ -140,13 +148,8 @@ def test_a_log_whose_queries_span_files_is_mined_whole(ray_local, models, tmp_pa
 
     _mixed_log(tmp_path, 120, seed=7)
     mine = {**MINE, "group_by": "qid", "output_format": "n-tuple", "output_scores": True}
-    cfg = job_config(
-        tmp_path / "mixed",
-        tmp_path / "out",
-        models[("bert", 1)],
-        task="mine",
-        mine=mine,
-        runtime={"writers": writers},
+    cfg = mine_config(
+        models, tmp_path / "mixed", tmp_path / "out", mine, runtime={"writers": writers}
     )
     assert not plan_job(cfg).mine_within_files
     result = run(cfg)
@@ -166,23 +169,10 @@ def test_a_shuffled_mining_cannot_resume_and_a_bad_positive_is_refused(models, t
     from crossenc.inputs.plan import plan_job
 
     _mixed_log(tmp_path, 60, seed=7)
-    cfg = job_config(
-        tmp_path / "mixed",
-        tmp_path / "out",
-        models[("bert", 1)],
-        task="mine",
-        mine=MINE,
-        output={"mode": "resume"},
-    )
+    cfg = mine_config(models, tmp_path / "mixed", tmp_path / "out", MINE, output={"mode": "resume"})
     with pytest.raises(ConfigError, match="resume is not available for a mine whose queries"):
         plan_job(cfg)
-    bad = job_config(
-        tmp_path / "in",
-        tmp_path / "out",
-        models[("bert", 1)],
-        task="mine",
-        mine={**MINE, "positive": "passage"},
-    )
+    bad = mine_config(models, tmp_path / "in", tmp_path / "out", {**MINE, "positive": "passage"})
     with pytest.raises(Exception, match="mine.positive needs bool or integer"):
         plan_job(bad)
 
@@ -212,14 +202,7 @@ def test_a_mine_resumes_and_a_later_night_reuses_the_teachers_scores(
 
     candidate_log(tmp_path, 120, seed=8, files=2)
     mine = {**MINE, "group_by": "qid", "output_format": "labeled-list", "output_scores": True}
-    cfg = job_config(
-        tmp_path / "in",
-        tmp_path / "out",
-        models[("bert", 1)],
-        task="mine",
-        mine=mine,
-        output={"incremental": True},
-    )
+    cfg = mine_config(models, tmp_path / "in", tmp_path / "out", mine, output={"incremental": True})
     monkeypatch.setenv("CROSSENC_FAILPOINT", "commit.before_record:raise")
     with pytest.raises(FailpointError):
         run(cfg)  # killed before its commit: its files staged, none committed
